@@ -1,0 +1,23 @@
+//! # zt-approval: the approval service
+//!
+//! A separate trust domain that holds the stack's identity keys. It:
+//!
+//! - issues short-lived **session tokens** for agent runs and **operator
+//!   tokens** for people at the console ([`setup`]);
+//! - receives **escalations** from the broker when the policy says a human
+//!   must decide, keeps them pending until an operator approves or denies, or
+//!   they expire ([`service`], [`db`]);
+//! - on approval signs a **one-time grant** bound to the exact call, which
+//!   only the broker receives and redeems;
+//! - fans **events** out to every watching console ([`hub`]);
+//! - writes its own signed **audit chain**: every escalation, vote, refusal,
+//!   expiry and reported execution.
+//!
+//! It never holds backend credentials and never executes a tool call.
+
+pub mod db;
+pub mod hub;
+pub mod service;
+pub mod setup;
+
+pub use service::{Options, serve};

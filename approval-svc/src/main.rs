@@ -1,0 +1,172 @@
+//! `zt-approval`: run the approval service, or issue tokens from its keys.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use zt_approval::setup::{self, SessionRequest};
+use zt_proto::stack::Layout;
+use zt_proto::token::Role;
+
+/// Approval service: identity issuance, human approval of escalated agent
+/// actions, and signed one-time grants.
+#[derive(Debug, Parser)]
+#[command(name = "zt-approval", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the stack identity, this service's keys and the policy data in DIR.
+    Init {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Run the gRPC service (initializing DIR first if needed).
+    Serve {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Address to listen on; port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// How long an escalated request waits for a decision, e.g. 15m.
+        #[arg(long, default_value = "15m")]
+        request_ttl: String,
+    },
+    /// Issue tokens signed by this stack's identity key.
+    Token {
+        #[command(subcommand)]
+        kind: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// A session token for an agent run acting for a human (printed on stdout).
+    Issue {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The agent's id (the token's current actor).
+        #[arg(long)]
+        agent: String,
+        /// The human the agent acts for (must be in the stack's directory).
+        #[arg(long = "for", value_name = "HUMAN")]
+        human: String,
+        /// Lifetime, e.g. 300, 90s, 5m (at most 15m).
+        #[arg(long, default_value = "5m")]
+        ttl: String,
+        /// Comma-separated tools the session may call (default: all the policy allows).
+        #[arg(long, value_delimiter = ',')]
+        scope: Vec<String>,
+        /// Refresh: keep this session id.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// An operator token for the console (printed on stdout).
+    Operator {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The operator's name.
+        #[arg(long)]
+        name: String,
+        /// approver | watcher | auditor | admin
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Approval limit in cents (approvers).
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        /// Lifetime, e.g. 8h (at most 12h).
+        #[arg(long, default_value = "8h")]
+        ttl: String,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ZT_LOG").unwrap_or_else(|_| "zt_approval=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zt-approval: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init { data_dir } => {
+            let layout = Layout::new(&data_dir);
+            let (stack, _) = setup::init(&layout)?;
+            println!("stack={} data_dir={}", stack.stack_id, data_dir.display());
+        }
+        Command::Serve {
+            data_dir,
+            listen,
+            request_ttl,
+        } => {
+            setup::init(&Layout::new(&data_dir))?;
+            let ttl = setup::parse_duration_secs(&request_ttl)?;
+            let opts = zt_approval::Options {
+                data_dir,
+                listen,
+                request_ttl: Duration::from_secs(u64::try_from(ttl).context("--request-ttl must be positive")?),
+            };
+            zt_approval::serve(opts, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        }
+        Command::Token { kind } => match kind {
+            TokenCommand::Issue {
+                data_dir,
+                agent,
+                human,
+                ttl,
+                scope,
+                session,
+            } => {
+                let layout = Layout::new(&data_dir);
+                let (stack, keys) = setup::load(&layout)?;
+                let req = SessionRequest {
+                    agent,
+                    human,
+                    ttl_secs: Some(setup::parse_duration_secs(&ttl)?),
+                    scope: scope.into_iter().filter(|s| !s.is_empty()).collect(),
+                    session_id: session,
+                };
+                println!("{}", setup::issue_session(&layout, &stack, &keys, &req)?);
+            }
+            TokenCommand::Operator {
+                data_dir,
+                name,
+                role,
+                limit,
+                ttl,
+            } => {
+                let layout = Layout::new(&data_dir);
+                let (stack, keys) = setup::load(&layout)?;
+                let ttl = setup::parse_duration_secs(&ttl)?;
+                println!("{}", setup::issue_operator(&stack, &keys, &name, role, limit, ttl)?);
+            }
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,542 @@
+//! The gRPC service: escalations in, decisions and grants out, events to
+//! every watching console.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+use zt_proto::audit::{Kind, Record};
+use zt_proto::grant::{Grant, MAX_GRANT_TTL_MS};
+use zt_proto::keys::PublicKey;
+use zt_proto::pb::approval_server::{Approval, ApprovalServer};
+use zt_proto::pb::{
+    ApprovalRequest, DecideRequest, EscalateRequest, Event, GetRequestRequest, ListPendingRequest,
+    ListPendingResponse, Operator, PublishAck, ReportExecutionRequest, WaitDecisionRequest, WatchEventsRequest,
+    WhoAmIRequest,
+};
+use zt_proto::stack::{Layout, StackInfo};
+use zt_proto::store::AuditLog;
+use zt_proto::token::{self, Expect, KeySet, OperatorClaims, ServiceClaims, TokenType};
+
+use crate::db::{self, VoteOutcome, status};
+use crate::hub::Hub;
+use crate::setup::{self, AUDIT_CHAIN, Keys};
+
+/// Longest a broker may block in `WaitDecision` per call.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Longest free-text field accepted (reasons, justifications).
+pub const MAX_TEXT: usize = 1000;
+
+/// How to run the service.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The stack's data directory.
+    pub data_dir: PathBuf,
+    /// Address to listen on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// How long a request stays pending before it expires.
+    pub request_ttl: Duration,
+}
+
+struct State {
+    stack: StackInfo,
+    layout: Layout,
+    keys: Keys,
+    db: SqlitePool,
+    audit: AuditLog,
+    hub: Hub,
+    operator_keys: KeySet,
+    broker_keys: RwLock<KeySet>,
+    changed: watch::Sender<u64>,
+    request_ttl_ms: i64,
+}
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct Service(Arc<State>);
+
+fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
+    req.metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "internal error");
+    Status::internal("internal error")
+}
+
+fn clip(text: &str) -> Result<String, Status> {
+    if text.chars().count() > MAX_TEXT {
+        return Err(Status::invalid_argument(format!("text longer than {MAX_TEXT} characters")));
+    }
+    Ok(text.chars().filter(|c| !c.is_control() || *c == '\n').collect())
+}
+
+impl Service {
+    /// Opens the stack's state and keys.
+    pub async fn open(opts: &Options) -> anyhow::Result<Service> {
+        let layout = Layout::new(&opts.data_dir);
+        let (stack, keys) = setup::load(&layout)?;
+        let db = db::open(&layout.private("approval").join("approval.db"))
+            .await
+            .context("opening the approval database")?;
+        let audit_pool = zt_proto::store::open_pool(&layout.audit_db()).await?;
+        let audit = AuditLog::open(audit_pool, AUDIT_CHAIN, keys.audit.clone()).await?;
+        let operator_keys = KeySet::new(vec![keys.token.public()]);
+        let state = State {
+            broker_keys: RwLock::new(load_broker_keys(&layout)),
+            stack,
+            layout,
+            keys,
+            db,
+            audit,
+            hub: Hub::new(),
+            operator_keys,
+            changed: watch::channel(0).0,
+            request_ttl_ms: i64::try_from(opts.request_ttl.as_millis()).unwrap_or(i64::MAX),
+        };
+        Ok(Service(Arc::new(state)))
+    }
+
+    async fn audit(&self, kind: Kind, record: Record) -> Result<(), Status> {
+        self.0.audit.append(kind, record).await.map(|_| ()).map_err(internal)
+    }
+
+    fn operator<T>(&self, req: &Request<T>) -> Result<OperatorClaims, Status> {
+        let token = bearer(req)?;
+        let expect = Expect {
+            issuer: &self.0.stack.issuer,
+            audience: &self.0.stack.approval_audience,
+        };
+        token::verify(token, &self.0.operator_keys, TokenType::Operator, &expect)
+            .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    async fn operator_audited<T>(&self, req: &Request<T>, action: &str) -> Result<OperatorClaims, Status> {
+        match self.operator(req) {
+            Ok(c) => Ok(c),
+            Err(status) => {
+                self.audit(
+                    Kind::Approval,
+                    Record {
+                        subject: "unauthenticated".into(),
+                        decision: action.into(),
+                        status: "refused".into(),
+                        detail: status.message().to_owned(),
+                        ..Record::default()
+                    },
+                )
+                .await?;
+                Err(status)
+            }
+        }
+    }
+
+    fn service<T>(&self, req: &Request<T>) -> Result<ServiceClaims, Status> {
+        let token = bearer(req)?;
+        let expect = Expect {
+            issuer: &self.0.stack.broker_audience,
+            audience: &self.0.stack.approval_audience,
+        };
+        let verify = |keys: &KeySet| token::verify::<ServiceClaims>(token, keys, TokenType::Service, &expect);
+        let first = match self.0.broker_keys.read() {
+            Ok(keys) => verify(&keys),
+            Err(_) => Err(token::TokenError::UnknownKey),
+        };
+        match first {
+            // The broker may have been initialized after this service started.
+            Err(token::TokenError::UnknownKey) => {
+                let fresh = load_broker_keys(&self.0.layout);
+                let result = verify(&fresh);
+                if let Ok(mut keys) = self.0.broker_keys.write() {
+                    *keys = fresh;
+                }
+                result
+            }
+            other => other,
+        }
+        .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    async fn get_or_404(&self, id: &str) -> Result<ApprovalRequest, Status> {
+        db::get(&self.0.db, id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found("no such request"))
+    }
+
+    fn notify(&self) {
+        self.0.changed.send_modify(|v| *v += 1);
+    }
+
+    fn event(&self, kind: &str, req: &ApprovalRequest, decision: &str, summary: String) {
+        self.0.hub.publish(Event {
+            kind: kind.into(),
+            session_id: req.session_id.clone(),
+            human: req.human.clone(),
+            agent: req.actors.first().cloned().unwrap_or_default(),
+            tool: req.tool.clone(),
+            decision: decision.into(),
+            summary,
+            request_id: req.id.clone(),
+            args_json: req.args_json.clone(),
+            rules: req.rules.clone(),
+            ..Event::default()
+        });
+    }
+
+    async fn expire_due(&self) -> Result<(), Status> {
+        let expired = db::expire_due(&self.0.db, zt_proto::now_ms()).await.map_err(internal)?;
+        for req in &expired {
+            self.audit(Kind::Approval, request_record(req, "expired", "expired", "nobody decided in time"))
+                .await?;
+            self.event("request_decided", req, "expired", format!("{} expired unanswered", req.id));
+        }
+        if !expired.is_empty() {
+            self.notify();
+        }
+        Ok(())
+    }
+
+    fn sign_grant(&self, req: &ApprovalRequest, approvers: Vec<String>) -> Result<(String, String), Status> {
+        let now = zt_proto::now_ms();
+        let grant = Grant {
+            v: 1,
+            id: zt_proto::random_id("grant_"),
+            request_id: req.id.clone(),
+            tool: req.tool.clone(),
+            args_hash: req.args_hash.clone(),
+            session_id: req.session_id.clone(),
+            human: req.human.clone(),
+            approvers,
+            nonce: zt_proto::random_id(""),
+            iat_ms: now,
+            exp_ms: now + MAX_GRANT_TTL_MS,
+            kid: self.0.keys.grant.kid().to_owned(),
+        };
+        let sealed = grant.seal(&self.0.keys.grant).map_err(internal)?;
+        Ok((grant.id, sealed))
+    }
+}
+
+fn load_broker_keys(layout: &Layout) -> KeySet {
+    match PublicKey::read(&layout.public_key("broker-service")) {
+        Ok(k) => KeySet::new(vec![k]),
+        Err(e) => {
+            tracing::warn!(error = %e, "no pinned broker service key yet; broker calls are refused");
+            KeySet::default()
+        }
+    }
+}
+
+fn request_record(req: &ApprovalRequest, decision: &str, status: &str, detail: &str) -> Record {
+    Record {
+        session: req.session_id.clone(),
+        subject: req.human.clone(),
+        actors: req.actors.clone(),
+        tool: req.tool.clone(),
+        args: serde_json::from_str(&req.args_json).unwrap_or_default(),
+        args_hash: req.args_hash.clone(),
+        decision: decision.into(),
+        rules: req.rules.clone(),
+        request_id: req.id.clone(),
+        status: status.into(),
+        detail: detail.into(),
+        ..Record::default()
+    }
+}
+
+/// Operators never see grants; only the broker redeems them.
+fn redacted(mut req: ApprovalRequest) -> ApprovalRequest {
+    req.grant.clear();
+    req
+}
+
+#[tonic::async_trait]
+impl Approval for Service {
+    async fn escalate(&self, request: Request<EscalateRequest>) -> Result<Response<ApprovalRequest>, Status> {
+        let caller = self.service(&request)?;
+        let mut req = request.into_inner();
+        // The broker computed the hash; recompute so a request can never carry
+        // arguments other than the ones its grant will bind.
+        let args: serde_json::Value =
+            serde_json::from_str(&req.args_json).map_err(|_| Status::invalid_argument("args_json is not JSON"))?;
+        let hash = zt_proto::canonical::args_hash(&req.tool, &args)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if hash != req.args_hash {
+            return Err(Status::invalid_argument("args_hash does not match args_json"));
+        }
+        req.args_json = zt_proto::canonical::to_canonical_string(&args).map_err(internal)?;
+        req.justification = clip(&req.justification)?;
+        req.reason = clip(&req.reason)?;
+        if req.tool.is_empty() || req.session_id.is_empty() || req.human.is_empty() {
+            return Err(Status::invalid_argument("tool, session_id and human are required"));
+        }
+        self.expire_due().await?;
+        if let Some(existing) = db::find_open(&self.0.db, &req.session_id, &req.tool, &req.args_hash)
+            .await
+            .map_err(internal)?
+        {
+            return Ok(Response::new(existing));
+        }
+        let id = zt_proto::random_id("req_");
+        db::insert(&self.0.db, &id, &req, zt_proto::now_ms(), self.0.request_ttl_ms)
+            .await
+            .map_err(internal)?;
+        let created = self.get_or_404(&id).await?;
+        self.audit(
+            Kind::Escalation,
+            request_record(&created, "escalate", status::PENDING, &format!("escalated by {}: {}", caller.sub, created.reason)),
+        )
+        .await?;
+        self.event(
+            "request_pending",
+            &created,
+            "escalate",
+            format!("{} {} for {} awaits approval", created.tool, created.args_json, created.human),
+        );
+        self.notify();
+        Ok(Response::new(created))
+    }
+
+    async fn wait_decision(&self, request: Request<WaitDecisionRequest>) -> Result<Response<ApprovalRequest>, Status> {
+        self.service(&request)?;
+        let req = request.into_inner();
+        let wait = Duration::from_millis(u64::from(req.timeout_ms)).min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changed = self.0.changed.subscribe();
+        loop {
+            self.expire_due().await?;
+            let current = self.get_or_404(&req.id).await?;
+            if current.status != status::PENDING || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(current));
+            }
+            // Wake on any change, or at the deadline, or every second to expire.
+            let tick = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            let _ = tokio::time::timeout_at(tick, changed.changed()).await;
+        }
+    }
+
+    async fn report_execution(
+        &self,
+        request: Request<ReportExecutionRequest>,
+    ) -> Result<Response<ApprovalRequest>, Status> {
+        self.service(&request)?;
+        let req = request.into_inner();
+        let outcome = clip(&req.outcome)?;
+        let moved = db::report_execution(&self.0.db, &req.id, req.ok, &outcome)
+            .await
+            .map_err(internal)?;
+        let current = self.get_or_404(&req.id).await?;
+        if moved {
+            let st = if req.ok { status::EXECUTED } else { status::FAILED };
+            let mut rec = request_record(&current, st, st, &outcome);
+            rec.grant_id = req.grant_id.clone();
+            self.audit(Kind::Result, rec).await?;
+            self.event("request_executed", &current, st, format!("{} {}: {}", current.id, st, outcome));
+            self.notify();
+        }
+        Ok(Response::new(redacted(current)))
+    }
+
+    async fn publish(&self, request: Request<Event>) -> Result<Response<PublishAck>, Status> {
+        self.service(&request)?;
+        let mut event = request.into_inner();
+        event.seq = 0;
+        event.time_ms = 0;
+        let seq = self.0.hub.publish(event);
+        Ok(Response::new(PublishAck { seq }))
+    }
+
+    async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<Operator>, Status> {
+        let op = self.operator_audited(&request, "who_am_i").await?;
+        Ok(Response::new(Operator {
+            name: op.sub,
+            role: op.role.as_str().into(),
+            limit_cents: op.limit,
+        }))
+    }
+
+    async fn list_pending(
+        &self,
+        request: Request<ListPendingRequest>,
+    ) -> Result<Response<ListPendingResponse>, Status> {
+        self.operator_audited(&request, "list_pending").await?;
+        self.expire_due().await?;
+        let requests = db::pending(&self.0.db).await.map_err(internal)?;
+        Ok(Response::new(ListPendingResponse {
+            requests: requests.into_iter().map(redacted).collect(),
+        }))
+    }
+
+    async fn get_request(&self, request: Request<GetRequestRequest>) -> Result<Response<ApprovalRequest>, Status> {
+        self.operator_audited(&request, "get_request").await?;
+        let id = request.into_inner().id;
+        Ok(Response::new(redacted(self.get_or_404(&id).await?)))
+    }
+
+    async fn decide(&self, request: Request<DecideRequest>) -> Result<Response<ApprovalRequest>, Status> {
+        let op = self.operator_audited(&request, "decide").await?;
+        let DecideRequest { id, approve, reason } = request.into_inner();
+        let verb = if approve { "approve" } else { "deny" };
+        let reason = clip(reason.trim())?;
+        self.expire_due().await?;
+        let req = self.get_or_404(&id).await?;
+
+        // Every refusal below is audited with the operator and the reason.
+        let refusal = match () {
+            _ if !op.role.may_decide() => Some(Status::permission_denied(format!(
+                "role {} may not approve or deny",
+                op.role.as_str()
+            ))),
+            _ if req.status != status::PENDING => Some(Status::failed_precondition(format!(
+                "request is already {}",
+                req.status
+            ))),
+            _ if op.sub == req.human || req.actors.iter().any(|a| a == &op.sub) => Some(Status::permission_denied(
+                "you cannot decide a request made on your own behalf",
+            )),
+            _ if !approve && reason.is_empty() => Some(Status::invalid_argument("a reason is required to deny")),
+            _ if approve && op.role == token::Role::Approver && req.amount_cents > op.limit => {
+                Some(Status::permission_denied(format!(
+                    "amount {} exceeds your approval limit {}",
+                    cents(req.amount_cents),
+                    cents(op.limit)
+                )))
+            }
+            _ => None,
+        };
+        if let Some(status) = refusal {
+            let mut rec = request_record(&req, verb, "refused", status.message());
+            rec.subject = op.sub.clone();
+            self.audit(Kind::Approval, rec).await?;
+            return Err(status);
+        }
+
+        let grant = if approve {
+            Some(self.sign_grant(&req, vec![op.sub.clone()])?)
+        } else {
+            None
+        };
+        let outcome = db::decide(
+            &self.0.db,
+            &id,
+            &op.sub,
+            approve,
+            &reason,
+            zt_proto::now_ms(),
+            grant.as_ref().map(|(gid, tok)| (gid.as_str(), tok.as_str())),
+        )
+        .await
+        .map_err(internal)?;
+        match outcome {
+            VoteOutcome::Recorded => {}
+            VoteOutcome::NotPending => return Err(Status::failed_precondition("request is no longer pending")),
+            VoteOutcome::AlreadyVoted => return Err(Status::already_exists("you already voted on this request")),
+        }
+        let decided = self.get_or_404(&id).await?;
+        let mut rec = request_record(&decided, verb, &decided.status, &reason);
+        rec.subject = op.sub.clone();
+        if let Some((gid, _)) = &grant {
+            rec.grant_id = gid.clone();
+        }
+        self.audit(Kind::Approval, rec).await?;
+        self.event(
+            "request_decided",
+            &decided,
+            &decided.status,
+            format!("{} {} by {}: {}", decided.id, decided.status, op.sub, reason),
+        );
+        self.notify();
+        Ok(Response::new(redacted(decided)))
+    }
+
+    type WatchEventsStream = ReceiverStream<Result<Event, Status>>;
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.operator_audited(&request, "watch_events").await?;
+        let from = request.into_inner().from_seq;
+        let (backlog, mut rx) = self.0.hub.subscribe(from);
+        let (tx, out) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last = from;
+            for e in backlog {
+                last = e.seq;
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(e) if e.seq <= last => {}
+                    Ok(e) => {
+                        last = e.seq;
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "watcher fell {n} events behind; resume from seq {last}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+}
+
+/// Formats cents as dollars for messages.
+pub fn cents(c: i64) -> String {
+    format!("${}.{:02}", c / 100, (c % 100).abs())
+}
+
+/// Runs the service until `shutdown` resolves. Prints `approval_url=...`
+/// once listening and records it in the stack's `run/` directory.
+pub async fn serve(opts: Options, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let service = Service::open(&opts).await?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    service.0.layout.write_endpoint("approval", &url)?;
+
+    let expirer = service.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if let Err(e) = expirer.expire_due().await {
+                tracing::warn!(error = %e.message(), "expiring requests failed");
+            }
+        }
+    });
+
+    println!("approval_url={url}");
+    tracing::info!(%url, "approval service listening");
+    tonic::transport::Server::builder()
+        .add_service(ApprovalServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .context("serving gRPC")?;
+    Ok(())
+}

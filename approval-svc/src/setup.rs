@@ -1,0 +1,176 @@
+//! Stack initialization and token issuance from the approval service's keys.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use zt_proto::keys::KeyPair;
+use zt_proto::stack::{Layout, StackInfo};
+use zt_proto::token::{
+    self, Actor, DEFAULT_SESSION_TTL_SECS, MAX_OPERATOR_TTL_SECS, MAX_SESSION_TTL_SECS, OperatorClaims, Role,
+    SessionClaims, TokenType,
+};
+
+/// Name of this service's audit chain.
+pub const AUDIT_CHAIN: &str = "approval";
+
+/// The approval service's private keys.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// Signs session and operator tokens.
+    pub token: KeyPair,
+    /// Signs one-time grants.
+    pub grant: KeyPair,
+    /// Signs this service's audit chain.
+    pub audit: KeyPair,
+}
+
+fn key_path(layout: &Layout, name: &str) -> PathBuf {
+    layout.private("approval").join(format!("{name}.key"))
+}
+
+/// Creates (or completes) the approval service's part of a stack: the stack
+/// identity, its private directory and keys, the public keys others pin,
+/// and the policy data if none is there yet. Idempotent.
+pub fn init(layout: &Layout) -> anyhow::Result<(StackInfo, Keys)> {
+    let stack = layout.stack_or_create()?;
+    layout.create_private("approval")?;
+    let keys = Keys {
+        token: KeyPair::load_or_generate(&key_path(layout, "token"), &layout.public_key("approval-token"))?,
+        grant: KeyPair::load_or_generate(&key_path(layout, "grant"), &layout.public_key("approval-grant"))?,
+        audit: KeyPair::load_or_generate(&key_path(layout, "audit"), &layout.audit_key(AUDIT_CHAIN))?,
+    };
+    if !layout.policies().join("tools.toml").exists() {
+        zt_policies::shipped::install(&layout.policies())
+            .with_context(|| format!("writing policy data to {}", layout.policies().display()))?;
+    }
+    Ok((stack, keys))
+}
+
+/// Loads the keys of an initialized stack (never creates any).
+pub fn load(layout: &Layout) -> anyhow::Result<(StackInfo, Keys)> {
+    let stack = layout.stack()?;
+    let keys = Keys {
+        token: KeyPair::read(&key_path(layout, "token"))?,
+        grant: KeyPair::read(&key_path(layout, "grant"))?,
+        audit: KeyPair::read(&key_path(layout, "audit"))?,
+    };
+    Ok((stack, keys))
+}
+
+/// Parses a duration like `300`, `90s`, `5m`, `1h`.
+pub fn parse_duration_secs(text: &str) -> anyhow::Result<i64> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: i64 = num.parse().with_context(|| format!("`{text}` is not a duration"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => bail!("`{text}` is not a duration (use s, m or h)"),
+    };
+    n.checked_mul(mult).context("duration too large")
+}
+
+/// What a session token is for.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    /// The agent's id (becomes the current actor).
+    pub agent: String,
+    /// The human it acts for.
+    pub human: String,
+    /// Lifetime in seconds (capped).
+    pub ttl_secs: Option<i64>,
+    /// Tools it may call; empty = all the policy allows.
+    pub scope: Vec<String>,
+    /// An existing session id to refresh, else a new one.
+    pub session_id: Option<String>,
+}
+
+/// Mints a session token. The human must be in the stack's directory and
+/// every scoped tool in its registry.
+pub fn issue_session(layout: &Layout, stack: &StackInfo, keys: &Keys, req: &SessionRequest) -> anyhow::Result<String> {
+    let ttl = req.ttl_secs.unwrap_or(DEFAULT_SESSION_TTL_SECS);
+    if ttl <= 0 || ttl > MAX_SESSION_TTL_SECS {
+        bail!("--ttl must be between 1s and {}m", MAX_SESSION_TTL_SECS / 60);
+    }
+    if req.agent.trim().is_empty() || req.agent.len() > 128 {
+        bail!("--agent must be 1 to 128 characters");
+    }
+    let bundle = zt_policies::PolicyBundle::load(&layout.policies())
+        .with_context(|| format!("loading policy data from {}", layout.policies().display()))?;
+    if bundle.human(&req.human).is_none() {
+        bail!("unknown human `{}`: not in the stack's directory (humans.toml)", req.human);
+    }
+    for tool in &req.scope {
+        if bundle.tool(tool).is_none() {
+            bail!("unknown tool `{tool}` in --scope");
+        }
+    }
+    let now = token::now_secs();
+    let claims = SessionClaims {
+        iss: stack.issuer.clone(),
+        aud: stack.broker_audience.clone(),
+        sub: req.human.clone(),
+        act: Actor {
+            sub: req.agent.clone(),
+            act: None,
+        },
+        sid: req.session_id.clone().unwrap_or_else(|| zt_proto::random_id("sess_")),
+        jti: zt_proto::random_id("jti_"),
+        iat: now,
+        nbf: now,
+        exp: now + ttl,
+        scope: req.scope.join(" "),
+    };
+    Ok(token::sign(&keys.token, TokenType::Session, &claims)?)
+}
+
+/// Mints an operator token.
+pub fn issue_operator(
+    stack: &StackInfo,
+    keys: &Keys,
+    name: &str,
+    role: Role,
+    limit: i64,
+    ttl_secs: i64,
+) -> anyhow::Result<String> {
+    if name.trim().is_empty() || name.len() > 64 {
+        bail!("--name must be 1 to 64 characters");
+    }
+    if limit < 0 {
+        bail!("--limit must not be negative");
+    }
+    if ttl_secs <= 0 || ttl_secs > MAX_OPERATOR_TTL_SECS {
+        bail!("--ttl must be between 1s and {}h", MAX_OPERATOR_TTL_SECS / 3600);
+    }
+    let now = token::now_secs();
+    let claims = OperatorClaims {
+        iss: stack.issuer.clone(),
+        aud: stack.approval_audience.clone(),
+        sub: name.to_owned(),
+        role,
+        limit,
+        jti: zt_proto::random_id("jti_"),
+        iat: now,
+        nbf: now,
+        exp: now + ttl_secs,
+    };
+    Ok(token::sign(&keys.token, TokenType::Operator, &claims)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("300").unwrap(), 300);
+        assert_eq!(parse_duration_secs("5m").unwrap(), 300);
+        assert_eq!(parse_duration_secs("2h").unwrap(), 7200);
+        assert!(parse_duration_secs("5d").is_err());
+        assert!(parse_duration_secs("m").is_err());
+    }
+}

@@ -1,0 +1,494 @@
+//! The call path every `tools/call` takes through the broker:
+//!
+//! scope → size → strict schema → resource attributes from the backend →
+//! policy decision (constrain re-evaluates) → durable audit of the decision →
+//! execute, or refuse, or escalate to a human and redeem the one-time grant →
+//! durable audit of the result → result.
+//!
+//! Every failure on this path refuses the call with a short, safe message
+//! for the model; internals go to the audit trail and the log, never to the
+//! agent. Nothing executes unless its decision entry is on disk first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{CallToolResult, ContentBlock};
+use serde_json::{Value, json};
+use sqlx::SqlitePool;
+use tokio::sync::mpsc;
+use zt_policies::{Decision, DecisionRequest, Effect, PolicyStore};
+use zt_proto::audit::{Kind, Record};
+use zt_proto::canonical;
+use zt_proto::grant::{Call, Grant};
+use zt_proto::pb::{ApprovalRequest, EscalateRequest, Event};
+use zt_proto::store::AuditLog;
+use zt_proto::token::{KeySet, SessionClaims};
+
+use crate::backend::{self, Backend, BackendError};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Everything the call path needs; shared by every MCP session.
+pub struct Broker {
+    /// Current policy snapshot.
+    pub policy: PolicyStore,
+    /// The example backend (holds the credentials).
+    pub backend: Backend,
+    /// Broker state (grant redemptions).
+    pub state: SqlitePool,
+    /// This broker's audit chain.
+    pub audit: AuditLog,
+    /// The approval service.
+    pub upstream: Upstream,
+    /// Pinned grant-signing keys.
+    pub grant_keys: KeySet,
+    /// How long an escalation may wait for a human before answering "pending".
+    pub approval_wait: Duration,
+    /// Largest accepted arguments.
+    pub max_args_bytes: usize,
+    /// Live events for operators (best effort, never blocks a call).
+    pub events: mpsc::Sender<Event>,
+}
+
+/// Why the call path refused, internally; the model sees only `message`.
+struct Refusal {
+    decision: &'static str,
+    rules: Vec<String>,
+    message: String,
+    detail: String,
+}
+
+impl Refusal {
+    fn new(decision: &'static str, rule: &str, message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            decision,
+            rules: if rule.is_empty() { Vec::new() } else { vec![rule.to_owned()] },
+            message: message.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+fn error_result(message: &str, status: &str, extra: Value) -> CallToolResult {
+    let mut r = CallToolResult::error(vec![ContentBlock::text(message.to_owned())]);
+    let mut body = json!({ "status": status, "message": message });
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    r.structured_content = Some(body);
+    r
+}
+
+fn ok_result(value: Value) -> CallToolResult {
+    CallToolResult::structured(value)
+}
+
+impl Broker {
+    fn record(&self, claims: &SessionClaims, tool: &str, args: &Value) -> Record {
+        let mut actors = claims.chain();
+        actors.pop(); // the human is `subject`
+        Record {
+            session: claims.sid.clone(),
+            subject: claims.sub.clone(),
+            actors,
+            tool: tool.to_owned(),
+            args: args.clone(),
+            args_hash: canonical::args_hash(tool, args).unwrap_or_default(),
+            ..Record::default()
+        }
+    }
+
+    fn publish(&self, claims: &SessionClaims, tool: &str, args: &Value, decision: &str, summary: String, request_id: &str) {
+        let event = Event {
+            kind: "tool_call".into(),
+            session_id: claims.sid.clone(),
+            human: claims.sub.clone(),
+            agent: claims.agent().to_owned(),
+            tool: tool.to_owned(),
+            decision: decision.to_owned(),
+            summary,
+            request_id: request_id.to_owned(),
+            args_json: canonical::to_canonical_string(args).unwrap_or_default(),
+            ..Event::default()
+        };
+        // A full queue drops the event: operators' live view must never slow
+        // or block an agent's call. The audit trail is the record.
+        let _ = self.events.try_send(event);
+    }
+
+    /// Audits a refusal and turns it into the model's error result.
+    async fn refuse(&self, claims: &SessionClaims, tool: &str, args: &Value, r: Refusal) -> CallToolResult {
+        let mut rec = self.record(claims, tool, args);
+        rec.decision = r.decision.to_owned();
+        rec.rules = r.rules.clone();
+        rec.status = "refused".into();
+        rec.detail = r.detail.clone();
+        if let Err(e) = self.audit.append(Kind::Decision, rec).await {
+            tracing::error!(error = %e, "audit write failed while refusing a call");
+        }
+        self.publish(claims, tool, args, r.decision, r.message.clone(), "");
+        error_result(&r.message, "denied", json!({ "rules": r.rules }))
+    }
+
+    /// Runs one tool call for an authenticated session.
+    pub async fn call(&self, claims: &SessionClaims, tool: &str, args: Value) -> CallToolResult {
+        let bundle = self.policy.current();
+        if bundle.tool(tool).is_none() {
+            let r = Refusal::new("deny", "registry", format!("unknown tool `{tool}`"), "unknown tool");
+            return self.refuse(claims, tool, &Value::Null, r).await;
+        }
+        if !claims.allows_tool(tool) {
+            let r = Refusal::new(
+                "deny",
+                "scope",
+                format!("this session is not allowed to call `{tool}`"),
+                "tool outside the session's scope",
+            );
+            return self.refuse(claims, tool, &args, r).await;
+        }
+        let size = serde_json::to_vec(&args).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > self.max_args_bytes {
+            let r = Refusal::new(
+                "deny",
+                "schema",
+                format!("arguments are too large ({size} bytes; at most {})", self.max_args_bytes),
+                "oversize arguments",
+            );
+            // Do not copy an oversize payload into the audit trail.
+            return self.refuse(claims, tool, &json!({"_oversize_bytes": size}), r).await;
+        }
+        if let Err(e) = bundle.validate_args(tool, &args) {
+            let msg = format!("invalid arguments for `{tool}`: {e}");
+            let r = Refusal::new("deny", "schema", msg.clone(), msg);
+            return self.refuse(claims, tool, &args, r).await;
+        }
+        let resource = match self.backend.resource(tool, &args).await {
+            Ok(r) => r,
+            Err(BackendError::NotFound(what)) => {
+                let r = Refusal::new("deny", "backend", format!("{what} not found"), format!("{what} not found"));
+                return self.refuse(claims, tool, &args, r).await;
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, tool, "backend lookup failed");
+                let r = Refusal::new(
+                    "deny",
+                    "backend",
+                    "the backend is unavailable; try again later",
+                    "resource lookup failed",
+                );
+                return self.refuse(claims, tool, &args, r).await;
+            }
+        };
+        let request = DecisionRequest {
+            tool: tool.to_owned(),
+            args: args.clone(),
+            agent: claims.agent().to_owned(),
+            human: claims.sub.clone(),
+            resource: resource.clone(),
+        };
+        let decision = bundle.decide(&request);
+        match decision.effect {
+            Effect::Deny => {
+                let r = Refusal {
+                    decision: "deny",
+                    rules: decision.rules.clone(),
+                    message: decision.model_message.clone(),
+                    detail: decision.reason.clone(),
+                };
+                self.refuse(claims, tool, &args, r).await
+            }
+            Effect::Allow | Effect::Constrain => self.run(claims, tool, &args, &decision, None).await,
+            Effect::Escalate => self.escalate(claims, tool, &decision, &request).await,
+        }
+    }
+
+    /// Audits the decision (durably, before any side effect), executes, and
+    /// audits the result.
+    async fn run(
+        &self,
+        claims: &SessionClaims,
+        tool: &str,
+        original: &Value,
+        decision: &Decision,
+        grant: Option<(&Grant, &ApprovalRequest)>,
+    ) -> CallToolResult {
+        let args = &decision.args;
+        let effect = if grant.is_some() { "approved" } else { effect_name(decision.effect) };
+        let mut rec = self.record(claims, tool, args);
+        rec.decision = effect.to_owned();
+        rec.rules = decision.rules.clone();
+        rec.status = "executing".into();
+        rec.detail = if args != original {
+            format!("{} (arguments rewritten from {})", decision.reason, original)
+        } else {
+            decision.reason.clone()
+        };
+        if let Some((g, req)) = grant {
+            rec.grant_id = g.id.clone();
+            rec.request_id = req.id.clone();
+        }
+        if let Err(e) = self.audit.append(Kind::Decision, rec.clone()).await {
+            tracing::error!(error = %e, "audit write failed; refusing the call");
+            return error_result("the action could not be recorded, so it was not run", "error", json!({}));
+        }
+        let actor = backend::Actor {
+            session: &claims.sid,
+            human: &claims.sub,
+            grant_id: grant.map(|(g, _)| g.id.as_str()),
+        };
+        let outcome = self.backend.execute(tool, args, &actor).await;
+        rec.status = if outcome.is_ok() { "ok".into() } else { "error".into() };
+        rec.detail = match &outcome {
+            Ok(v) => summarize(tool, v),
+            Err(e) => format!("{e:?}"),
+        };
+        rec.decision = "executed".into();
+        let audited = self.audit.append(Kind::Result, rec).await;
+        if let Err(e) = &audited {
+            // The side effect happened; the intent entry records it was
+            // authorized. Surface the failure loudly.
+            tracing::error!(error = %e, "audit write of a result failed");
+        }
+        if let Some((g, req)) = grant {
+            let (ok, summary) = match &outcome {
+                Ok(v) => (true, summarize(tool, v)),
+                Err(e) => (false, e.to_string()),
+            };
+            if let Err(e) = self.upstream.report(&req.id, ok, &summary, &g.id).await {
+                tracing::warn!(error = %e, request = %req.id, "could not report execution");
+            }
+        }
+        match outcome {
+            Ok(value) => {
+                let label = if grant.is_some() { "executed" } else { effect };
+                self.publish(claims, tool, args, label, summarize(tool, &value), "");
+                let mut value = value;
+                if decision.effect == Effect::Constrain {
+                    if let Value::Object(m) = &mut value {
+                        m.insert("constrained".into(), json!({ "applied_arguments": args, "reason": decision.model_message }));
+                    }
+                }
+                ok_result(value)
+            }
+            Err(e) => {
+                self.publish(claims, tool, args, "error", e.to_string(), "");
+                error_result(&e.to_string(), "error", json!({}))
+            }
+        }
+    }
+
+    async fn escalate(
+        &self,
+        claims: &SessionClaims,
+        tool: &str,
+        decision: &Decision,
+        request: &DecisionRequest,
+    ) -> CallToolResult {
+        let args = &decision.args;
+        let (Ok(args_json), Ok(args_hash)) = (canonical::to_canonical_string(args), canonical::args_hash(tool, args))
+        else {
+            let r = Refusal::new("deny", "schema", "arguments cannot be encoded", "non-canonical arguments");
+            return self.refuse(claims, tool, args, r).await;
+        };
+        let bundle = self.policy.current();
+        let risk = bundle.tool(tool).map(|t| format!("{:?}", t.risk).to_lowercase()).unwrap_or_default();
+        let mut actors = claims.chain();
+        actors.pop();
+        let esc = EscalateRequest {
+            tool: tool.to_owned(),
+            args_json,
+            args_hash: args_hash.clone(),
+            session_id: claims.sid.clone(),
+            human: claims.sub.clone(),
+            actors,
+            rules: decision.rules.clone(),
+            reason: decision.reason.clone(),
+            risk,
+            amount_cents: args.get("amount").and_then(Value::as_i64).unwrap_or(0),
+            justification: String::new(),
+        };
+        let mut req = match self.upstream.escalate(esc).await {
+            Ok(r) => r,
+            Err(e) => {
+                let r = Refusal {
+                    decision: "escalate",
+                    rules: decision.rules.clone(),
+                    message: "this action needs a human's approval, but the approval service is unavailable; \
+                              it was not run"
+                        .into(),
+                    detail: format!("escalation failed: {e}"),
+                };
+                return self.refuse(claims, tool, args, r).await;
+            }
+        };
+        let mut rec = self.record(claims, tool, args);
+        rec.decision = "escalate".into();
+        rec.rules = decision.rules.clone();
+        rec.request_id = req.id.clone();
+        rec.status = req.status.clone();
+        rec.detail = decision.reason.clone();
+        if let Err(e) = self.audit.append(Kind::Escalation, rec).await {
+            tracing::error!(error = %e, "audit write failed; refusing the call");
+            return error_result("the action could not be recorded, so it was not run", "error", json!({}));
+        }
+        self.publish(claims, tool, args, "escalate", decision.reason.clone(), &req.id);
+
+        let deadline = tokio::time::Instant::now() + self.approval_wait;
+        while req.status == "pending" {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.upstream.wait(&req.id, left.min(Duration::from_secs(30))).await {
+                Ok(r) => req = r,
+                Err(UpstreamError::Unavailable) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for a decision failed");
+                    break;
+                }
+            }
+        }
+        match req.status.as_str() {
+            "approved" => self.redeem(claims, tool, &args_hash, decision, request, &req).await,
+            "pending" => error_result(
+                &format!(
+                    "awaiting approval {}: a human must approve this action before it runs; it has NOT been run. \
+                     Call the same tool with the same arguments later to complete it once approved.",
+                    req.id
+                ),
+                "awaiting_approval",
+                json!({ "request_id": req.id }),
+            ),
+            "denied" => {
+                let why = req.votes.last().map(|v| v.reason.clone()).unwrap_or_default();
+                error_result(
+                    &format!("an operator denied this action ({}): {why}", req.id),
+                    "denied",
+                    json!({ "request_id": req.id }),
+                )
+            }
+            other => error_result(
+                &format!("approval request {} is {other}; the action was not run", req.id),
+                other,
+                json!({ "request_id": req.id }),
+            ),
+        }
+    }
+
+    /// Verifies and consumes the grant, re-checks the policy, then runs the call.
+    async fn redeem(
+        &self,
+        claims: &SessionClaims,
+        tool: &str,
+        args_hash: &str,
+        decision: &Decision,
+        request: &DecisionRequest,
+        req: &ApprovalRequest,
+    ) -> CallToolResult {
+        let args = &decision.args;
+        let call = Call {
+            request_id: &req.id,
+            tool,
+            args_hash,
+            session_id: &claims.sid,
+            human: &claims.sub,
+        };
+        let grant = match Grant::open(&req.grant, &self.grant_keys).and_then(|g| {
+            g.check(&call, zt_proto::now_ms())?;
+            Ok(g)
+        }) {
+            Ok(g) => g,
+            Err(e) => return self.refuse_grant(claims, tool, args, req, &e.to_string()).await,
+        };
+        // Explicit deny rules still apply at execution time (policy may have
+        // changed while the request waited).
+        let again = self.policy.current().decide(request);
+        if again.effect == Effect::Deny {
+            return self
+                .refuse_grant(claims, tool, args, req, &format!("policy now denies: {}", again.reason))
+                .await;
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO grant_redemptions (nonce, grant_id, request_id, session_id, redeemed_at_ms) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (nonce) DO NOTHING",
+        )
+        .bind(&grant.nonce)
+        .bind(&grant.id)
+        .bind(&req.id)
+        .bind(&claims.sid)
+        .bind(zt_proto::now_ms())
+        .execute(&self.state)
+        .await;
+        match inserted {
+            Ok(r) if r.rows_affected() == 1 => {}
+            Ok(_) => return self.refuse_grant(claims, tool, args, req, "grant was already redeemed").await,
+            Err(e) => {
+                tracing::error!(error = %e, "recording a grant redemption failed");
+                return self.refuse_grant(claims, tool, args, req, "grant could not be recorded").await;
+            }
+        }
+        let mut rec = self.record(claims, tool, args);
+        rec.decision = "redeem".into();
+        rec.grant_id = grant.id.clone();
+        rec.request_id = req.id.clone();
+        rec.status = "accepted".into();
+        rec.detail = format!("approved by {}", grant.approvers.join(", "));
+        if let Err(e) = self.audit.append(Kind::GrantUse, rec).await {
+            tracing::error!(error = %e, "audit write failed; refusing the call");
+            return error_result("the action could not be recorded, so it was not run", "error", json!({}));
+        }
+        self.run(claims, tool, args, decision, Some((&grant, req))).await
+    }
+
+    async fn refuse_grant(
+        &self,
+        claims: &SessionClaims,
+        tool: &str,
+        args: &Value,
+        req: &ApprovalRequest,
+        why: &str,
+    ) -> CallToolResult {
+        let mut rec = self.record(claims, tool, args);
+        rec.decision = "redeem".into();
+        rec.request_id = req.id.clone();
+        rec.status = "refused".into();
+        rec.detail = why.to_owned();
+        if let Err(e) = self.audit.append(Kind::GrantUse, rec).await {
+            tracing::error!(error = %e, "audit write failed");
+        }
+        self.publish(claims, tool, args, "deny", format!("grant refused: {why}"), &req.id);
+        error_result(
+            &format!("the approval for this action could not be used ({why}); it was not run"),
+            "denied",
+            json!({ "request_id": req.id }),
+        )
+    }
+}
+
+fn effect_name(effect: Effect) -> &'static str {
+    match effect {
+        Effect::Allow => "allow",
+        Effect::Constrain => "constrain",
+        Effect::Deny => "deny",
+        Effect::Escalate => "escalate",
+    }
+}
+
+/// A one-line summary of a result for the audit trail and live view.
+fn summarize(tool: &str, v: &Value) -> String {
+    let s = |k: &str| v.get(k).map(|x| x.to_string()).unwrap_or_default();
+    match tool {
+        "issue_refund" => format!("refunded {} cents on {} ({})", s("amount"), s("order_id"), s("refund_id")),
+        "change_plan" => format!("plan of {} changed {} -> {}", s("account_id"), s("old_plan"), s("new_plan")),
+        "list_orders" => format!(
+            "{} orders of {}",
+            v.get("orders").and_then(Value::as_array).map(Vec::len).unwrap_or(0),
+            s("account_id")
+        ),
+        "lookup_account" => format!("account {}", s("account_id")),
+        "fetch_document" => format!("document {}", s("doc_id")),
+        _ => "done".into(),
+    }
+}
+
+/// Shared handle.
+pub type SharedBroker = Arc<Broker>;

@@ -1,0 +1,78 @@
+//! `zt-broker`: the MCP broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use zt_proto::stack::Layout;
+
+/// The MCP broker: exposes the backend's narrow tools to agents over MCP,
+/// holds the backend credentials, and gates, audits and executes every call.
+#[derive(Debug, Parser)]
+#[command(name = "zt-broker", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the broker's keys, private config and example backend in DIR
+    /// (the stack must have been initialized by `zt-approval init`).
+    Init {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Serve MCP over Streamable HTTP at /mcp.
+    Serve {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Address to listen on; port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// The approval service (default: the one running for DIR).
+        #[arg(long)]
+        approval: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ZT_LOG").unwrap_or_else(|_| "zt_broker=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init { data_dir } => zt_broker::setup::init(&Layout::new(data_dir)),
+        Command::Serve {
+            data_dir,
+            listen,
+            approval,
+        } => match zt_broker::setup::init(&Layout::new(&data_dir)) {
+            Ok(()) => {
+                let opts = zt_broker::Options {
+                    data_dir,
+                    listen,
+                    approval_url: approval,
+                };
+                zt_broker::serve(opts, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zt-broker: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The broker's HTTP face: MCP over Streamable HTTP at `/mcp`, guarded by a
+//! bearer-token middleware that answers 401 before MCP runs, and the RFC 9728
+//! protected-resource metadata.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::json;
+use tokio::sync::mpsc;
+use zt_policies::PolicyStore;
+use zt_proto::audit::{Kind, Record};
+use zt_proto::stack::Layout;
+use zt_proto::store::AuditLog;
+use zt_proto::token::{self, Expect, KeySet, SessionClaims, TokenType};
+
+use crate::backend::Backend;
+use crate::gate::{Broker, SharedBroker};
+use crate::setup::{self, AUDIT_CHAIN};
+use crate::upstream::Upstream;
+
+/// How to run the broker.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The stack's data directory.
+    pub data_dir: PathBuf,
+    /// Address to listen on (port 0 picks one). Loopback unless configured.
+    pub listen: SocketAddr,
+    /// The approval service's URL (default: the one recorded in the data dir).
+    pub approval_url: Option<String>,
+}
+
+/// The MCP server handler; one per MCP session, all sharing the broker.
+#[derive(Clone)]
+pub struct Mcp {
+    broker: SharedBroker,
+}
+
+fn claims_of(ctx: &RequestContext<RoleServer>) -> Option<Arc<SessionClaims>> {
+    ctx.extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Arc<SessionClaims>>())
+        .cloned()
+}
+
+impl ServerHandler for Mcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("zt-broker", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Tools of the subscription backend. Every call is authorized by policy, may be \
+                 rewritten to least privilege, may need a human's approval, and is audited. \
+                 Amounts are integer cents.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let claims = claims_of(&context).ok_or_else(|| ErrorData::invalid_request("unauthenticated", None))?;
+        let bundle = self.broker.policy.current();
+        let tools = bundle
+            .tools()
+            .filter(|t| claims.allows_tool(&t.name))
+            .map(|t| {
+                let schema = match &t.input_schema {
+                    serde_json::Value::Object(m) => m.clone(),
+                    _ => serde_json::Map::new(),
+                };
+                Tool::new(t.name.clone(), t.description.clone(), schema)
+                    .with_title(t.title.clone())
+                    .with_annotations(
+                        ToolAnnotations::new()
+                            .read_only(t.read_only)
+                            .destructive(t.destructive)
+                            .idempotent(t.read_only)
+                            .open_world(false),
+                    )
+            })
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let claims = claims_of(&context).ok_or_else(|| ErrorData::invalid_request("unauthenticated", None))?;
+        if self.broker.policy.current().tool(&request.name).is_none() {
+            // Unknown tools are a protocol error; still audited.
+            let _ = self
+                .broker
+                .call(&claims, &request.name, serde_json::Value::Null)
+                .await;
+            return Err(ErrorData::invalid_params(format!("unknown tool `{}`", request.name), None));
+        }
+        let args = serde_json::Value::Object(request.arguments.unwrap_or_default());
+        Ok(self.broker.call(&claims, &request.name, args).await.into())
+    }
+}
+
+/// What the auth middleware needs.
+#[derive(Clone)]
+struct Auth {
+    keys: KeySet,
+    issuer: String,
+    audience: String,
+    metadata_url: Arc<std::sync::OnceLock<String>>,
+    audit: Arc<AuditLog>,
+}
+
+async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let expect = Expect {
+        issuer: &auth.issuer,
+        audience: &auth.audience,
+    };
+    let result = match token {
+        None => Err("missing bearer token".to_owned()),
+        Some(t) => token::verify::<SessionClaims>(t, &auth.keys, TokenType::Session, &expect).map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(claims) => {
+            req.extensions_mut().insert(Arc::new(claims));
+            next.run(req).await
+        }
+        Err(why) => {
+            let rec = Record {
+                subject: "unauthenticated".into(),
+                decision: "deny".into(),
+                status: "unauthenticated".into(),
+                detail: why.clone(),
+                ..Record::default()
+            };
+            if let Err(e) = auth.audit.append(Kind::Decision, rec).await {
+                tracing::error!(error = %e, "audit write failed for a refused token");
+            }
+            let metadata = auth.metadata_url.get().cloned().unwrap_or_default();
+            let challenge = format!(
+                "Bearer resource_metadata=\"{metadata}\", error=\"invalid_token\", error_description=\"{}\"",
+                why.replace('"', "'")
+            );
+            let mut resp = (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({ "error": "invalid_token", "error_description": why })),
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            resp
+        }
+    }
+}
+
+/// Runs the broker until `shutdown` resolves. Prints `broker_url=...` once
+/// listening and records it in the stack's `run/` directory.
+pub async fn serve(opts: Options, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let layout = Layout::new(&opts.data_dir);
+    let m = setup::load(&layout)?;
+    let policy = PolicyStore::load(&layout.policies())
+        .with_context(|| format!("loading policies from {}", layout.policies().display()))?;
+    let backend = Backend::open(&m.config.backend_database)
+        .await
+        .context("opening the backend")?;
+    let state = crate::state::open(&layout.private("broker").join("broker.db")).await?;
+    let audit_pool = zt_proto::store::open_pool(&layout.audit_db()).await?;
+    let audit = Arc::new(AuditLog::open(audit_pool.clone(), AUDIT_CHAIN, m.audit_key.clone()).await?);
+    let approval_url = opts.approval_url.clone().or_else(|| layout.endpoint("approval"));
+    let upstream = Upstream::new(approval_url.as_deref(), m.service_key.clone(), m.stack.clone())?;
+
+    let (events, mut events_rx) = mpsc::channel(1024);
+    let publisher = upstream.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events_rx.recv().await {
+            if let Err(e) = publisher.publish(ev).await {
+                tracing::debug!(error = %e, "live event dropped");
+            }
+        }
+    });
+
+    let broker = Arc::new(Broker {
+        policy,
+        backend,
+        state,
+        audit: AuditLog::open(audit_pool, AUDIT_CHAIN, m.audit_key.clone()).await?,
+        upstream,
+        grant_keys: m.grant_keys.clone(),
+        approval_wait: Duration::from_secs(m.config.approval_wait_secs),
+        max_args_bytes: m.config.max_args_bytes,
+        events,
+    });
+
+    let mut config = StreamableHttpServerConfig::default();
+    config.legacy_session_mode = false;
+    config.json_response = true;
+    config.max_request_body_bytes = 256 * 1024;
+    let config = config.enforce_origin_validation();
+    let handler_broker = broker.clone();
+    let mcp = StreamableHttpService::new(
+        move || {
+            Ok(Mcp {
+                broker: handler_broker.clone(),
+            })
+        },
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let base = format!("http://{addr}");
+    let metadata_url = format!("{base}/.well-known/oauth-protected-resource");
+    let auth = Auth {
+        keys: m.session_keys.clone(),
+        issuer: m.stack.issuer.clone(),
+        audience: m.stack.broker_audience.clone(),
+        metadata_url: Arc::new(std::sync::OnceLock::from(metadata_url)),
+        audit,
+    };
+    let resource_doc = json!({
+        "resource": m.stack.broker_audience,
+        "resource_name": "zt-broker",
+        "authorization_servers": [m.stack.issuer],
+        "bearer_methods_supported": ["header"],
+        "scopes_supported": broker.policy.current().tools().map(|t| t.name.clone()).collect::<Vec<_>>(),
+    });
+    let app = Router::new()
+        .nest_service("/mcp", mcp)
+        .route_layer(middleware::from_fn_with_state(auth, authenticate))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            axum::routing::get(move || {
+                let doc = resource_doc.clone();
+                async move { axum::Json(doc) }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+
+    let url = format!("{base}/mcp");
+    layout.write_endpoint("broker", &url)?;
+    println!("broker_url={url}");
+    tracing::info!(%url, "broker listening");
+    serve_nodelay(listener, app, shutdown).await
+}
+
+/// `axum::serve` leaves Nagle's algorithm on, which costs keep-alive clients
+/// tens of milliseconds per call; set TCP_NODELAY on every accepted socket.
+async fn serve_nodelay(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")
+}

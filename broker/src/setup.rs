@@ -1,0 +1,109 @@
+//! The broker's part of a stack: its keys, its private config with the
+//! backend credentials, and the example backend's database.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use zt_proto::keys::{KeyPair, PublicKey};
+use zt_proto::stack::{Layout, StackInfo};
+use zt_proto::token::KeySet;
+
+/// Name of this broker's audit chain.
+pub const AUDIT_CHAIN: &str = "broker";
+
+/// The broker's private configuration (`DIR/broker/broker.toml`, `0600`).
+/// This file is where backend credentials live; nothing else reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The example backend's database file.
+    pub backend_database: PathBuf,
+    /// How long a call escalated to a human waits for the decision before
+    /// the agent is told it is pending, in seconds.
+    #[serde(default = "default_wait")]
+    pub approval_wait_secs: u64,
+    /// Largest accepted `tools/call` arguments, in bytes of JSON.
+    #[serde(default = "default_max_args")]
+    pub max_args_bytes: usize,
+}
+
+fn default_wait() -> u64 {
+    60
+}
+
+fn default_max_args() -> usize {
+    16 * 1024
+}
+
+/// Everything the broker loads at start.
+#[derive(Debug, Clone)]
+pub struct Material {
+    /// The stack identity.
+    pub stack: StackInfo,
+    /// Private config.
+    pub config: Config,
+    /// Signs service tokens to the approval service.
+    pub service_key: KeyPair,
+    /// Signs the broker's audit chain.
+    pub audit_key: KeyPair,
+    /// Pinned key that signs session tokens.
+    pub session_keys: KeySet,
+    /// Pinned key that signs grants.
+    pub grant_keys: KeySet,
+}
+
+fn config_path(layout: &Layout) -> PathBuf {
+    layout.private("broker").join("broker.toml")
+}
+
+fn key_path(layout: &Layout, name: &str) -> PathBuf {
+    layout.private("broker").join(format!("{name}.key"))
+}
+
+/// Creates the broker's keys and private config if missing. Idempotent.
+/// The stack (identity, approval keys, policies) must exist already.
+pub fn init(layout: &Layout) -> anyhow::Result<()> {
+    layout.stack().context("the approval service must initialize the stack first")?;
+    layout.create_private("broker")?;
+    layout.create_private("backend")?;
+    KeyPair::load_or_generate(&key_path(layout, "service"), &layout.public_key("broker-service"))?;
+    KeyPair::load_or_generate(&key_path(layout, "audit"), &layout.audit_key(AUDIT_CHAIN))?;
+    let path = config_path(layout);
+    if !path.exists() {
+        let config = Config {
+            backend_database: layout.private("backend").join("backend.db"),
+            approval_wait_secs: default_wait(),
+            max_args_bytes: default_max_args(),
+        };
+        let text = format!(
+            "# The broker's private configuration. Backend credentials live here and\n\
+             # nowhere else; only the broker reads this file.\n{}",
+            toml::to_string(&config)?
+        );
+        zt_proto::keys::write_private(&path, &text)?;
+    }
+    Ok(())
+}
+
+fn read_config(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Loads everything the broker needs; fails if anything is missing.
+pub fn load(layout: &Layout) -> anyhow::Result<Material> {
+    let pinned = |name: &str| -> anyhow::Result<KeySet> {
+        let path = layout.public_key(name);
+        let key = PublicKey::read(&path).with_context(|| format!("pinned key {}", path.display()))?;
+        Ok(KeySet::new(vec![key]))
+    };
+    Ok(Material {
+        stack: layout.stack()?,
+        config: read_config(&config_path(layout))?,
+        service_key: KeyPair::read(&key_path(layout, "service"))?,
+        audit_key: KeyPair::read(&key_path(layout, "audit"))?,
+        session_keys: pinned("approval-token")?,
+        grant_keys: pinned("approval-grant")?,
+    })
+}

@@ -1,0 +1,117 @@
+//! The broker's client of the approval service. It authenticates with a
+//! short service token signed by the broker's own key; the agent's session
+//! token is never passed upstream.
+
+use std::time::Duration;
+
+use tonic::Request;
+use tonic::transport::{Channel, Endpoint};
+use zt_proto::keys::KeyPair;
+use zt_proto::pb::approval_client::ApprovalClient;
+use zt_proto::pb::{ApprovalRequest, EscalateRequest, Event, ReportExecutionRequest, WaitDecisionRequest};
+use zt_proto::stack::StackInfo;
+use zt_proto::token::{self, SERVICE_TTL_SECS, ServiceClaims, TokenType};
+
+/// A failure talking to the approval service. Callers fail closed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Not reachable or not configured.
+    #[error("approval service unavailable")]
+    Unavailable,
+    /// It answered with an error.
+    #[error("approval service refused: {0}")]
+    Refused(String),
+}
+
+/// Client of the approval service.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Option<ApprovalClient<Channel>>,
+    key: KeyPair,
+    stack: StackInfo,
+}
+
+impl Upstream {
+    /// A lazily-connecting client of `url` (none: every escalation is refused).
+    pub fn new(url: Option<&str>, key: KeyPair, stack: StackInfo) -> anyhow::Result<Upstream> {
+        let client = match url {
+            Some(url) => {
+                let endpoint = Endpoint::from_shared(url.to_owned())?
+                    .connect_timeout(Duration::from_secs(3))
+                    .tcp_nodelay(true);
+                Some(ApprovalClient::new(endpoint.connect_lazy()))
+            }
+            None => None,
+        };
+        Ok(Upstream { client, key, stack })
+    }
+
+    fn request<T>(&self, msg: T, timeout: Duration) -> Result<Request<T>, UpstreamError> {
+        let now = token::now_secs();
+        let claims = ServiceClaims {
+            iss: self.stack.broker_audience.clone(),
+            aud: self.stack.approval_audience.clone(),
+            sub: "zt-broker".into(),
+            jti: zt_proto::random_id("svc_"),
+            iat: now,
+            nbf: now,
+            exp: now + SERVICE_TTL_SECS,
+        };
+        let jwt = token::sign(&self.key, TokenType::Service, &claims).map_err(|_| UpstreamError::Unavailable)?;
+        let mut req = Request::new(msg);
+        req.set_timeout(timeout);
+        let value = format!("Bearer {jwt}").parse().map_err(|_| UpstreamError::Unavailable)?;
+        req.metadata_mut().insert("authorization", value);
+        Ok(req)
+    }
+
+    fn client(&self) -> Result<ApprovalClient<Channel>, UpstreamError> {
+        self.client.clone().ok_or(UpstreamError::Unavailable)
+    }
+
+    fn map(status: tonic::Status) -> UpstreamError {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                UpstreamError::Unavailable
+            }
+            _ => UpstreamError::Refused(status.message().to_owned()),
+        }
+    }
+
+    /// Records an escalation (deduplicated by the service).
+    pub async fn escalate(&self, req: EscalateRequest) -> Result<ApprovalRequest, UpstreamError> {
+        let r = self.request(req, Duration::from_secs(10))?;
+        Ok(self.client()?.escalate(r).await.map_err(Self::map)?.into_inner())
+    }
+
+    /// Waits up to `wait` for the request to be decided.
+    pub async fn wait(&self, id: &str, wait: Duration) -> Result<ApprovalRequest, UpstreamError> {
+        let timeout_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        let msg = WaitDecisionRequest {
+            id: id.to_owned(),
+            timeout_ms,
+        };
+        let r = self.request(msg, wait + Duration::from_secs(5))?;
+        Ok(self.client()?.wait_decision(r).await.map_err(Self::map)?.into_inner())
+    }
+
+    /// Reports an approved request's execution.
+    pub async fn report(&self, id: &str, ok: bool, outcome: &str, grant_id: &str) -> Result<(), UpstreamError> {
+        let msg = ReportExecutionRequest {
+            id: id.to_owned(),
+            ok,
+            outcome: outcome.to_owned(),
+            grant_id: grant_id.to_owned(),
+        };
+        let r = self.request(msg, Duration::from_secs(10))?;
+        self.client()?.report_execution(r).await.map_err(Self::map)?;
+        Ok(())
+    }
+
+    /// Publishes a live event for operators (best effort).
+    pub async fn publish(&self, event: Event) -> Result<(), UpstreamError> {
+        let r = self.request(event, Duration::from_secs(3))?;
+        self.client()?.publish(r).await.map_err(Self::map)?;
+        Ok(())
+    }
+}

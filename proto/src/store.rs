@@ -1,0 +1,315 @@
+//! SQL storage of audit chains (feature `store`).
+//!
+//! One table of entries keyed by `(chain, seq)` and one of chains with the
+//! public key each was started with. Append-only is enforced by the
+//! database too: triggers abort any `UPDATE` or `DELETE` of an entry, so a
+//! bug cannot rewrite history; only someone editing the file by hand can,
+//! and [`verify`] catches that.
+//!
+//! An append returns only after the entry is committed (`synchronous=FULL`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::Mutex;
+
+use crate::audit::{self, ChainWriter, Finding, Kind, Problem, Record, Sealed, Verified};
+use crate::keys::{KeyPair, PublicKey};
+
+/// Errors of the audit store. Callers on an authorization path must treat
+/// any of them as "refuse the action".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("audit database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The chain exists with another key.
+    #[error("audit chain `{0}` was started with a different key")]
+    KeyMismatch(String),
+    /// The entry could not be encoded.
+    #[error("audit entry could not be encoded: {0}")]
+    Encode(String),
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS audit_chains (
+        chain TEXT PRIMARY KEY NOT NULL,
+        public_key TEXT NOT NULL,
+        created_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS audit_entries (
+        chain TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        sig TEXT NOT NULL,
+        PRIMARY KEY (chain, seq))",
+    "CREATE TRIGGER IF NOT EXISTS audit_entries_no_update BEFORE UPDATE ON audit_entries
+        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_entries_no_delete BEFORE DELETE ON audit_entries
+        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_chains_no_update BEFORE UPDATE ON audit_chains
+        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
+];
+
+/// Opens (creating if needed) the audit database at `path`.
+pub async fn open_pool(path: &Path) -> Result<SqlitePool, StoreError> {
+    let opts = SqliteConnectOptions::from_str("sqlite://")?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await?;
+    for stmt in SCHEMA {
+        sqlx::query(*stmt).execute(&pool).await?;
+    }
+    Ok(pool)
+}
+
+/// One writer's chain in the store.
+#[derive(Debug)]
+pub struct AuditLog {
+    pool: SqlitePool,
+    writer: Mutex<ChainWriter>,
+}
+
+impl AuditLog {
+    /// Opens chain `chain` for appending with `key`. A new chain starts with a
+    /// `chain_start` entry; an existing chain must have been started with the
+    /// same key.
+    pub async fn open(pool: SqlitePool, chain: &str, key: KeyPair) -> Result<AuditLog, StoreError> {
+        let public = key.public().to_hex();
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT public_key FROM audit_chains WHERE chain = ?")
+                .bind(chain)
+                .fetch_optional(&pool)
+                .await?;
+        match existing {
+            Some(k) if k != public => return Err(StoreError::KeyMismatch(chain.to_owned())),
+            Some(_) => {}
+            None => {
+                sqlx::query("INSERT INTO audit_chains (chain, public_key, created_ms) VALUES (?, ?, ?)")
+                    .bind(chain)
+                    .bind(&public)
+                    .bind(crate::now_ms())
+                    .execute(&pool)
+                    .await?;
+            }
+        }
+        let last = sqlx::query("SELECT seq, hash FROM audit_entries WHERE chain = ? ORDER BY seq DESC LIMIT 1")
+            .bind(chain)
+            .fetch_optional(&pool)
+            .await?
+            .map(|row| {
+                let seq: i64 = row.get(0);
+                (u64::try_from(seq).unwrap_or(0), row.get::<String, _>(1))
+            });
+        let fresh = last.is_none();
+        let log = AuditLog {
+            pool,
+            writer: Mutex::new(ChainWriter::new(chain.to_owned(), key, last)),
+        };
+        if fresh {
+            log.append(
+                Kind::ChainStart,
+                Record {
+                    subject: chain.to_owned(),
+                    detail: format!("chain started with key {public}"),
+                    ..Record::default()
+                },
+            )
+            .await?;
+        }
+        Ok(log)
+    }
+
+    /// The pool (for readers in the same process).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Appends one entry and returns it once it is durably stored.
+    pub async fn append(&self, kind: Kind, record: Record) -> Result<Sealed, StoreError> {
+        let mut writer = self.writer.lock().await;
+        let sealed = writer
+            .seal(kind, record, crate::now_ms())
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        sqlx::query("INSERT INTO audit_entries (chain, seq, body, hash, sig) VALUES (?, ?, ?, ?, ?)")
+            .bind(&sealed.chain)
+            .bind(i64::try_from(sealed.seq).unwrap_or(i64::MAX))
+            .bind(&sealed.body)
+            .bind(&sealed.hash)
+            .bind(&sealed.sig)
+            .execute(&self.pool)
+            .await?;
+        writer.advance(&sealed);
+        Ok(sealed)
+    }
+}
+
+/// The chains recorded in the store, with the key each was started with.
+pub async fn chains(pool: &SqlitePool) -> Result<BTreeMap<String, String>, StoreError> {
+    let rows = sqlx::query("SELECT chain, public_key FROM audit_chains ORDER BY chain")
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+        .collect())
+}
+
+/// All entries of `chain` in stored order (by sequence number).
+pub async fn entries(pool: &SqlitePool, chain: &str) -> Result<Vec<Sealed>, StoreError> {
+    let rows = sqlx::query("SELECT chain, seq, body, hash, sig FROM audit_entries WHERE chain = ? ORDER BY seq, rowid")
+        .bind(chain)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Sealed {
+            chain: r.get(0),
+            seq: u64::try_from(r.get::<i64, _>(1)).unwrap_or(0),
+            body: r.get(2),
+            hash: r.get(3),
+            sig: r.get(4),
+        })
+        .collect())
+}
+
+/// Entries of every chain, newest first, at most `limit`.
+pub async fn recent(pool: &SqlitePool, limit: u32) -> Result<Vec<Sealed>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT chain, seq, body, hash, sig FROM audit_entries ORDER BY json_extract(body, '$.time_ms') DESC, seq DESC LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Sealed {
+            chain: r.get(0),
+            seq: u64::try_from(r.get::<i64, _>(1)).unwrap_or(0),
+            body: r.get(2),
+            hash: r.get(3),
+            sig: r.get(4),
+        })
+        .collect())
+}
+
+/// Where the verifier's trust in a chain's key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    /// A public key pinned outside the database.
+    Pinned,
+    /// Only the key recorded in the database (weaker: whoever can rewrite
+    /// the database can rewrite the key).
+    Database,
+}
+
+/// The result of verifying every chain in a store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Chains that verified.
+    pub verified: Vec<Verified>,
+    /// The first bad entry of each chain that did not.
+    pub findings: Vec<Finding>,
+    /// Where the keys came from.
+    pub keys: KeySource,
+}
+
+impl Report {
+    /// Whether every chain verified.
+    pub fn intact(&self) -> bool {
+        self.findings.is_empty()
+    }
+
+    /// Total entries verified.
+    pub fn entries(&self) -> u64 {
+        self.verified.iter().map(|v| v.entries).sum()
+    }
+}
+
+/// Verifies every chain in the store. With `pinned` keys, a chain without a
+/// pinned key, a pinned chain missing from the store, or a stored key that
+/// differs from the pinned one is a finding; without, the stored keys are used.
+pub async fn verify(
+    pool: &SqlitePool,
+    pinned: Option<&BTreeMap<String, PublicKey>>,
+) -> Result<Report, StoreError> {
+    let stored = chains(pool).await?;
+    let mut report = Report {
+        verified: Vec::new(),
+        findings: Vec::new(),
+        keys: if pinned.is_some() {
+            KeySource::Pinned
+        } else {
+            KeySource::Database
+        },
+    };
+    let finding = |chain: &str, problem: Problem, detail: String| Finding {
+        chain: chain.to_owned(),
+        seq: 0,
+        problem,
+        detail,
+    };
+    if let Some(pinned) = pinned {
+        for chain in pinned.keys() {
+            if !stored.contains_key(chain) {
+                report.findings.push(finding(
+                    chain,
+                    Problem::Gap,
+                    format!("chain `{chain}` has a pinned key but is missing from the log"),
+                ));
+            }
+        }
+    }
+    for (chain, stored_key) in &stored {
+        let key = match pinned {
+            Some(p) => match p.get(chain) {
+                Some(k) if k.to_hex() == *stored_key => k.clone(),
+                Some(_) => {
+                    report.findings.push(finding(
+                        chain,
+                        Problem::Signature,
+                        format!("chain `{chain}` records a key that differs from the pinned key"),
+                    ));
+                    continue;
+                }
+                None => {
+                    report.findings.push(finding(
+                        chain,
+                        Problem::Misplaced,
+                        format!("chain `{chain}` has no pinned key (not written by a known writer)"),
+                    ));
+                    continue;
+                }
+            },
+            None => match PublicKey::from_hex(stored_key) {
+                Some(k) => k,
+                None => {
+                    report.findings.push(finding(
+                        chain,
+                        Problem::Malformed,
+                        format!("chain `{chain}` records a malformed key"),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let rows = entries(pool, chain).await?;
+        match audit::verify_chain(chain, &rows, &key) {
+            Ok(v) => report.verified.push(v),
+            Err(f) => report.findings.push(f),
+        }
+    }
+    Ok(report)
+}

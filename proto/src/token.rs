@@ -1,0 +1,518 @@
+//! Session, operator and service tokens: EdDSA JWTs.
+//!
+//! Three token types exist and none can stand in for another: each has its
+//! own `typ` header, its own audience and its own claims shape.
+//!
+//! - **Session** (`typ: at+jwt`, RFC 9068): minted per agent run by the
+//!   approval service. `sub` is the human the agent acts for; `act` is the
+//!   RFC 8693 actor chain (outermost = current actor, the agent); `sid`
+//!   names the run; `scope` lists the tools it may call; lifetime minutes.
+//! - **Operator** (`typ: zt-operator+jwt`): a person at the console, with a
+//!   role and, for approvers, an approval limit in cents.
+//! - **Service** (`typ: zt-service+jwt`): the broker calling the approval
+//!   service, signed by the broker's own key, so no secret is shared.
+//!
+//! Verification accepts only `alg: EdDSA` with a `kid` found in the pinned
+//! key set, checks `aud`, `iss`, `exp` and `nbf` with at most
+//! [`LEEWAY_SECS`] of clock skew, and refuses lifetimes over the type's cap.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{KeyPair, PublicKey};
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+/// Default session lifetime, in seconds.
+pub const DEFAULT_SESSION_TTL_SECS: i64 = 300;
+/// Longest session lifetime ever issued or accepted, in seconds.
+pub const MAX_SESSION_TTL_SECS: i64 = 900;
+/// Longest operator token lifetime, in seconds (a working day).
+pub const MAX_OPERATOR_TTL_SECS: i64 = 12 * 3600;
+/// Service tokens are minted per call batch and live briefly.
+pub const SERVICE_TTL_SECS: i64 = 120;
+/// Tokens longer than this are refused before parsing.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Which kind of token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// An agent session.
+    Session,
+    /// A human operator.
+    Operator,
+    /// A service calling another.
+    Service,
+}
+
+impl TokenType {
+    /// The JOSE `typ` header value.
+    pub fn header(self) -> &'static str {
+        match self {
+            TokenType::Session => "at+jwt",
+            TokenType::Operator => "zt-operator+jwt",
+            TokenType::Service => "zt-service+jwt",
+        }
+    }
+
+    fn max_lifetime(self) -> i64 {
+        match self {
+            TokenType::Session => MAX_SESSION_TTL_SECS,
+            TokenType::Operator => MAX_OPERATOR_TTL_SECS,
+            TokenType::Service => SERVICE_TTL_SECS,
+        }
+    }
+}
+
+/// Why a token was refused. The `Display` text is safe to return to a caller.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not a JWT, or too long.
+    #[error("token is malformed")]
+    Malformed,
+    /// `alg` other than EdDSA (including `none`, HS*, RS*).
+    #[error("token algorithm {0} is not accepted")]
+    Algorithm(String),
+    /// Wrong `typ` header for this endpoint.
+    #[error("token is not a {0} token")]
+    Type(&'static str),
+    /// No `kid`, or a `kid` not in the pinned key set.
+    #[error("token signing key is unknown")]
+    UnknownKey,
+    /// Signature does not verify.
+    #[error("token signature is invalid")]
+    Signature,
+    /// Past `exp`.
+    #[error("token has expired")]
+    Expired,
+    /// Before `nbf`.
+    #[error("token is not yet valid")]
+    NotYetValid,
+    /// `aud` is not this service.
+    #[error("token audience is wrong")]
+    Audience,
+    /// `iss` is not the trusted issuer.
+    #[error("token issuer is wrong")]
+    Issuer,
+    /// Lifetime longer than the type allows.
+    #[error("token lifetime exceeds the allowed maximum")]
+    Lifetime,
+    /// Claims missing or of the wrong shape.
+    #[error("token claims are invalid")]
+    Claims,
+    /// The session was revoked.
+    #[error("session has been revoked")]
+    Revoked,
+    /// Signing failed (a local key problem).
+    #[error("could not sign token")]
+    Sign,
+}
+
+/// An RFC 8693 actor: who is acting, and (nested) who acted before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The actor's identifier, e.g. `agent:subscription-agent`.
+    pub sub: String,
+    /// The previous actor in the chain, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+/// Claims of a session token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Audience: the broker's resource identifier.
+    pub aud: String,
+    /// The human the agent acts for.
+    pub sub: String,
+    /// The actor chain; the outermost actor is the agent now acting.
+    pub act: Actor,
+    /// Session (run) id; survives refresh.
+    pub sid: String,
+    /// Token id; new on every issue and refresh.
+    pub jti: String,
+    /// Issued at (Unix seconds).
+    pub iat: i64,
+    /// Not before (Unix seconds).
+    pub nbf: i64,
+    /// Expiry (Unix seconds).
+    pub exp: i64,
+    /// Space-separated tool names this session may call; empty means every
+    /// tool the policy allows.
+    #[serde(default)]
+    pub scope: String,
+}
+
+impl SessionClaims {
+    /// The agent now acting (the outermost actor).
+    pub fn agent(&self) -> &str {
+        &self.act.sub
+    }
+
+    /// The behalf-of chain, current actor first, ending with the human.
+    pub fn chain(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = Some(&self.act);
+        while let Some(a) = cur {
+            out.push(a.sub.clone());
+            cur = a.act.as_deref();
+        }
+        out.push(self.sub.clone());
+        out
+    }
+
+    /// Whether the scope admits `tool`.
+    pub fn allows_tool(&self, tool: &str) -> bool {
+        self.scope.trim().is_empty() || self.scope.split_whitespace().any(|t| t == tool)
+    }
+}
+
+/// An operator's role at the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May approve and deny, up to a limit.
+    Approver,
+    /// Watches live activity; read-only.
+    Watcher,
+    /// Browses and verifies the audit log; read-only.
+    Auditor,
+    /// Everything an approver may, without a limit.
+    Admin,
+}
+
+impl Role {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Approver => "approver",
+            Role::Watcher => "watcher",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Whether this role may vote on approval requests.
+    pub fn may_decide(self) -> bool {
+        matches!(self, Role::Approver | Role::Admin)
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "approver" => Ok(Role::Approver),
+            "watcher" => Ok(Role::Watcher),
+            "auditor" => Ok(Role::Auditor),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role `{other}` (expected approver, watcher, auditor or admin)"
+            )),
+        }
+    }
+}
+
+/// Claims of an operator token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Audience: the approval service.
+    pub aud: String,
+    /// The operator's name.
+    pub sub: String,
+    /// The operator's role.
+    pub role: Role,
+    /// Approval limit in cents (approvers); 0 means none.
+    #[serde(default)]
+    pub limit: i64,
+    /// Token id.
+    pub jti: String,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Expiry.
+    pub exp: i64,
+}
+
+/// Claims of a service token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceClaims {
+    /// Issuer: the calling service.
+    pub iss: String,
+    /// Audience: the called service.
+    pub aud: String,
+    /// The calling service's name.
+    pub sub: String,
+    /// Token id.
+    pub jti: String,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Expiry.
+    pub exp: i64,
+}
+
+/// The lifetime claims every token type shares, checked generically.
+pub trait Lifetime {
+    /// Issued at (Unix seconds).
+    fn iat(&self) -> i64;
+    /// Expiry (Unix seconds).
+    fn exp(&self) -> i64;
+}
+
+macro_rules! lifetime {
+    ($($t:ty),*) => {$(
+        impl Lifetime for $t {
+            fn iat(&self) -> i64 { self.iat }
+            fn exp(&self) -> i64 { self.exp }
+        }
+    )*};
+}
+lifetime!(SessionClaims, OperatorClaims, ServiceClaims);
+
+/// The pinned public keys a verifier trusts (several during a rollover).
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: Vec<PublicKey>,
+}
+
+impl KeySet {
+    /// A key set of the given keys.
+    pub fn new(keys: Vec<PublicKey>) -> KeySet {
+        KeySet { keys }
+    }
+
+    /// The key with id `kid`.
+    pub fn get(&self, kid: &str) -> Option<&PublicKey> {
+        self.keys.iter().find(|k| k.kid() == kid)
+    }
+}
+
+/// What a verifier expects of a token besides its signature.
+#[derive(Debug, Clone)]
+pub struct Expect<'a> {
+    /// Trusted issuer.
+    pub issuer: &'a str,
+    /// This service's audience identifier.
+    pub audience: &'a str,
+}
+
+/// Signs `claims` as a JWT of type `typ` with `key`.
+pub fn sign<C: Serialize>(key: &KeyPair, typ: TokenType, claims: &C) -> Result<String, TokenError> {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.typ = Some(typ.header().to_owned());
+    header.kid = Some(key.kid().to_owned());
+    let enc = key.encoding_key().map_err(|_| TokenError::Sign)?;
+    jsonwebtoken::encode(&header, claims, &enc).map_err(|_| TokenError::Sign)
+}
+
+/// Verifies a JWT of type `typ` against the pinned `keys` and `expect`.
+pub fn verify<C: DeserializeOwned + Lifetime>(
+    token: &str,
+    keys: &KeySet,
+    typ: TokenType,
+    expect: &Expect<'_>,
+) -> Result<C, TokenError> {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Malformed);
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|_| {
+        // `alg: none` and other unknown algorithms do not parse as a header;
+        // name the algorithm when the header says one.
+        match unverified_alg(token) {
+            alg if alg == "unknown" || alg == "EdDSA" => TokenError::Malformed,
+            alg => TokenError::Algorithm(alg),
+        }
+    })?;
+    if header.alg != jsonwebtoken::Algorithm::EdDSA {
+        return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+    }
+    if header.typ.as_deref() != Some(typ.header()) {
+        return Err(TokenError::Type(typ.header()));
+    }
+    let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
+    let key = keys.get(kid).ok_or(TokenError::UnknownKey)?;
+
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_nbf = true;
+    validation.validate_exp = true;
+    validation.set_audience(&[expect.audience]);
+    validation.set_issuer(&[expect.issuer]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iat", "aud", "iss", "sub"]);
+    let data = jsonwebtoken::decode::<C>(token, &key.decoding_key(), &validation).map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::ExpiredSignature => TokenError::Expired,
+            K::ImmatureSignature => TokenError::NotYetValid,
+            K::InvalidAudience => TokenError::Audience,
+            K::InvalidIssuer => TokenError::Issuer,
+            K::InvalidSignature => TokenError::Signature,
+            K::InvalidAlgorithm | K::InvalidAlgorithmName => TokenError::Algorithm("mismatch".into()),
+            K::MissingRequiredClaim(_) | K::Json(_) | K::InvalidClaimFormat(_) => TokenError::Claims,
+            _ => TokenError::Malformed,
+        }
+    })?;
+    let claims = data.claims;
+    let life = claims.exp() - claims.iat();
+    if life <= 0 || life > typ.max_lifetime() {
+        return Err(TokenError::Lifetime);
+    }
+    Ok(claims)
+}
+
+/// Best-effort read of the `alg` a refused header claimed, for the error text.
+fn unverified_alg(token: &str) -> String {
+    use base64::Engine;
+    let head = token.split('.').next().unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
+        .map(|alg| alg.chars().filter(|c| c.is_ascii_alphanumeric()).take(16).collect())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Current Unix time in seconds.
+pub fn now_secs() -> i64 {
+    crate::now_ms() / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    const ISS: &str = "urn:zt:approval:test";
+    const AUD: &str = "urn:zt:broker:test";
+
+    fn claims(iat: i64, ttl: i64) -> SessionClaims {
+        SessionClaims {
+            iss: ISS.into(),
+            aud: AUD.into(),
+            sub: "alice".into(),
+            act: Actor {
+                sub: "agent:subscription".into(),
+                act: Some(Box::new(Actor {
+                    sub: "launcher:web".into(),
+                    act: None,
+                })),
+            },
+            sid: "sess_1".into(),
+            jti: "jti_1".into(),
+            iat,
+            nbf: iat,
+            exp: iat + ttl,
+            scope: "lookup_account issue_refund".into(),
+        }
+    }
+
+    fn expect() -> Expect<'static> {
+        Expect {
+            issuer: ISS,
+            audience: AUD,
+        }
+    }
+
+    fn b64(v: &serde_json::Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn round_trip_and_chain() {
+        let k = KeyPair::from_seed(&[1; 32]);
+        let t = sign(&k, TokenType::Session, &claims(now_secs(), 300)).unwrap();
+        let keys = KeySet::new(vec![k.public()]);
+        let c: SessionClaims = verify(&t, &keys, TokenType::Session, &expect()).unwrap();
+        assert_eq!(c.chain(), ["agent:subscription", "launcher:web", "alice"]);
+        assert!(c.allows_tool("issue_refund"));
+        assert!(!c.allows_tool("change_plan"));
+    }
+
+    #[test]
+    fn attacks_are_refused() {
+        let k = KeyPair::from_seed(&[1; 32]);
+        let other = KeyPair::from_seed(&[2; 32]);
+        let keys = KeySet::new(vec![k.public()]);
+        let now = now_secs();
+        let v = |t: &str| verify::<SessionClaims>(t, &keys, TokenType::Session, &expect());
+
+        // Wrong key (unknown kid) and a known kid with a foreign signature.
+        let t = sign(&other, TokenType::Session, &claims(now, 300)).unwrap();
+        assert_eq!(v(&t), Err(TokenError::UnknownKey));
+        let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
+        parts[0] = b64(&serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":k.kid()}));
+        assert_eq!(v(&parts.join(".")), Err(TokenError::Signature));
+
+        // alg none and HS256.
+        let none = format!(
+            "{}.{}.",
+            b64(&serde_json::json!({"alg":"none","typ":"at+jwt","kid":k.kid()})),
+            b64(&serde_json::to_value(claims(now, 300)).unwrap())
+        );
+        assert!(matches!(v(&none), Err(TokenError::Algorithm(_))));
+        let hs = jsonwebtoken::encode(
+            &jsonwebtoken::Header {
+                kid: Some(k.kid().into()),
+                typ: Some("at+jwt".into()),
+                ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+            },
+            &claims(now, 300),
+            &jsonwebtoken::EncodingKey::from_secret(k.public().as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(v(&hs), Err(TokenError::Algorithm(_))));
+
+        // Tampered payload.
+        let good = sign(&k, TokenType::Session, &claims(now, 300)).unwrap();
+        let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+        let mut c = claims(now, 300);
+        c.sub = "carol".into();
+        parts[1] = b64(&serde_json::to_value(c).unwrap());
+        assert_eq!(v(&parts.join(".")), Err(TokenError::Signature));
+
+        // Expired, not yet valid, over-long lifetime.
+        let t = sign(&k, TokenType::Session, &claims(now - 1000, 300)).unwrap();
+        assert_eq!(v(&t), Err(TokenError::Expired));
+        let mut c = claims(now, 300);
+        c.nbf = now + 120;
+        let t = sign(&k, TokenType::Session, &c).unwrap();
+        assert_eq!(v(&t), Err(TokenError::NotYetValid));
+        let t = sign(&k, TokenType::Session, &claims(now, 3600)).unwrap();
+        assert_eq!(v(&t), Err(TokenError::Lifetime));
+
+        // Wrong audience / issuer.
+        let mut c = claims(now, 300);
+        c.aud = "urn:zt:broker:other".into();
+        assert_eq!(v(&sign(&k, TokenType::Session, &c).unwrap()), Err(TokenError::Audience));
+        let mut c = claims(now, 300);
+        c.iss = "urn:evil".into();
+        assert_eq!(v(&sign(&k, TokenType::Session, &c).unwrap()), Err(TokenError::Issuer));
+
+        // A token of another type.
+        let t = sign(&k, TokenType::Operator, &claims(now, 300)).unwrap();
+        assert_eq!(v(&t), Err(TokenError::Type("at+jwt")));
+
+        // Garbage.
+        assert_eq!(v("not-a-token"), Err(TokenError::Malformed));
+        assert_eq!(v(&"a".repeat(MAX_TOKEN_LEN + 1)), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn rollover_accepts_both_keys() {
+        let old = KeyPair::from_seed(&[3; 32]);
+        let new = KeyPair::from_seed(&[4; 32]);
+        let keys = KeySet::new(vec![old.public(), new.public()]);
+        for k in [&old, &new] {
+            let t = sign(k, TokenType::Session, &claims(now_secs(), 60)).unwrap();
+            assert!(verify::<SessionClaims>(&t, &keys, TokenType::Session, &expect()).is_ok());
+        }
+    }
+}

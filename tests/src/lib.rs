@@ -1,0 +1,1 @@
+//! Shared helpers for the end-to-end suites live in the test files.
