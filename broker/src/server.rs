@@ -181,7 +181,7 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
 pub async fn serve(opts: Options, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let layout = Layout::new(&opts.data_dir);
     let m = setup::load(&layout)?;
-    let policy = PolicyStore::load(&layout.policies())
+    let policy = PolicyStore::open(layout.policies())
         .with_context(|| format!("loading policies from {}", layout.policies().display()))?;
     let backend = Backend::open(&m.config.backend_database)
         .await

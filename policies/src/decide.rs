@@ -1,0 +1,423 @@
+//! The decision: pure, synchronous, fail closed.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RestrictedExpression};
+use serde_json::{Map, Value};
+
+use crate::args::sanitize;
+use crate::load::{HumanEntry, PolicyBundle, RuleKind, ToolEntry};
+use crate::rewrite::as_int;
+use crate::{Decision, DecisionRequest, Effect};
+
+/// Default model message of a denial.
+pub const DENY_MESSAGE: &str = "This action is not permitted by policy.";
+/// Default model message of an escalation.
+pub const ESCALATE_MESSAGE: &str = "This action needs approval from a human operator.";
+/// Default model message of a constrained call.
+pub const CONSTRAIN_MESSAGE: &str = "The request was adjusted to stay within policy.";
+
+/// What one Cedar evaluation said.
+enum Outcome {
+    /// Some policy evaluation errored (ids of the erroring rules).
+    Error(Vec<String>),
+    /// Forbid rules matched.
+    Forbid(Vec<String>),
+    /// Nothing matched.
+    NoPermit,
+    /// Permits matched; the most restrictive kind and its rules.
+    Permit(RuleKind, Vec<String>),
+}
+
+fn gate(effect: Effect, args: &Value, rule: &str, reason: String, model: String) -> Decision {
+    Decision {
+        effect,
+        args: args.clone(),
+        rules: vec![format!("gate:{rule}")],
+        reason,
+        model_message: model,
+    }
+}
+
+fn deny(args: &Value, rule: &str, reason: impl Into<String>, model: impl Into<String>) -> Decision {
+    gate(Effect::Deny, args, rule, reason.into(), model.into())
+}
+
+/// A JSON value as a Cedar restricted expression. `null` and non-integral
+/// numbers have no Cedar equivalent. Objects become records (never entity
+/// references: `__entity` escapes are not interpreted).
+fn to_expr(v: &Value) -> Result<RestrictedExpression, String> {
+    Ok(match v {
+        Value::Bool(b) => RestrictedExpression::new_bool(*b),
+        Value::Number(_) => RestrictedExpression::new_long(
+            as_int(v).ok_or_else(|| "a non-integer number".to_string())?,
+        ),
+        Value::String(s) => RestrictedExpression::new_string(s.clone()),
+        Value::Array(items) => {
+            RestrictedExpression::new_set(items.iter().map(to_expr).collect::<Result<Vec<_>, _>>()?)
+        }
+        Value::Object(map) => RestrictedExpression::new_record(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), to_expr(v)?)))
+                .collect::<Result<Vec<_>, String>>()?,
+        )
+        .map_err(|e| e.to_string())?,
+        Value::Null => return Err("null".to_string()),
+    })
+}
+
+impl PolicyBundle {
+    /// Decides one tool call. Pure and synchronous; never panics: any internal
+    /// error (even a panic inside the policy engine) yields [`Effect::Deny`].
+    pub fn decide(&self, req: &DecisionRequest) -> Decision {
+        match catch_unwind(AssertUnwindSafe(|| self.decide_inner(req))) {
+            Ok(d) => d,
+            Err(_) => deny(
+                &req.args,
+                "internal-error",
+                "internal error while deciding",
+                DENY_MESSAGE,
+            ),
+        }
+    }
+
+    fn decide_inner(&self, req: &DecisionRequest) -> Decision {
+        let args = &req.args;
+        let Some(entry) = self.entries.get(&req.tool) else {
+            return deny(
+                args,
+                "unknown-tool",
+                format!("unknown tool `{}`", sanitize(&req.tool)),
+                "Unknown tool.",
+            );
+        };
+        let Some(human) = self.humans.get(&req.human) else {
+            return deny(
+                args,
+                "unknown-human",
+                format!("unknown human `{}`", sanitize(&req.human)),
+                "The user you act for is not known, so the action was not performed.",
+            );
+        };
+        if let Err(e) = crate::args::validate(&entry.validator, args) {
+            return deny(
+                args,
+                "invalid-args",
+                format!("invalid arguments: {e}"),
+                format!("Invalid arguments: {e}."),
+            );
+        }
+        let Some(resource_id) = args.get(&entry.resource_arg).and_then(Value::as_str) else {
+            return deny(
+                args,
+                "invalid-args",
+                format!("missing resource argument `{}`", entry.resource_arg),
+                format!(
+                    "Invalid arguments: missing required field `{}`.",
+                    entry.resource_arg
+                ),
+            );
+        };
+        let empty = Map::new();
+        let attrs = match &req.resource {
+            Some(r) if r.id != resource_id => {
+                return deny(
+                    args,
+                    "resource-mismatch",
+                    format!(
+                        "the resource looked up does not match the `{}` argument",
+                        entry.resource_arg
+                    ),
+                    DENY_MESSAGE,
+                );
+            }
+            Some(r) => &r.attrs,
+            None => &empty,
+        };
+        let resource = match resource_entity(entry, resource_id, attrs) {
+            Ok(r) => r,
+            Err(m) => {
+                return deny(args, "bad-resource", m, DENY_MESSAGE);
+            }
+        };
+
+        match self.evaluate(entry, human, &req.agent, &resource, args) {
+            Outcome::Permit(RuleKind::Constrain, ids) => {
+                self.constrain(entry, human, req, &resource, ids)
+            }
+            other => self.conclude(other, args),
+        }
+    }
+
+    /// Rewrites the arguments, then evaluates the rewritten call again: it must be
+    /// a plain allow.
+    fn constrain(
+        &self,
+        entry: &ToolEntry,
+        human: &HumanEntry,
+        req: &DecisionRequest,
+        resource: &Entity,
+        ids: Vec<String>,
+    ) -> Decision {
+        let args = &req.args;
+        let mut rewritten = args.as_object().cloned().unwrap_or_default();
+        for id in &ids {
+            for rw in self
+                .rules
+                .get(id)
+                .map(|m| m.rewrites.as_slice())
+                .unwrap_or(&[])
+            {
+                if let Err(m) = rw.apply(&mut rewritten) {
+                    return deny(
+                        args,
+                        "rewrite-failed",
+                        format!("rewrite `{rw}` of rule `{id}` failed: {m}"),
+                        DENY_MESSAGE,
+                    );
+                }
+            }
+        }
+        let rewritten = Value::Object(rewritten);
+        if let Err(e) = crate::args::validate(&entry.validator, &rewritten) {
+            return deny(
+                args,
+                "rewrite-invalid",
+                format!("the arguments rewritten by {} are invalid: {e}", list(&ids)),
+                DENY_MESSAGE,
+            );
+        }
+        match self.evaluate(entry, human, &req.agent, resource, &rewritten) {
+            Outcome::Permit(RuleKind::Allow, _) => Decision {
+                effect: Effect::Constrain,
+                args: rewritten,
+                reason: self.reasons(&ids),
+                model_message: self
+                    .model_message(&ids)
+                    .unwrap_or_else(|| CONSTRAIN_MESSAGE.to_string()),
+                rules: ids,
+            },
+            Outcome::Permit(kind, again) => {
+                let mut rules: Vec<String> = vec!["gate:constrain-unsettled".to_string()];
+                rules.extend(again.iter().cloned());
+                Decision {
+                    effect: Effect::Deny,
+                    args: args.clone(),
+                    rules,
+                    reason: format!(
+                        "after the rewrite by {} the call is still {} (by {}), not a plain allow",
+                        list(&ids),
+                        match kind {
+                            RuleKind::Constrain => "constrained",
+                            RuleKind::Escalate => "escalated",
+                            _ => "not allowed",
+                        },
+                        list(&again)
+                    ),
+                    model_message: DENY_MESSAGE.to_string(),
+                }
+            }
+            other => {
+                let mut d = self.conclude(other, args);
+                d.reason = format!("after the rewrite by {}: {}", list(&ids), d.reason);
+                d
+            }
+        }
+    }
+
+    /// Turns a (non-constrain) outcome into a decision.
+    fn conclude(&self, outcome: Outcome, args: &Value) -> Decision {
+        match outcome {
+            Outcome::Error(ids) => {
+                let mut rules = vec!["gate:evaluation-error".to_string()];
+                rules.extend(ids.iter().cloned());
+                Decision {
+                    effect: Effect::Deny,
+                    args: args.clone(),
+                    rules,
+                    reason: if ids.is_empty() {
+                        "the policy engine could not evaluate the request".to_string()
+                    } else {
+                        format!(
+                            "evaluation of {} failed (fail closed: an error never allows)",
+                            list(&ids)
+                        )
+                    },
+                    model_message: DENY_MESSAGE.to_string(),
+                }
+            }
+            Outcome::NoPermit => deny(
+                args,
+                "default-deny",
+                "no rule permits this call (default deny)",
+                DENY_MESSAGE,
+            ),
+            Outcome::Forbid(ids) => self.decided_by(Effect::Deny, ids, args, DENY_MESSAGE),
+            Outcome::Permit(RuleKind::Escalate, ids) => {
+                self.decided_by(Effect::Escalate, ids, args, ESCALATE_MESSAGE)
+            }
+            Outcome::Permit(RuleKind::Allow, ids) => self.decided_by(Effect::Allow, ids, args, ""),
+            // Constrain is handled by `constrain`; Forbid never comes as a permit.
+            Outcome::Permit(_, ids) => {
+                let mut rules = vec!["gate:internal-error".to_string()];
+                rules.extend(ids);
+                Decision {
+                    effect: Effect::Deny,
+                    args: args.clone(),
+                    rules,
+                    reason: "internal error: unexpected rule kind".to_string(),
+                    model_message: DENY_MESSAGE.to_string(),
+                }
+            }
+        }
+    }
+
+    fn decided_by(&self, effect: Effect, ids: Vec<String>, args: &Value, model: &str) -> Decision {
+        Decision {
+            effect,
+            args: args.clone(),
+            reason: self.reasons(&ids),
+            model_message: self
+                .model_message(&ids)
+                .unwrap_or_else(|| model.to_string()),
+            rules: ids,
+        }
+    }
+
+    fn reasons(&self, ids: &[String]) -> String {
+        ids.iter()
+            .map(
+                |id| match self.rules.get(id).and_then(|m| m.reason.as_deref()) {
+                    Some(r) => format!("{r} [{id}]"),
+                    None => format!("rule `{id}` matched"),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn model_message(&self, ids: &[String]) -> Option<String> {
+        ids.iter()
+            .find_map(|id| self.rules.get(id).and_then(|m| m.model_message.clone()))
+    }
+
+    /// One Cedar evaluation over the tool's slice of the rules.
+    fn evaluate(
+        &self,
+        entry: &ToolEntry,
+        human: &HumanEntry,
+        agent: &str,
+        resource: &Entity,
+        args: &Value,
+    ) -> Outcome {
+        let principal =
+            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(agent));
+        let built = (|| -> Result<(Request, Entities), String> {
+            let agent_entity = Entity::new(
+                principal.clone(),
+                HashMap::from([(
+                    "human".to_string(),
+                    RestrictedExpression::new_entity_uid(human.uid.clone()),
+                )]),
+                HashSet::new(),
+            )
+            .map_err(|e| e.to_string())?;
+            let entities = Entities::from_entities(
+                [agent_entity, human.entity.clone(), resource.clone()],
+                None,
+            )
+            .map_err(|e| e.to_string())?;
+            let context = Context::from_pairs([("args".to_string(), to_expr(args)?)])
+                .map_err(|e| e.to_string())?;
+            let request = Request::new(
+                principal,
+                entry.action.clone(),
+                resource.uid(),
+                context,
+                None,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok((request, entities))
+        })();
+        let Ok((request, entities)) = built else {
+            return Outcome::Error(Vec::new());
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&request, &entry.policies, &entities);
+        let diagnostics = response.diagnostics();
+        let errored: Vec<String> = diagnostics
+            .errors()
+            .map(|e| match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(p) => {
+                    p.policy_id().to_string()
+                }
+            })
+            .collect();
+        if !errored.is_empty() {
+            return Outcome::Error(self.in_order(errored));
+        }
+        let matched = self.in_order(diagnostics.reason().map(ToString::to_string).collect());
+        match response.decision() {
+            cedar_policy::Decision::Deny if matched.is_empty() => Outcome::NoPermit,
+            cedar_policy::Decision::Deny => Outcome::Forbid(matched),
+            cedar_policy::Decision::Allow => {
+                let kind_of = |id: &String| self.rules.get(id).map(|m| m.kind);
+                let Some(strictest) = matched.iter().filter_map(kind_of).max() else {
+                    return Outcome::Error(matched);
+                };
+                if strictest == RuleKind::Forbid {
+                    return Outcome::Error(matched);
+                }
+                let ids = matched
+                    .into_iter()
+                    .filter(|id| kind_of(id) == Some(strictest))
+                    .collect();
+                Outcome::Permit(strictest, ids)
+            }
+        }
+    }
+
+    /// Rule ids sorted in policy-file order.
+    fn in_order(&self, mut ids: Vec<String>) -> Vec<String> {
+        ids.sort_by_key(|id| {
+            (
+                self.rules.get(id).map(|m| m.order).unwrap_or(usize::MAX),
+                id.clone(),
+            )
+        });
+        ids
+    }
+}
+
+fn list(ids: &[String]) -> String {
+    ids.iter()
+        .map(|id| format!("`{id}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The resource entity: the tool's resource type, the id from the arguments and
+/// the known attributes (`null` counts as absent).
+fn resource_entity(
+    entry: &ToolEntry,
+    id: &str,
+    attrs: &Map<String, Value>,
+) -> Result<Entity, String> {
+    let uid = EntityUid::from_type_name_and_id(entry.resource_type.clone(), EntityId::new(id));
+    let mut cedar_attrs = HashMap::new();
+    for (name, value) in attrs {
+        if value.is_null() {
+            continue;
+        }
+        let expr = to_expr(value).map_err(|m| {
+            format!(
+                "resource attribute `{}` has an unsupported value ({m})",
+                sanitize(name)
+            )
+        })?;
+        cedar_attrs.insert(name.clone(), expr);
+    }
+    Entity::new(uid, cedar_attrs, HashSet::new()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,297 @@
+//! # zt-policies: the policy gate
+//!
+//! Every tool call an agent makes passes through [`PolicyBundle::decide`] before the
+//! broker executes it. The gate answers one of four [`Effect`]s: **allow**, **deny**,
+//! **constrain** (the arguments are rewritten to least privilege, then checked again)
+//! or **escalate** (a human operator must approve the exact request).
+//!
+//! ## Policy is data
+//!
+//! A policy directory (the shipped one is `policies/data/`) holds four files:
+//!
+//! - `tools.toml` — the tool registry: name, title, description, risk level,
+//!   read-only / destructive flags, the Cedar entity type the tool acts on
+//!   (`resource`), the argument carrying that resource's id (`resource_arg`) and a
+//!   **strict** JSON Schema for the arguments (`additionalProperties = false` at
+//!   every object level; unknown fields are an error, never silently dropped).
+//! - `humans.toml` — the directory of humans agents may act for, with the cached
+//!   attributes rules use (`rep_limit` in cents, `allowed_regions`,
+//!   `grantable_plans`, `roles`).
+//! - `policy.cedar` — the rules, in [Cedar](https://www.cedarpolicy.com/).
+//! - `schema.cedarschema` — the Cedar schema; every rule is validated against it
+//!   in strict mode, so a typo in an attribute name fails the startup check
+//!   instead of silently never matching.
+//!
+//! ## Why Cedar, and how the four effects fit in it
+//!
+//! Cedar is a small, analysable authorization language with a typed schema
+//! validator, and evaluation is pure. It only knows `permit` and `forbid`, so the
+//! extra effects are carried in policy annotations (the approach Cedar's
+//! maintainers recommend):
+//!
+//! | annotation | meaning |
+//! |---|---|
+//! | `@id("…")` | required and unique; the rule id shown in decisions and the audit log |
+//! | `@effect("allow" \| "constrain" \| "escalate")` | on permits; absent = `allow` |
+//! | `@rewrite("…")` | on `constrain` permits: the rewrite, see [`Rewrite`] |
+//! | `@reason("…")` | short human-readable explanation (operators, audit) |
+//! | `@model_message("…")` | safe message for the model: no internals |
+//!
+//! Combination: a matching `forbid` wins over everything; no matching permit means
+//! deny (default deny); among matching permits the most restrictive wins —
+//! escalate > constrain > allow. A constrained call is rewritten, re-validated
+//! against the tool's schema and evaluated **again**; unless that second evaluation
+//! is a plain allow the call is denied (no rewrite loops).
+//!
+//! ## Entity model
+//!
+//! - principal `Agent::"<agent id>"` with attribute `human: Human` — the human the
+//!   agent acts for (the token's `sub`);
+//! - `Human::"<id>"` with `rep_limit`, `allowed_regions`, `grantable_plans`,
+//!   `roles`, built once at load time from `humans.toml`;
+//! - action `Action::"<tool name>"`;
+//! - resource of the tool's `resource` type (`Account`, `Order`, `Document`) whose
+//!   id is the tool's `resource_arg` argument and whose attributes come from
+//!   [`DecisionRequest::resource`] (e.g. `Order`: `region`, `account`, `amount`,
+//!   `refunded`, in cents). Attributes may be missing (the Claude Code hook has no
+//!   backend access): rules guard them with `has`, and forbid rules deny calls
+//!   whose decisive data is missing;
+//! - context `{ args: <the tool arguments> }`, e.g. `context.args.amount`.
+//!
+//! ## Fail closed
+//!
+//! Cedar skips a policy whose evaluation errors, which could silently drop a
+//! `forbid`. The gate therefore denies any call for which any policy evaluation
+//! errored. Unknown tool, unknown human, invalid arguments, a resource id that does
+//! not match the arguments, a failed rewrite, an internal error or even a panic all
+//! yield [`Effect::Deny`]. Synthetic denials carry rule ids prefixed with `gate:`
+//! (e.g. `gate:default-deny`, `gate:invalid-args`).
+//!
+//! ## Speed
+//!
+//! The rule set is sliced per tool at load time (Cedar evaluates every policy of
+//! the set it is given, so one `PolicySet` per action is ~2.5x faster), argument
+//! validators are compiled once, and human entities are prebuilt; per call only
+//! the agent, resource and context are built.
+//!
+//! ## Reloading
+//!
+//! A [`PolicyBundle`] is an immutable snapshot. [`PolicyStore`] holds the current
+//! one behind an `Arc` and swaps it atomically on [`PolicyStore::reload`]; a broken
+//! file keeps the old snapshot and returns the error.
+
+mod args;
+pub mod cases;
+pub mod shipped;
+mod check;
+mod decide;
+mod load;
+mod rewrite;
+mod store;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use args::ArgError;
+pub use load::{LoadError, PolicyBundle};
+pub use rewrite::Rewrite;
+pub use store::PolicyStore;
+
+/// The file names inside a policy directory.
+pub mod files {
+    /// The tool registry.
+    pub const TOOLS: &str = "tools.toml";
+    /// The directory of humans.
+    pub const HUMANS: &str = "humans.toml";
+    /// The Cedar rules.
+    pub const POLICY: &str = "policy.cedar";
+    /// The Cedar schema.
+    pub const SCHEMA: &str = "schema.cedarschema";
+}
+
+/// Risk level of a tool, as declared in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    /// Read-only or otherwise harmless.
+    Low,
+    /// Changes state in a recoverable way.
+    Medium,
+    /// Moves money or destroys data.
+    High,
+}
+
+impl fmt::Display for Risk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+        })
+    }
+}
+
+/// One tool of the registry (`[[tool]]` in `tools.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// Tool name; also the Cedar action id (`Action::"<name>"`).
+    pub name: String,
+    /// Short title for humans.
+    pub title: String,
+    /// Description (shown to the model by the MCP broker).
+    pub description: String,
+    /// Risk level.
+    pub risk: Risk,
+    /// True when the tool never changes state.
+    pub read_only: bool,
+    /// True when the tool may destroy data or move money.
+    pub destructive: bool,
+    /// Cedar entity type the tool acts on (`Account`, `Order`, `Document`).
+    pub resource: String,
+    /// Strict JSON Schema of the arguments.
+    pub input_schema: serde_json::Value,
+}
+
+/// A human agents may act for (`[[human]]` in `humans.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Human {
+    /// Directory id (the token's `sub`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Largest refund, in cents, this human may issue without approval.
+    pub rep_limit: i64,
+    /// Regions whose accounts and orders this human may touch.
+    pub allowed_regions: Vec<String>,
+    /// Plans this human may move an account to.
+    pub grantable_plans: Vec<String>,
+    /// Roles, e.g. `support_rep`, `senior`, `support_lead`.
+    pub roles: Vec<String>,
+}
+
+/// The resource a call acts on, as known by the caller (the broker looks it up in
+/// the backend; the Claude Code hook usually has none).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Resource {
+    /// Entity id; must equal the tool's resource argument (e.g. `order_id`).
+    pub id: String,
+    /// Attributes (e.g. `region`, `amount`, `refunded`). Strings, integers,
+    /// booleans, arrays and objects are accepted; missing ones are simply absent.
+    #[serde(default)]
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One tool call to decide.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRequest {
+    /// Tool name.
+    pub tool: String,
+    /// Tool arguments, as sent by the agent (attacker-controlled).
+    pub args: serde_json::Value,
+    /// Agent id (the token's `act.sub`).
+    pub agent: String,
+    /// Human the agent acts for (the token's `sub`).
+    pub human: String,
+    /// Resource the call acts on, when known. When `None`, a resource with the id
+    /// taken from the arguments and no attributes is used.
+    #[serde(default)]
+    pub resource: Option<Resource>,
+}
+
+/// The outcome of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// Run the call as is.
+    Allow,
+    /// Run the call with the rewritten arguments in [`Decision::args`].
+    Constrain,
+    /// Do not run the call.
+    Deny,
+    /// Pause the call until a human operator approves this exact request.
+    Escalate,
+}
+
+impl Effect {
+    /// Lowercase name (`allow`, `constrain`, `deny`, `escalate`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Constrain => "constrain",
+            Effect::Deny => "deny",
+            Effect::Escalate => "escalate",
+        }
+    }
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Effect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allow" => Ok(Effect::Allow),
+            "constrain" => Ok(Effect::Constrain),
+            "deny" => Ok(Effect::Deny),
+            "escalate" => Ok(Effect::Escalate),
+            other => Err(format!(
+                "unknown effect `{other}` (expected allow, constrain, deny or escalate)"
+            )),
+        }
+    }
+}
+
+/// A decision with its reasons.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// What to do.
+    pub effect: Effect,
+    /// The arguments to run with: rewritten when `effect` is `Constrain`, else the
+    /// arguments as received.
+    pub args: serde_json::Value,
+    /// Ids of the rules that determined the decision, in policy-file order
+    /// (synthetic gate rules are prefixed with `gate:`).
+    pub rules: Vec<String>,
+    /// Explanation for operators and the audit log.
+    pub reason: String,
+    /// Safe message for the model: no internals, no rule text.
+    pub model_message: String,
+}
+
+/// A problem found by the startup check, naming its culprit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The culprit: a file, optionally followed by the tool, human or rule, e.g.
+    /// ``policy.cedar: rule `refund-over-balance` ``.
+    pub culprit: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Problem {
+    pub(crate) fn new(culprit: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            culprit: culprit.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.culprit, self.message)
+    }
+}
+
+// The broker shares snapshots across threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<PolicyBundle>();
+    assert_send_sync::<PolicyStore>();
+};
