@@ -35,8 +35,8 @@ pub struct Broker {
     pub backend: Backend,
     /// Broker state (grant redemptions).
     pub state: SqlitePool,
-    /// This broker's audit chain.
-    pub audit: AuditLog,
+    /// This broker's audit chain (one writer per chain in the process).
+    pub audit: Arc<AuditLog>,
     /// The approval service.
     pub upstream: Upstream,
     /// Pinned grant-signing keys.

@@ -188,7 +188,7 @@ pub async fn serve(opts: Options, shutdown: impl std::future::Future<Output = ()
         .context("opening the backend")?;
     let state = crate::state::open(&layout.private("broker").join("broker.db")).await?;
     let audit_pool = zt_proto::store::open_pool(&layout.audit_db()).await?;
-    let audit = Arc::new(AuditLog::open(audit_pool.clone(), AUDIT_CHAIN, m.audit_key.clone()).await?);
+    let audit = Arc::new(AuditLog::open(audit_pool, AUDIT_CHAIN, m.audit_key.clone()).await?);
     let approval_url = opts.approval_url.clone().or_else(|| layout.endpoint("approval"));
     let upstream = Upstream::new(approval_url.as_deref(), m.service_key.clone(), m.stack.clone())?;
 
@@ -206,7 +206,7 @@ pub async fn serve(opts: Options, shutdown: impl std::future::Future<Output = ()
         policy,
         backend,
         state,
-        audit: AuditLog::open(audit_pool, AUDIT_CHAIN, m.audit_key.clone()).await?,
+        audit: audit.clone(),
         upstream,
         grant_keys: m.grant_keys.clone(),
         approval_wait: Duration::from_secs(m.config.approval_wait_secs),

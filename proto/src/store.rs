@@ -313,3 +313,13 @@ pub async fn verify(
     }
     Ok(report)
 }
+
+/// Opens an existing audit database read-only, for verification: the
+/// verifier must never create, migrate or write what it checks.
+pub async fn open_read_only(path: &Path) -> Result<SqlitePool, StoreError> {
+    let opts = SqliteConnectOptions::from_str("sqlite://")?
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(10));
+    Ok(SqlitePoolOptions::new().max_connections(2).connect_with(opts).await?)
+}

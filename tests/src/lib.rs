@@ -1,1 +1,228 @@
-//! Shared helpers for the end-to-end suites live in the test files.
+//! Harness for the end-to-end suites: finds the workspace's binaries, starts
+//! a real stack with `zt-console up`, and speaks to it the way outside users
+//! do — MCP over HTTP for agents, the CLIs for operators and auditors.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rmcp::ServiceExt;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::Value;
+
+/// The directory holding the workspace's binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test-binary>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    for name in ["zt-console", "zt-approval", "zt-broker", "zt-policy"] {
+        assert!(
+            dir.join(name).exists(),
+            "{} not found in {}: build the binaries first (`cargo build --workspace --bins`, which ./scripts/test does)",
+            name,
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// A command for one of the workspace binaries.
+pub fn bin(name: &str) -> Command {
+    let mut cmd = Command::new(bin_dir().join(name));
+    cmd.env_remove("ZT_OPERATOR_TOKEN").env_remove("ZT_DATA_DIR");
+    cmd
+}
+
+/// Runs a binary to completion.
+pub fn run(name: &str, args: &[&str]) -> Output {
+    bin(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"))
+}
+
+/// Runs a binary and returns its trimmed stdout, failing on a non-zero exit.
+pub fn run_ok(name: &str, args: &[&str]) -> String {
+    let out = run(name, args);
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A fresh directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!("zt-test-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A stack started with `zt-console up`, stopped on drop.
+pub struct Stack {
+    child: Child,
+    /// MCP endpoint.
+    pub broker_url: String,
+    /// gRPC endpoint.
+    pub approval_url: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+}
+
+impl Stack {
+    /// Starts `zt-console up --data-dir <fresh dir>` and waits for its lines.
+    pub fn up(tag: &str) -> anyhow::Result<Stack> {
+        let dir = temp_dir(tag);
+        let mut child = bin("zt-console")
+            .args(["up", "--data-dir"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting zt-console up")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut broker, mut approval, mut data) = (None, None, None);
+        while broker.is_none() || approval.is_none() || data.is_none() {
+            let line = match rx.recv_timeout(Duration::from_secs(90)) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("zt-console up did not print its endpoints");
+                }
+            };
+            if let Some(v) = line.strip_prefix("broker_url=") {
+                broker = Some(v.to_owned());
+            } else if let Some(v) = line.strip_prefix("approval_url=") {
+                approval = Some(v.to_owned());
+            } else if let Some(v) = line.strip_prefix("data_dir=") {
+                data = Some(PathBuf::from(v));
+            }
+        }
+        Ok(Stack {
+            child,
+            broker_url: broker.unwrap_or_default(),
+            approval_url: approval.unwrap_or_default(),
+            data_dir: data.unwrap_or_default(),
+        })
+    }
+
+    /// The data directory as a string argument.
+    pub fn dir(&self) -> String {
+        self.data_dir.to_string_lossy().into_owned()
+    }
+
+    /// A session token for `agent` acting for `human`.
+    pub fn session_token(&self, agent: &str, human: &str) -> String {
+        run_ok(
+            "zt-approval",
+            &["token", "issue", "--data-dir", &self.dir(), "--agent", agent, "--for", human],
+        )
+    }
+
+    /// An operator token.
+    pub fn operator_token(&self, name: &str, role: &str, limit: i64) -> String {
+        run_ok(
+            "zt-approval",
+            &[
+                "token", "operator", "--data-dir", &self.dir(), "--name", name, "--role", role, "--limit",
+                &limit.to_string(),
+            ],
+        )
+    }
+
+    /// Runs `zt-console ARGS --data-dir DIR` as operator `token`.
+    pub fn console(&self, token: &str, args: &[&str]) -> Output {
+        bin("zt-console")
+            .args(args)
+            .args(["--data-dir", &self.dir()])
+            .env("ZT_OPERATOR_TOKEN", token)
+            .output()
+            .expect("running zt-console")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SIGTERM lets `up` stop its services; then reap.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_dir_all(&self.data_dir);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An MCP client session.
+pub type Agent = RunningService<rmcp::RoleClient, ()>;
+
+/// Connects an MCP client to `url` with `token`.
+pub async fn connect(url: &str, token: &str) -> anyhow::Result<Agent> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
+    let transport = StreamableHttpClientTransport::with_client(http, config);
+    Ok(().serve(transport).await?)
+}
+
+/// Calls a tool with JSON arguments.
+pub async fn call(agent: &Agent, tool: &str, args: Value) -> anyhow::Result<CallToolResult> {
+    let args = match args {
+        Value::Object(m) => m,
+        _ => bail!("arguments must be an object"),
+    };
+    Ok(agent
+        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args))
+        .await?)
+}
+
+/// `ok`, or the broker's status for an error result.
+pub fn status(r: &CallToolResult) -> String {
+    if r.is_error == Some(true) {
+        r.structured_content
+            .as_ref()
+            .and_then(|v| v.get("status"))
+            .and_then(Value::as_str)
+            .unwrap_or("error")
+            .to_owned()
+    } else {
+        "ok".to_owned()
+    }
+}
+
+/// The text the model received.
+pub fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

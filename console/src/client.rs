@@ -1,0 +1,124 @@
+//! The console's client of the approval service, authenticated as an
+//! operator. The console holds an operator token and nothing else: it links
+//! no broker code and reads no private key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Streaming};
+use zt_proto::pb::approval_client::ApprovalClient;
+use zt_proto::pb::{
+    ApprovalRequest, DecideRequest, Event, GetRequestRequest, ListPendingRequest, Operator, WatchEventsRequest,
+    WhoAmIRequest,
+};
+use zt_proto::stack::Layout;
+
+/// An operator's connection to the approval service.
+#[derive(Debug, Clone)]
+pub struct OperatorClient {
+    inner: ApprovalClient<Channel>,
+    token: String,
+    url: String,
+}
+
+/// Finds the approval service: an explicit URL, else the one recorded by the
+/// stack running in `data_dir`.
+pub fn resolve_url(approval: Option<&str>, data_dir: Option<&Path>) -> anyhow::Result<String> {
+    if let Some(url) = approval {
+        return Ok(url.to_owned());
+    }
+    if let Some(dir) = data_dir {
+        if let Some(url) = Layout::new(dir).endpoint("approval") {
+            return Ok(url);
+        }
+        bail!(
+            "no running approval service recorded in {} (start one with `zt-console up --data-dir {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    bail!("say where the approval service is: --approval URL or --data-dir DIR")
+}
+
+impl OperatorClient {
+    /// A client of `url` presenting `token`. Connects lazily.
+    pub fn new(url: &str, token: &str) -> anyhow::Result<OperatorClient> {
+        if token.trim().is_empty() {
+            bail!("no operator token: set ZT_OPERATOR_TOKEN or pass --token (issue one with `zt-approval token operator`)");
+        }
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("invalid approval URL {url}"))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true);
+        Ok(OperatorClient {
+            inner: ApprovalClient::new(endpoint.connect_lazy()),
+            token: token.trim().to_owned(),
+            url: url.to_owned(),
+        })
+    }
+
+    /// The service URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn req<T>(&self, msg: T) -> anyhow::Result<Request<T>> {
+        let mut r = Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {}", self.token).parse()?);
+        Ok(r)
+    }
+
+    /// Who the token says we are.
+    pub async fn who_am_i(&self) -> anyhow::Result<Operator> {
+        let r = self.req(WhoAmIRequest {})?;
+        Ok(self.inner.clone().who_am_i(r).await.map_err(status)?.into_inner())
+    }
+
+    /// Pending requests, oldest first.
+    pub async fn pending(&self) -> anyhow::Result<Vec<ApprovalRequest>> {
+        let r = self.req(ListPendingRequest {})?;
+        Ok(self.inner.clone().list_pending(r).await.map_err(status)?.into_inner().requests)
+    }
+
+    /// One request.
+    pub async fn get(&self, id: &str) -> anyhow::Result<ApprovalRequest> {
+        let r = self.req(GetRequestRequest { id: id.to_owned() })?;
+        Ok(self.inner.clone().get_request(r).await.map_err(status)?.into_inner())
+    }
+
+    /// Approves or denies a request.
+    pub async fn decide(&self, id: &str, approve: bool, reason: &str) -> anyhow::Result<ApprovalRequest> {
+        let r = self.req(DecideRequest {
+            id: id.to_owned(),
+            approve,
+            reason: reason.to_owned(),
+        })?;
+        Ok(self.inner.clone().decide(r).await.map_err(status)?.into_inner())
+    }
+
+    /// Events after `from_seq` (0: recent history), then live.
+    pub async fn watch(&self, from_seq: u64) -> anyhow::Result<Streaming<Event>> {
+        let r = self.req(WatchEventsRequest { from_seq })?;
+        Ok(self.inner.clone().watch_events(r).await.map_err(status)?.into_inner())
+    }
+}
+
+/// A gRPC status as an operator-readable error.
+fn status(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unavailable => anyhow::anyhow!("approval service unavailable: {}", s.message()),
+        tonic::Code::Unauthenticated => anyhow::anyhow!("not authenticated: {}", s.message()),
+        tonic::Code::PermissionDenied => anyhow::anyhow!("not allowed: {}", s.message()),
+        _ => anyhow::anyhow!("{}", s.message()),
+    }
+}
+
+/// Formats cents as dollars.
+pub fn dollars(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let c = cents.unsigned_abs();
+    format!("{sign}${}.{:02}", c / 100, c % 100)
+}
