@@ -163,7 +163,8 @@ fn headless_demo_completes_and_verifies() {
         "calls constrained: 1",
         "calls escalated: 1",
         "approved: 1",
-        "executed: 6",
+        "calls denied: 4",
+        "executed: 5",
         "expectations: 9 of 9 held",
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
