@@ -82,6 +82,7 @@
 
 mod args;
 pub mod cases;
+pub mod hook;
 pub mod shipped;
 mod check;
 mod decide;

@@ -44,6 +44,14 @@ enum Command {
     },
     /// Show the decision for one request, with the matched rules and the reason
     Explain(ExplainArgs),
+    /// Claude Code / Agent SDK PreToolUse hook: hook JSON on stdin, decision on
+    /// stdout. Verifies BROKER_SESSION_TOKEN against the stack in ZT_DATA_DIR.
+    /// Fails closed: any error blocks the call (exit 2, reason on stderr).
+    Hook {
+        /// The stack's data directory (pinned token key, stack identity, policies)
+        #[arg(long, env = "ZT_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -80,8 +88,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The policy directory: the one given, else the shipped data directory of
+/// this source tree, else the shipped data written to a temporary directory
+/// (an installed binary carries its data inside).
 fn policy_dir(cli_dir: Option<PathBuf>) -> PathBuf {
-    cli_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+    if let Some(dir) = cli_dir {
+        return dir;
+    }
+    let source = PathBuf::from(DEFAULT_DIR);
+    if source.join(zt_policies::files::TOOLS).exists() {
+        return source;
+    }
+    let dir = std::env::temp_dir().join(format!("zt-policy-shipped-{}", env!("CARGO_PKG_VERSION")));
+    match zt_policies::shipped::install(&dir) {
+        Ok(()) => dir,
+        Err(_) => source,
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -89,7 +111,76 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { path } => Ok(check(&policy_dir(path.or(cli.dir)))),
         Command::Test { file } => test(&policy_dir(cli.dir), &file),
         Command::Explain(args) => explain(&policy_dir(cli.dir), args),
+        Command::Hook { data_dir } => Ok(hook(cli.dir, data_dir)),
     }
+}
+
+/// Largest hook input read from stdin.
+const MAX_HOOK_INPUT: u64 = 1024 * 1024;
+
+/// Runs the hook; every failure, including a panic, exits 2 so the client
+/// blocks the call (Claude Code goes ahead on any other non-zero code).
+fn hook(policy_override: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    std::panic::set_hook(Box::new(|_| {
+        eprintln!("blocked: the policy hook failed internally");
+        std::process::exit(2);
+    }));
+    match hook_decision(policy_override, data_dir) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("blocked by the policy hook: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn hook_decision(
+    policy_override: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<serde_json::Value> {
+    use std::io::Read;
+    use zt_policies::hook::{self, HookInput, Verdict};
+    use zt_proto::keys::PublicKey;
+    use zt_proto::stack::Layout;
+    use zt_proto::token::{self, Expect, KeySet, SessionClaims, TokenType};
+
+    let mut raw = String::new();
+    std::io::stdin()
+        .take(MAX_HOOK_INPUT)
+        .read_to_string(&mut raw)
+        .context("reading the hook input")?;
+    let input: HookInput = serde_json::from_str(&raw).context("the hook input is not valid JSON")?;
+
+    let data_dir = data_dir.context("ZT_DATA_DIR is not set, so the session cannot be verified")?;
+    let layout = Layout::new(&data_dir);
+    let stack = layout.stack()?;
+    let key = PublicKey::read(&layout.public_key("approval-token"))?;
+    let jwt = std::env::var("BROKER_SESSION_TOKEN")
+        .context("BROKER_SESSION_TOKEN is not set, so the session cannot be verified")?;
+    let claims: SessionClaims = token::verify(
+        jwt.trim(),
+        &KeySet::new(vec![key]),
+        TokenType::Session,
+        &Expect {
+            issuer: &stack.issuer,
+            audience: &stack.broker_audience,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("session token refused: {e}"))?;
+
+    let tool = hook::tool_of(&input.tool_name)?;
+    if !claims.allows_tool(tool) {
+        let verdict = Verdict::Deny {
+            reason: format!("This session is not allowed to call `{tool}`."),
+        };
+        return Ok(hook::output(&verdict));
+    }
+    let bundle = load(&policy_override.unwrap_or_else(|| layout.policies()))?;
+    let verdict = hook::evaluate(&bundle, &input, &claims.sub, claims.agent())?;
+    Ok(hook::output(&verdict))
 }
 
 fn load(dir: &Path) -> anyhow::Result<PolicyBundle> {

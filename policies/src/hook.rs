@@ -1,0 +1,161 @@
+//! The Claude Code / Agent SDK `PreToolUse` hook, as a pure function.
+//!
+//! The hook runs inside the agent's process, without backend access, so it
+//! cannot know an account's region or an order's balance. It decides under
+//! the most favourable assumptions about the resource (one in the human's
+//! regions, with ample refundable balance): whatever it denies or escalates
+//! from the arguments and the identity alone — a refund over the hard cap or
+//! over the rep's limit, a plan the human may not grant, a smuggled field —
+//! is stopped before it leaves the agent; the broker decides the rest with
+//! the real data. The broker re-checks everything either way.
+//!
+//! Claude Code treats any exit code other than 0 and 2 as "go ahead", so the
+//! binary edge turns every error here into exit 2.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{DecisionRequest, Effect, PolicyBundle, Resource};
+
+/// The fields of the hook's stdin the gate needs (others are ignored).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HookInput {
+    /// `mcp__<server>__<tool>`.
+    pub tool_name: String,
+    /// The proposed arguments.
+    #[serde(default)]
+    pub tool_input: Value,
+    /// Claude Code's session id (recorded, not trusted).
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Should be `PreToolUse`.
+    #[serde(default)]
+    pub hook_event_name: Option<String>,
+}
+
+/// What the hook tells the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Go ahead; `updated_input` replaces the whole input when the policy rewrote it.
+    Allow {
+        /// Why.
+        reason: String,
+        /// The rewritten input (every field), if any.
+        updated_input: Option<Value>,
+    },
+    /// A human must decide (the broker will also hold it for an operator).
+    Ask {
+        /// Why.
+        reason: String,
+    },
+    /// Blocked; the reason goes to the model.
+    Deny {
+        /// Why (safe for the model).
+        reason: String,
+    },
+}
+
+/// Why the hook could not decide; the caller exits 2 with this message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HookError {
+    /// Not an MCP tool name.
+    #[error("`{0}` is not an MCP tool name (mcp__<server>__<tool>)")]
+    NotMcp(String),
+    /// A tool the registry does not have.
+    #[error("unknown tool `{0}`: blocked by default")]
+    UnknownTool(String),
+    /// Not a PreToolUse event.
+    #[error("unexpected hook event `{0}`")]
+    Event(String),
+}
+
+/// The tool part of `mcp__<server>__<tool>`.
+pub fn tool_of(tool_name: &str) -> Result<&str, HookError> {
+    let rest = tool_name
+        .strip_prefix("mcp__")
+        .ok_or_else(|| HookError::NotMcp(tool_name.to_owned()))?;
+    let (_server, tool) = rest
+        .split_once("__")
+        .ok_or_else(|| HookError::NotMcp(tool_name.to_owned()))?;
+    if tool.is_empty() {
+        return Err(HookError::NotMcp(tool_name.to_owned()));
+    }
+    Ok(tool)
+}
+
+/// A resource as favourable as the rules allow, for deciding without backend data.
+fn assumed_resource(bundle: &PolicyBundle, tool: &str, human: &str, args: &Value) -> Option<Resource> {
+    let spec = bundle.tool(tool)?;
+    let id = bundle
+        .resource_arg(tool)
+        .and_then(|a| args.get(a))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let region = bundle
+        .human(human)
+        .and_then(|h| h.allowed_regions.first().cloned())
+        .unwrap_or_default();
+    let attrs = match spec.resource.as_str() {
+        "Account" => json!({ "region": region, "plan": "basic" }),
+        "Order" => json!({ "region": region, "account": "", "amount": 1_000_000_000_000i64, "refunded": 0 }),
+        _ => json!({}),
+    };
+    match attrs {
+        Value::Object(attrs) => Some(Resource { id, attrs }),
+        _ => None,
+    }
+}
+
+/// Decides one hook call for `human`, with `agent` acting.
+pub fn evaluate(bundle: &PolicyBundle, input: &HookInput, human: &str, agent: &str) -> Result<Verdict, HookError> {
+    if let Some(ev) = &input.hook_event_name {
+        if ev != "PreToolUse" {
+            return Err(HookError::Event(ev.clone()));
+        }
+    }
+    let tool = tool_of(&input.tool_name)?;
+    if bundle.tool(tool).is_none() {
+        return Err(HookError::UnknownTool(tool.to_owned()));
+    }
+    let req = DecisionRequest {
+        tool: tool.to_owned(),
+        args: input.tool_input.clone(),
+        agent: agent.to_owned(),
+        human: human.to_owned(),
+        resource: assumed_resource(bundle, tool, human, &input.tool_input),
+    };
+    let d = bundle.decide(&req);
+    Ok(match d.effect {
+        Effect::Allow => Verdict::Allow {
+            reason: d.reason,
+            updated_input: None,
+        },
+        Effect::Constrain => Verdict::Allow {
+            reason: format!("{} (arguments rewritten)", d.model_message),
+            updated_input: Some(d.args),
+        },
+        Effect::Escalate => Verdict::Ask {
+            reason: d.model_message,
+        },
+        Effect::Deny => Verdict::Deny { reason: d.model_message },
+    })
+}
+
+/// The JSON Claude Code reads from stdout on exit 0.
+pub fn output(verdict: &Verdict) -> Value {
+    let (decision, reason, updated) = match verdict {
+        Verdict::Allow { reason, updated_input } => ("allow", reason, updated_input.clone()),
+        Verdict::Ask { reason } => ("ask", reason, None),
+        Verdict::Deny { reason } => ("deny", reason, None),
+    };
+    let mut out = json!({
+        "hookEventName": "PreToolUse",
+        "permissionDecision": decision,
+        "permissionDecisionReason": reason,
+    });
+    if let (Some(u), Value::Object(m)) = (updated, &mut out) {
+        m.insert("updatedInput".into(), u);
+    }
+    json!({ "hookSpecificOutput": out })
+}
