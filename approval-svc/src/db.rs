@@ -64,16 +64,23 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> ApprovalRequest {
         created_at_ms: row.get("created_at_ms"),
         expires_at_ms: row.get("expires_at_ms"),
         votes: Vec::new(),
-        grant: row.get::<Option<String>, _>("grant_token").unwrap_or_default(),
+        grant: row
+            .get::<Option<String>, _>("grant_token")
+            .unwrap_or_default(),
         outcome: row.get("outcome"),
     }
 }
 
-async fn with_votes(pool: &SqlitePool, mut req: ApprovalRequest) -> Result<ApprovalRequest, sqlx::Error> {
-    let rows = sqlx::query("SELECT operator, decision, reason, at_ms FROM votes WHERE request_id = ? ORDER BY at_ms")
-        .bind(&req.id)
-        .fetch_all(pool)
-        .await?;
+async fn with_votes(
+    pool: &SqlitePool,
+    mut req: ApprovalRequest,
+) -> Result<ApprovalRequest, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT operator, decision, reason, at_ms FROM votes WHERE request_id = ? ORDER BY at_ms",
+    )
+    .bind(&req.id)
+    .fetch_all(pool)
+    .await?;
     req.votes = rows
         .iter()
         .map(|r| Vote {
@@ -88,10 +95,12 @@ async fn with_votes(pool: &SqlitePool, mut req: ApprovalRequest) -> Result<Appro
 
 /// The request with `id`.
 pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<ApprovalRequest>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM requests WHERE id = ?")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM requests WHERE id = ?"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
     match row {
         Some(r) => Ok(Some(with_votes(pool, from_row(&r)).await?)),
         None => Ok(None),
@@ -190,15 +199,20 @@ pub async fn decide(
     grant: Option<(&str, &str)>,
 ) -> Result<VoteOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let voted: Option<i64> = sqlx::query_scalar("SELECT 1 FROM votes WHERE request_id = ? AND operator = ?")
-        .bind(id)
-        .bind(operator)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let voted: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM votes WHERE request_id = ? AND operator = ?")
+            .bind(id)
+            .bind(operator)
+            .fetch_optional(&mut *tx)
+            .await?;
     if voted.is_some() {
         return Ok(VoteOutcome::AlreadyVoted);
     }
-    let new_status = if approve { status::APPROVED } else { status::DENIED };
+    let new_status = if approve {
+        status::APPROVED
+    } else {
+        status::DENIED
+    };
     let (grant_id, grant_token) = match grant {
         Some((gid, tok)) => (Some(gid), Some(tok)),
         None => (None, None),
@@ -219,20 +233,25 @@ pub async fn decide(
     if changed != 1 {
         return Ok(VoteOutcome::NotPending);
     }
-    sqlx::query("INSERT INTO votes (request_id, operator, decision, reason, at_ms) VALUES (?, ?, ?, ?, ?)")
-        .bind(id)
-        .bind(operator)
-        .bind(if approve { "approve" } else { "deny" })
-        .bind(reason)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO votes (request_id, operator, decision, reason, at_ms) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(operator)
+    .bind(if approve { "approve" } else { "deny" })
+    .bind(reason)
+    .bind(now_ms)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(VoteOutcome::Recorded)
 }
 
 /// Marks every pending request past its expiry as expired; returns them.
-pub async fn expire_due(pool: &SqlitePool, now_ms: i64) -> Result<Vec<ApprovalRequest>, sqlx::Error> {
+pub async fn expire_due(
+    pool: &SqlitePool,
+    now_ms: i64,
+) -> Result<Vec<ApprovalRequest>, sqlx::Error> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE requests SET status = 'expired', decided_at_ms = ? \
          WHERE status = 'pending' AND expires_at_ms <= ? RETURNING {COLUMNS}"
@@ -252,12 +271,14 @@ pub async fn report_execution(
     ok: bool,
     outcome: &str,
 ) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query("UPDATE requests SET status = ?, outcome = ? WHERE id = ? AND status = 'approved'")
-        .bind(if ok { status::EXECUTED } else { status::FAILED })
-        .bind(outcome)
-        .bind(id)
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let changed = sqlx::query(
+        "UPDATE requests SET status = ?, outcome = ? WHERE id = ? AND status = 'approved'",
+    )
+    .bind(if ok { status::EXECUTED } else { status::FAILED })
+    .bind(outcome)
+    .bind(id)
+    .execute(pool)
+    .await?
+    .rows_affected();
     Ok(changed == 1)
 }

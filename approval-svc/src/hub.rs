@@ -77,7 +77,12 @@ impl Hub {
             let skip = inner.ring.len().saturating_sub(REPLAY);
             inner.ring.iter().skip(skip).cloned().collect()
         } else {
-            inner.ring.iter().filter(|e| e.seq > from_seq).cloned().collect()
+            inner
+                .ring
+                .iter()
+                .filter(|e| e.seq > from_seq)
+                .cloned()
+                .collect()
         };
         (backlog, rx)
     }

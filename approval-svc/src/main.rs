@@ -97,7 +97,8 @@ fn parse_role(s: &str) -> Result<Role, String> {
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ZT_LOG").unwrap_or_else(|_| "zt_approval=info,warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("ZT_LOG")
+                .unwrap_or_else(|_| "zt_approval=info,warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -127,7 +128,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = zt_approval::Options {
                 data_dir,
                 listen,
-                request_ttl: Duration::from_secs(u64::try_from(ttl).context("--request-ttl must be positive")?),
+                request_ttl: Duration::from_secs(
+                    u64::try_from(ttl).context("--request-ttl must be positive")?,
+                ),
             };
             zt_approval::serve(opts, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -164,7 +167,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let layout = Layout::new(&data_dir);
                 let (stack, keys) = setup::load(&layout)?;
                 let ttl = setup::parse_duration_secs(&ttl)?;
-                println!("{}", setup::issue_operator(&stack, &keys, &name, role, limit, ttl)?);
+                println!(
+                    "{}",
+                    setup::issue_operator(&stack, &keys, &name, role, limit, ttl)?
+                );
             }
         },
     }

@@ -17,8 +17,8 @@ use zt_proto::keys::PublicKey;
 use zt_proto::pb::approval_server::{Approval, ApprovalServer};
 use zt_proto::pb::{
     ApprovalRequest, DecideRequest, EscalateRequest, Event, GetRequestRequest, ListPendingRequest,
-    ListPendingResponse, Operator, PublishAck, ReportExecutionRequest, WaitDecisionRequest, WatchEventsRequest,
-    WhoAmIRequest,
+    ListPendingResponse, Operator, PublishAck, ReportExecutionRequest, WaitDecisionRequest,
+    WatchEventsRequest, WhoAmIRequest,
 };
 use zt_proto::stack::{Layout, StackInfo};
 use zt_proto::store::AuditLog;
@@ -77,9 +77,14 @@ fn internal(e: impl std::fmt::Display) -> Status {
 
 fn clip(text: &str) -> Result<String, Status> {
     if text.chars().count() > MAX_TEXT {
-        return Err(Status::invalid_argument(format!("text longer than {MAX_TEXT} characters")));
+        return Err(Status::invalid_argument(format!(
+            "text longer than {MAX_TEXT} characters"
+        )));
     }
-    Ok(text.chars().filter(|c| !c.is_control() || *c == '\n').collect())
+    Ok(text
+        .chars()
+        .filter(|c| !c.is_control() || *c == '\n')
+        .collect())
 }
 
 impl Service {
@@ -109,7 +114,12 @@ impl Service {
     }
 
     async fn audit(&self, kind: Kind, record: Record) -> Result<(), Status> {
-        self.0.audit.append(kind, record).await.map(|_| ()).map_err(internal)
+        self.0
+            .audit
+            .append(kind, record)
+            .await
+            .map(|_| ())
+            .map_err(internal)
     }
 
     fn operator<T>(&self, req: &Request<T>) -> Result<OperatorClaims, Status> {
@@ -122,7 +132,11 @@ impl Service {
             .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
-    async fn operator_audited<T>(&self, req: &Request<T>, action: &str) -> Result<OperatorClaims, Status> {
+    async fn operator_audited<T>(
+        &self,
+        req: &Request<T>,
+        action: &str,
+    ) -> Result<OperatorClaims, Status> {
         match self.operator(req) {
             Ok(c) => Ok(c),
             Err(status) => {
@@ -148,7 +162,9 @@ impl Service {
             issuer: &self.0.stack.broker_audience,
             audience: &self.0.stack.approval_audience,
         };
-        let verify = |keys: &KeySet| token::verify::<ServiceClaims>(token, keys, TokenType::Service, &expect);
+        let verify = |keys: &KeySet| {
+            token::verify::<ServiceClaims>(token, keys, TokenType::Service, &expect)
+        };
         let first = match self.0.broker_keys.read() {
             Ok(keys) => verify(&keys),
             Err(_) => Err(token::TokenError::UnknownKey),
@@ -196,11 +212,21 @@ impl Service {
     }
 
     async fn expire_due(&self) -> Result<(), Status> {
-        let expired = db::expire_due(&self.0.db, zt_proto::now_ms()).await.map_err(internal)?;
+        let expired = db::expire_due(&self.0.db, zt_proto::now_ms())
+            .await
+            .map_err(internal)?;
         for req in &expired {
-            self.audit(Kind::Approval, request_record(req, "expired", "expired", "nobody decided in time"))
-                .await?;
-            self.event("request_decided", req, "expired", format!("{} expired unanswered", req.id));
+            self.audit(
+                Kind::Approval,
+                request_record(req, "expired", "expired", "nobody decided in time"),
+            )
+            .await?;
+            self.event(
+                "request_decided",
+                req,
+                "expired",
+                format!("{} expired unanswered", req.id),
+            );
         }
         if !expired.is_empty() {
             self.notify();
@@ -208,7 +234,11 @@ impl Service {
         Ok(())
     }
 
-    fn sign_grant(&self, req: &ApprovalRequest, approvers: Vec<String>) -> Result<(String, String), Status> {
+    fn sign_grant(
+        &self,
+        req: &ApprovalRequest,
+        approvers: Vec<String>,
+    ) -> Result<(String, String), Status> {
         let now = zt_proto::now_ms();
         let grant = Grant {
             v: 1,
@@ -264,52 +294,77 @@ fn redacted(mut req: ApprovalRequest) -> ApprovalRequest {
 
 #[tonic::async_trait]
 impl Approval for Service {
-    async fn escalate(&self, request: Request<EscalateRequest>) -> Result<Response<ApprovalRequest>, Status> {
+    async fn escalate(
+        &self,
+        request: Request<EscalateRequest>,
+    ) -> Result<Response<ApprovalRequest>, Status> {
         let caller = self.service(&request)?;
         let mut req = request.into_inner();
         // The broker computed the hash; recompute so a request can never carry
         // arguments other than the ones its grant will bind.
-        let args: serde_json::Value =
-            serde_json::from_str(&req.args_json).map_err(|_| Status::invalid_argument("args_json is not JSON"))?;
+        let args: serde_json::Value = serde_json::from_str(&req.args_json)
+            .map_err(|_| Status::invalid_argument("args_json is not JSON"))?;
         let hash = zt_proto::canonical::args_hash(&req.tool, &args)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if hash != req.args_hash {
-            return Err(Status::invalid_argument("args_hash does not match args_json"));
+            return Err(Status::invalid_argument(
+                "args_hash does not match args_json",
+            ));
         }
         req.args_json = zt_proto::canonical::to_canonical_string(&args).map_err(internal)?;
         req.justification = clip(&req.justification)?;
         req.reason = clip(&req.reason)?;
         if req.tool.is_empty() || req.session_id.is_empty() || req.human.is_empty() {
-            return Err(Status::invalid_argument("tool, session_id and human are required"));
+            return Err(Status::invalid_argument(
+                "tool, session_id and human are required",
+            ));
         }
         self.expire_due().await?;
-        if let Some(existing) = db::find_open(&self.0.db, &req.session_id, &req.tool, &req.args_hash)
-            .await
-            .map_err(internal)?
+        if let Some(existing) =
+            db::find_open(&self.0.db, &req.session_id, &req.tool, &req.args_hash)
+                .await
+                .map_err(internal)?
         {
             return Ok(Response::new(existing));
         }
         let id = zt_proto::random_id("req_");
-        db::insert(&self.0.db, &id, &req, zt_proto::now_ms(), self.0.request_ttl_ms)
-            .await
-            .map_err(internal)?;
+        db::insert(
+            &self.0.db,
+            &id,
+            &req,
+            zt_proto::now_ms(),
+            self.0.request_ttl_ms,
+        )
+        .await
+        .map_err(internal)?;
         let created = self.get_or_404(&id).await?;
         self.audit(
             Kind::Escalation,
-            request_record(&created, "escalate", status::PENDING, &format!("escalated by {}: {}", caller.sub, created.reason)),
+            request_record(
+                &created,
+                "escalate",
+                status::PENDING,
+                &format!("escalated by {}: {}", caller.sub, created.reason),
+            ),
         )
         .await?;
         self.event(
             "request_pending",
             &created,
             "escalate",
-            format!("{} {} for {} awaits approval", created.tool, created.args_json, created.human),
+            format!(
+                "{} {} for {} awaits approval",
+                created.tool, created.args_json, created.human
+            ),
         );
         self.notify();
         Ok(Response::new(created))
     }
 
-    async fn wait_decision(&self, request: Request<WaitDecisionRequest>) -> Result<Response<ApprovalRequest>, Status> {
+    async fn wait_decision(
+        &self,
+        request: Request<WaitDecisionRequest>,
+    ) -> Result<Response<ApprovalRequest>, Status> {
         self.service(&request)?;
         let req = request.into_inner();
         let wait = Duration::from_millis(u64::from(req.timeout_ms)).min(MAX_WAIT);
@@ -339,11 +394,20 @@ impl Approval for Service {
             .map_err(internal)?;
         let current = self.get_or_404(&req.id).await?;
         if moved {
-            let st = if req.ok { status::EXECUTED } else { status::FAILED };
+            let st = if req.ok {
+                status::EXECUTED
+            } else {
+                status::FAILED
+            };
             let mut rec = request_record(&current, st, st, &outcome);
             rec.grant_id = req.grant_id.clone();
             self.audit(Kind::Result, rec).await?;
-            self.event("request_executed", &current, st, format!("{} {}: {}", current.id, st, outcome));
+            self.event(
+                "request_executed",
+                &current,
+                st,
+                format!("{} {}: {}", current.id, st, outcome),
+            );
             self.notify();
         }
         Ok(Response::new(redacted(current)))
@@ -358,7 +422,10 @@ impl Approval for Service {
         Ok(Response::new(PublishAck { seq }))
     }
 
-    async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<Operator>, Status> {
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<Operator>, Status> {
         let op = self.operator_audited(&request, "who_am_i").await?;
         Ok(Response::new(Operator {
             name: op.sub,
@@ -379,15 +446,25 @@ impl Approval for Service {
         }))
     }
 
-    async fn get_request(&self, request: Request<GetRequestRequest>) -> Result<Response<ApprovalRequest>, Status> {
+    async fn get_request(
+        &self,
+        request: Request<GetRequestRequest>,
+    ) -> Result<Response<ApprovalRequest>, Status> {
         self.operator_audited(&request, "get_request").await?;
         let id = request.into_inner().id;
         Ok(Response::new(redacted(self.get_or_404(&id).await?)))
     }
 
-    async fn decide(&self, request: Request<DecideRequest>) -> Result<Response<ApprovalRequest>, Status> {
+    async fn decide(
+        &self,
+        request: Request<DecideRequest>,
+    ) -> Result<Response<ApprovalRequest>, Status> {
         let op = self.operator_audited(&request, "decide").await?;
-        let DecideRequest { id, approve, reason } = request.into_inner();
+        let DecideRequest {
+            id,
+            approve,
+            reason,
+        } = request.into_inner();
         let verb = if approve { "approve" } else { "deny" };
         let reason = clip(reason.trim())?;
         self.expire_due().await?;
@@ -403,10 +480,12 @@ impl Approval for Service {
                 "request is already {}",
                 req.status
             ))),
-            _ if op.sub == req.human || req.actors.iter().any(|a| a == &op.sub) => Some(Status::permission_denied(
-                "you cannot decide a request made on your own behalf",
-            )),
-            _ if !approve && reason.is_empty() => Some(Status::invalid_argument("a reason is required to deny")),
+            _ if op.sub == req.human || req.actors.iter().any(|a| a == &op.sub) => Some(
+                Status::permission_denied("you cannot decide a request made on your own behalf"),
+            ),
+            _ if !approve && reason.is_empty() => {
+                Some(Status::invalid_argument("a reason is required to deny"))
+            }
             _ if approve && op.role == token::Role::Approver && req.amount_cents > op.limit => {
                 Some(Status::permission_denied(format!(
                     "amount {} exceeds your approval limit {}",
@@ -435,14 +514,20 @@ impl Approval for Service {
             approve,
             &reason,
             zt_proto::now_ms(),
-            grant.as_ref().map(|(gid, tok)| (gid.as_str(), tok.as_str())),
+            grant
+                .as_ref()
+                .map(|(gid, tok)| (gid.as_str(), tok.as_str())),
         )
         .await
         .map_err(internal)?;
         match outcome {
             VoteOutcome::Recorded => {}
-            VoteOutcome::NotPending => return Err(Status::failed_precondition("request is no longer pending")),
-            VoteOutcome::AlreadyVoted => return Err(Status::already_exists("you already voted on this request")),
+            VoteOutcome::NotPending => {
+                return Err(Status::failed_precondition("request is no longer pending"));
+            }
+            VoteOutcome::AlreadyVoted => {
+                return Err(Status::already_exists("you already voted on this request"));
+            }
         }
         let decided = self.get_or_404(&id).await?;
         let mut rec = request_record(&decided, verb, &decided.status, &reason);
@@ -455,7 +540,10 @@ impl Approval for Service {
             "request_decided",
             &decided,
             &decided.status,
-            format!("{} {} by {}: {}", decided.id, decided.status, op.sub, reason),
+            format!(
+                "{} {} by {}: {}",
+                decided.id, decided.status, op.sub, reason
+            ),
         );
         self.notify();
         Ok(Response::new(redacted(decided)))
@@ -511,7 +599,10 @@ pub fn cents(c: i64) -> String {
 
 /// Runs the service until `shutdown` resolves. Prints `approval_url=...`
 /// once listening and records it in the stack's `run/` directory.
-pub async fn serve(opts: Options, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let service = Service::open(&opts).await?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await

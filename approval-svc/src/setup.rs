@@ -6,8 +6,8 @@ use anyhow::{Context, bail};
 use zt_proto::keys::KeyPair;
 use zt_proto::stack::{Layout, StackInfo};
 use zt_proto::token::{
-    self, Actor, DEFAULT_SESSION_TTL_SECS, MAX_OPERATOR_TTL_SECS, MAX_SESSION_TTL_SECS, OperatorClaims, Role,
-    SessionClaims, TokenType,
+    self, Actor, DEFAULT_SESSION_TTL_SECS, MAX_OPERATOR_TTL_SECS, MAX_SESSION_TTL_SECS,
+    OperatorClaims, Role, SessionClaims, TokenType,
 };
 
 /// Name of this service's audit chain.
@@ -35,9 +35,18 @@ pub fn init(layout: &Layout) -> anyhow::Result<(StackInfo, Keys)> {
     let stack = layout.stack_or_create()?;
     layout.create_private("approval")?;
     let keys = Keys {
-        token: KeyPair::load_or_generate(&key_path(layout, "token"), &layout.public_key("approval-token"))?,
-        grant: KeyPair::load_or_generate(&key_path(layout, "grant"), &layout.public_key("approval-grant"))?,
-        audit: KeyPair::load_or_generate(&key_path(layout, "audit"), &layout.audit_key(AUDIT_CHAIN))?,
+        token: KeyPair::load_or_generate(
+            &key_path(layout, "token"),
+            &layout.public_key("approval-token"),
+        )?,
+        grant: KeyPair::load_or_generate(
+            &key_path(layout, "grant"),
+            &layout.public_key("approval-grant"),
+        )?,
+        audit: KeyPair::load_or_generate(
+            &key_path(layout, "audit"),
+            &layout.audit_key(AUDIT_CHAIN),
+        )?,
     };
     if !layout.policies().join("tools.toml").exists() {
         zt_policies::shipped::install(&layout.policies())
@@ -64,7 +73,9 @@ pub fn parse_duration_secs(text: &str) -> anyhow::Result<i64> {
         Some(i) => t.split_at(i),
         None => (t, "s"),
     };
-    let n: i64 = num.parse().with_context(|| format!("`{text}` is not a duration"))?;
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("`{text}` is not a duration"))?;
     let mult = match unit {
         "s" => 1,
         "m" => 60,
@@ -91,10 +102,18 @@ pub struct SessionRequest {
 
 /// Mints a session token. The human must be in the stack's directory and
 /// every scoped tool in its registry.
-pub fn issue_session(layout: &Layout, stack: &StackInfo, keys: &Keys, req: &SessionRequest) -> anyhow::Result<String> {
+pub fn issue_session(
+    layout: &Layout,
+    stack: &StackInfo,
+    keys: &Keys,
+    req: &SessionRequest,
+) -> anyhow::Result<String> {
     let ttl = req.ttl_secs.unwrap_or(DEFAULT_SESSION_TTL_SECS);
     if ttl <= 0 || ttl > MAX_SESSION_TTL_SECS {
-        bail!("--ttl must be between 1s and {}m", MAX_SESSION_TTL_SECS / 60);
+        bail!(
+            "--ttl must be between 1s and {}m",
+            MAX_SESSION_TTL_SECS / 60
+        );
     }
     if req.agent.trim().is_empty() || req.agent.len() > 128 {
         bail!("--agent must be 1 to 128 characters");
@@ -102,7 +121,10 @@ pub fn issue_session(layout: &Layout, stack: &StackInfo, keys: &Keys, req: &Sess
     let bundle = zt_policies::PolicyBundle::load(&layout.policies())
         .with_context(|| format!("loading policy data from {}", layout.policies().display()))?;
     if bundle.human(&req.human).is_none() {
-        bail!("unknown human `{}`: not in the stack's directory (humans.toml)", req.human);
+        bail!(
+            "unknown human `{}`: not in the stack's directory (humans.toml)",
+            req.human
+        );
     }
     for tool in &req.scope {
         if bundle.tool(tool).is_none() {
@@ -118,7 +140,10 @@ pub fn issue_session(layout: &Layout, stack: &StackInfo, keys: &Keys, req: &Sess
             sub: req.agent.clone(),
             act: None,
         },
-        sid: req.session_id.clone().unwrap_or_else(|| zt_proto::random_id("sess_")),
+        sid: req
+            .session_id
+            .clone()
+            .unwrap_or_else(|| zt_proto::random_id("sess_")),
         jti: zt_proto::random_id("jti_"),
         iat: now,
         nbf: now,
@@ -144,7 +169,10 @@ pub fn issue_operator(
         bail!("--limit must not be negative");
     }
     if ttl_secs <= 0 || ttl_secs > MAX_OPERATOR_TTL_SECS {
-        bail!("--ttl must be between 1s and {}h", MAX_OPERATOR_TTL_SECS / 3600);
+        bail!(
+            "--ttl must be between 1s and {}h",
+            MAX_OPERATOR_TTL_SECS / 3600
+        );
     }
     let now = token::now_secs();
     let claims = OperatorClaims {

@@ -46,7 +46,10 @@ pub struct Backend {
 }
 
 fn s(v: &Value, key: &str) -> String {
-    v.get(key).and_then(Value::as_str).unwrap_or_default().to_owned()
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn i(v: &Value, key: &str) -> i64 {
@@ -63,7 +66,10 @@ impl Backend {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
         sqlx::migrate!("./migrations/backend")
             .run(&pool)
             .await
@@ -74,20 +80,24 @@ impl Backend {
     }
 
     async fn seed(&self) -> Result<(), BackendError> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts").fetch_one(&self.pool).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(&self.pool)
+            .await?;
         if count > 0 {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
         for (id, name, email, region, plan) in SEED_ACCOUNTS {
-            sqlx::query("INSERT INTO accounts (id, name, email, region, plan) VALUES (?, ?, ?, ?, ?)")
-                .bind(id)
-                .bind(name)
-                .bind(email)
-                .bind(region)
-                .bind(plan)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO accounts (id, name, email, region, plan) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(email)
+            .bind(region)
+            .bind(plan)
+            .execute(&mut *tx)
+            .await?;
         }
         for (id, account, desc, amount, date) in SEED_ORDERS {
             sqlx::query("INSERT INTO orders (id, account_id, description, amount_cents, created_at) VALUES (?, ?, ?, ?, ?)")
@@ -112,7 +122,11 @@ impl Backend {
     }
 
     /// The attributes the policy needs about the object a call acts on.
-    pub async fn resource(&self, tool: &str, args: &Value) -> Result<Option<Resource>, BackendError> {
+    pub async fn resource(
+        &self,
+        tool: &str,
+        args: &Value,
+    ) -> Result<Option<Resource>, BackendError> {
         let attrs = |v: Value| match v {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
@@ -127,7 +141,9 @@ impl Backend {
                     .ok_or_else(|| BackendError::NotFound(format!("account {id}")))?;
                 Ok(Some(Resource {
                     id,
-                    attrs: attrs(json!({"region": row.get::<String, _>(0), "plan": row.get::<String, _>(1)})),
+                    attrs: attrs(
+                        json!({"region": row.get::<String, _>(0), "plan": row.get::<String, _>(1)}),
+                    ),
                 }))
             }
             "issue_refund" => {
@@ -152,10 +168,11 @@ impl Backend {
             }
             "fetch_document" => {
                 let id = s(args, "doc_id");
-                let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM documents WHERE id = ?")
-                    .bind(&id)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let exists: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM documents WHERE id = ?")
+                        .bind(&id)
+                        .fetch_optional(&self.pool)
+                        .await?;
                 exists.ok_or_else(|| BackendError::NotFound(format!("document {id}")))?;
                 Ok(Some(Resource {
                     id,
@@ -167,15 +184,26 @@ impl Backend {
     }
 
     /// Executes a tool call whose arguments were validated and authorized.
-    pub async fn execute(&self, tool: &str, args: &Value, actor: &Actor<'_>) -> Result<Value, BackendError> {
+    pub async fn execute(
+        &self,
+        tool: &str,
+        args: &Value,
+        actor: &Actor<'_>,
+    ) -> Result<Value, BackendError> {
         match tool {
             "lookup_account" => self.lookup_account(&s(args, "account_id")).await,
             "list_orders" => {
                 let limit = args.get("limit").and_then(Value::as_i64).unwrap_or(10);
                 self.list_orders(&s(args, "account_id"), limit).await
             }
-            "change_plan" => self.change_plan(&s(args, "account_id"), &s(args, "new_plan"), actor).await,
-            "issue_refund" => self.issue_refund(&s(args, "order_id"), i(args, "amount"), actor).await,
+            "change_plan" => {
+                self.change_plan(&s(args, "account_id"), &s(args, "new_plan"), actor)
+                    .await
+            }
+            "issue_refund" => {
+                self.issue_refund(&s(args, "order_id"), i(args, "amount"), actor)
+                    .await
+            }
             "fetch_document" => self.fetch_document(&s(args, "doc_id")).await,
             other => Err(BackendError::NotFound(format!("tool {other}"))),
         }
@@ -220,7 +248,12 @@ impl Backend {
         Ok(json!({ "account_id": account, "orders": orders }))
     }
 
-    async fn change_plan(&self, account: &str, plan: &str, actor: &Actor<'_>) -> Result<Value, BackendError> {
+    async fn change_plan(
+        &self,
+        account: &str,
+        plan: &str,
+        actor: &Actor<'_>,
+    ) -> Result<Value, BackendError> {
         let mut tx = self.pool.begin().await?;
         let old: String = sqlx::query_scalar("SELECT plan FROM accounts WHERE id = ?")
             .bind(account)
@@ -251,7 +284,12 @@ impl Backend {
         Ok(json!({ "change_id": id, "account_id": account, "old_plan": old, "new_plan": plan }))
     }
 
-    async fn issue_refund(&self, order: &str, amount: i64, actor: &Actor<'_>) -> Result<Value, BackendError> {
+    async fn issue_refund(
+        &self,
+        order: &str,
+        amount: i64,
+        actor: &Actor<'_>,
+    ) -> Result<Value, BackendError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query("SELECT amount_cents, refunded_cents FROM orders WHERE id = ?")
             .bind(order)
@@ -299,35 +337,102 @@ impl Backend {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| BackendError::NotFound(format!("document {id}")))?;
-        Ok(json!({ "doc_id": row.get::<String, _>(0), "title": row.get::<String, _>(1), "body": row.get::<String, _>(2) }))
+        Ok(
+            json!({ "doc_id": row.get::<String, _>(0), "title": row.get::<String, _>(1), "body": row.get::<String, _>(2) }),
+        )
     }
 
     /// Total refunded so far on every order, for tests and the demo summary.
     pub async fn refunds(&self) -> Result<Vec<(String, i64, Option<String>)>, BackendError> {
-        let rows = sqlx::query("SELECT order_id, amount_cents, grant_id FROM refunds ORDER BY created_at_ms")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        let rows = sqlx::query(
+            "SELECT order_id, amount_cents, grant_id FROM refunds ORDER BY created_at_ms",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 }
 
 /// Seed accounts: id, name, email, region, plan.
 pub const SEED_ACCOUNTS: &[(&str, &str, &str, &str, &str)] = &[
-    ("acct_1001", "Ada Lovelace", "ada@example.eu", "eu", "standard"),
-    ("acct_1002", "Blaise Pascal", "blaise@example.eu", "eu", "basic"),
-    ("acct_2001", "Grace Hopper", "grace@example.com", "us", "premium"),
-    ("acct_2002", "Alan Kay", "alan@example.com", "us", "standard"),
-    ("acct_3001", "Kenji Ito", "kenji@example.jp", "apac", "basic"),
+    (
+        "acct_1001",
+        "Ada Lovelace",
+        "ada@example.eu",
+        "eu",
+        "standard",
+    ),
+    (
+        "acct_1002",
+        "Blaise Pascal",
+        "blaise@example.eu",
+        "eu",
+        "basic",
+    ),
+    (
+        "acct_2001",
+        "Grace Hopper",
+        "grace@example.com",
+        "us",
+        "premium",
+    ),
+    (
+        "acct_2002",
+        "Alan Kay",
+        "alan@example.com",
+        "us",
+        "standard",
+    ),
+    (
+        "acct_3001",
+        "Kenji Ito",
+        "kenji@example.jp",
+        "apac",
+        "basic",
+    ),
 ];
 
 /// Seed orders: id, account, description, amount (cents), date.
 pub const SEED_ORDERS: &[(&str, &str, &str, i64, &str)] = &[
-    ("ord_1001", "acct_1001", "Standard plan, March", 4_500, "2026-03-01"),
-    ("ord_1002", "acct_1001", "Annual add-on bundle", 25_000, "2026-04-12"),
-    ("ord_1003", "acct_1002", "Hardware kit", 150_000, "2026-05-03"),
-    ("ord_2001", "acct_2001", "Premium plan, May", 8_000, "2026-05-01"),
+    (
+        "ord_1001",
+        "acct_1001",
+        "Standard plan, March",
+        4_500,
+        "2026-03-01",
+    ),
+    (
+        "ord_1002",
+        "acct_1001",
+        "Annual add-on bundle",
+        25_000,
+        "2026-04-12",
+    ),
+    (
+        "ord_1003",
+        "acct_1002",
+        "Hardware kit",
+        150_000,
+        "2026-05-03",
+    ),
+    (
+        "ord_2001",
+        "acct_2001",
+        "Premium plan, May",
+        8_000,
+        "2026-05-01",
+    ),
     ("ord_2002", "acct_2002", "Team seats", 60_000, "2026-06-15"),
-    ("ord_3001", "acct_3001", "Basic plan, annual", 12_000, "2026-02-20"),
+    (
+        "ord_3001",
+        "acct_3001",
+        "Basic plan, annual",
+        12_000,
+        "2026-02-20",
+    ),
 ];
 
 /// Seed support articles. One carries a prompt injection, as red-team material.

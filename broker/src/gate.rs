@@ -58,10 +58,19 @@ struct Refusal {
 }
 
 impl Refusal {
-    fn new(decision: &'static str, rule: &str, message: impl Into<String>, detail: impl Into<String>) -> Refusal {
+    fn new(
+        decision: &'static str,
+        rule: &str,
+        message: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Refusal {
         Refusal {
             decision,
-            rules: if rule.is_empty() { Vec::new() } else { vec![rule.to_owned()] },
+            rules: if rule.is_empty() {
+                Vec::new()
+            } else {
+                vec![rule.to_owned()]
+            },
             message: message.into(),
             detail: detail.into(),
         }
@@ -97,7 +106,15 @@ impl Broker {
         }
     }
 
-    fn publish(&self, claims: &SessionClaims, tool: &str, args: &Value, decision: &str, summary: String, request_id: &str) {
+    fn publish(
+        &self,
+        claims: &SessionClaims,
+        tool: &str,
+        args: &Value,
+        decision: &str,
+        summary: String,
+        request_id: &str,
+    ) {
         let event = Event {
             kind: "tool_call".into(),
             session_id: claims.sid.clone(),
@@ -116,7 +133,13 @@ impl Broker {
     }
 
     /// Audits a refusal and turns it into the model's error result.
-    async fn refuse(&self, claims: &SessionClaims, tool: &str, args: &Value, r: Refusal) -> CallToolResult {
+    async fn refuse(
+        &self,
+        claims: &SessionClaims,
+        tool: &str,
+        args: &Value,
+        r: Refusal,
+    ) -> CallToolResult {
         let mut rec = self.record(claims, tool, args);
         rec.decision = r.decision.to_owned();
         rec.rules = r.rules.clone();
@@ -133,7 +156,12 @@ impl Broker {
     pub async fn call(&self, claims: &SessionClaims, tool: &str, args: Value) -> CallToolResult {
         let bundle = self.policy.current();
         if bundle.tool(tool).is_none() {
-            let r = Refusal::new("deny", "registry", format!("unknown tool `{tool}`"), "unknown tool");
+            let r = Refusal::new(
+                "deny",
+                "registry",
+                format!("unknown tool `{tool}`"),
+                "unknown tool",
+            );
             return self.refuse(claims, tool, &Value::Null, r).await;
         }
         if !claims.allows_tool(tool) {
@@ -145,16 +173,23 @@ impl Broker {
             );
             return self.refuse(claims, tool, &args, r).await;
         }
-        let size = serde_json::to_vec(&args).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&args)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > self.max_args_bytes {
             let r = Refusal::new(
                 "deny",
                 "schema",
-                format!("arguments are too large ({size} bytes; at most {})", self.max_args_bytes),
+                format!(
+                    "arguments are too large ({size} bytes; at most {})",
+                    self.max_args_bytes
+                ),
                 "oversize arguments",
             );
             // Do not copy an oversize payload into the audit trail.
-            return self.refuse(claims, tool, &json!({"_oversize_bytes": size}), r).await;
+            return self
+                .refuse(claims, tool, &json!({"_oversize_bytes": size}), r)
+                .await;
         }
         if let Err(e) = bundle.validate_args(tool, &args) {
             let msg = format!("invalid arguments for `{tool}`: {e}");
@@ -164,7 +199,12 @@ impl Broker {
         let resource = match self.backend.resource(tool, &args).await {
             Ok(r) => r,
             Err(BackendError::NotFound(what)) => {
-                let r = Refusal::new("deny", "backend", format!("{what} not found"), format!("{what} not found"));
+                let r = Refusal::new(
+                    "deny",
+                    "backend",
+                    format!("{what} not found"),
+                    format!("{what} not found"),
+                );
                 return self.refuse(claims, tool, &args, r).await;
             }
             Err(e) => {
@@ -196,7 +236,9 @@ impl Broker {
                 };
                 self.refuse(claims, tool, &args, r).await
             }
-            Effect::Allow | Effect::Constrain => self.run(claims, tool, &args, &decision, None).await,
+            Effect::Allow | Effect::Constrain => {
+                self.run(claims, tool, &args, &decision, None).await
+            }
             Effect::Escalate => self.escalate(claims, tool, &decision, &request).await,
         }
     }
@@ -212,13 +254,20 @@ impl Broker {
         grant: Option<(&Grant, &ApprovalRequest)>,
     ) -> CallToolResult {
         let args = &decision.args;
-        let effect = if grant.is_some() { "approved" } else { effect_name(decision.effect) };
+        let effect = if grant.is_some() {
+            "approved"
+        } else {
+            effect_name(decision.effect)
+        };
         let mut rec = self.record(claims, tool, args);
         rec.decision = effect.to_owned();
         rec.rules = decision.rules.clone();
         rec.status = "executing".into();
         rec.detail = if args != original {
-            format!("{} (arguments rewritten from {})", decision.reason, original)
+            format!(
+                "{} (arguments rewritten from {})",
+                decision.reason, original
+            )
         } else {
             decision.reason.clone()
         };
@@ -228,7 +277,11 @@ impl Broker {
         }
         if let Err(e) = self.audit.append(Kind::Decision, rec.clone()).await {
             tracing::error!(error = %e, "audit write failed; refusing the call");
-            return error_result("the action could not be recorded, so it was not run", "error", json!({}));
+            return error_result(
+                "the action could not be recorded, so it was not run",
+                "error",
+                json!({}),
+            );
         }
         let actor = backend::Actor {
             session: &claims.sid,
@@ -236,7 +289,11 @@ impl Broker {
             grant_id: grant.map(|(g, _)| g.id.as_str()),
         };
         let outcome = self.backend.execute(tool, args, &actor).await;
-        rec.status = if outcome.is_ok() { "ok".into() } else { "error".into() };
+        rec.status = if outcome.is_ok() {
+            "ok".into()
+        } else {
+            "error".into()
+        };
         rec.detail = match &outcome {
             Ok(v) => summarize(tool, v),
             Err(e) => format!("{e:?}"),
@@ -262,10 +319,11 @@ impl Broker {
                 let label = if grant.is_some() { "executed" } else { effect };
                 self.publish(claims, tool, args, label, summarize(tool, &value), "");
                 let mut value = value;
-                if decision.effect == Effect::Constrain {
-                    if let Value::Object(m) = &mut value {
-                        m.insert("constrained".into(), json!({ "applied_arguments": args, "reason": decision.model_message }));
-                    }
+                if let (Effect::Constrain, Value::Object(m)) = (decision.effect, &mut value) {
+                    m.insert(
+                        "constrained".into(),
+                        json!({ "applied_arguments": args, "reason": decision.model_message }),
+                    );
                 }
                 ok_result(value)
             }
@@ -284,13 +342,23 @@ impl Broker {
         request: &DecisionRequest,
     ) -> CallToolResult {
         let args = &decision.args;
-        let (Ok(args_json), Ok(args_hash)) = (canonical::to_canonical_string(args), canonical::args_hash(tool, args))
-        else {
-            let r = Refusal::new("deny", "schema", "arguments cannot be encoded", "non-canonical arguments");
+        let (Ok(args_json), Ok(args_hash)) = (
+            canonical::to_canonical_string(args),
+            canonical::args_hash(tool, args),
+        ) else {
+            let r = Refusal::new(
+                "deny",
+                "schema",
+                "arguments cannot be encoded",
+                "non-canonical arguments",
+            );
             return self.refuse(claims, tool, args, r).await;
         };
         let bundle = self.policy.current();
-        let risk = bundle.tool(tool).map(|t| format!("{:?}", t.risk).to_lowercase()).unwrap_or_default();
+        let risk = bundle
+            .tool(tool)
+            .map(|t| format!("{:?}", t.risk).to_lowercase())
+            .unwrap_or_default();
         let mut actors = claims.chain();
         actors.pop();
         let esc = EscalateRequest {
@@ -328,9 +396,20 @@ impl Broker {
         rec.detail = decision.reason.clone();
         if let Err(e) = self.audit.append(Kind::Escalation, rec).await {
             tracing::error!(error = %e, "audit write failed; refusing the call");
-            return error_result("the action could not be recorded, so it was not run", "error", json!({}));
+            return error_result(
+                "the action could not be recorded, so it was not run",
+                "error",
+                json!({}),
+            );
         }
-        self.publish(claims, tool, args, "escalate", decision.reason.clone(), &req.id);
+        self.publish(
+            claims,
+            tool,
+            args,
+            "escalate",
+            decision.reason.clone(),
+            &req.id,
+        );
 
         let deadline = tokio::time::Instant::now() + self.approval_wait;
         while req.status == "pending" {
@@ -338,7 +417,11 @@ impl Broker {
             if left.is_zero() {
                 break;
             }
-            match self.upstream.wait(&req.id, left.min(Duration::from_secs(30))).await {
+            match self
+                .upstream
+                .wait(&req.id, left.min(Duration::from_secs(30)))
+                .await
+            {
                 Ok(r) => req = r,
                 Err(UpstreamError::Unavailable) => break,
                 Err(e) => {
@@ -348,7 +431,10 @@ impl Broker {
             }
         }
         match req.status.as_str() {
-            "approved" => self.redeem(claims, tool, &args_hash, decision, request, &req).await,
+            "approved" => {
+                self.redeem(claims, tool, &args_hash, decision, request, &req)
+                    .await
+            }
             "pending" => error_result(
                 &format!(
                     "awaiting approval {}: a human must approve this action before it runs; it has NOT been run. \
@@ -359,7 +445,11 @@ impl Broker {
                 json!({ "request_id": req.id }),
             ),
             "denied" => {
-                let why = req.votes.last().map(|v| v.reason.clone()).unwrap_or_default();
+                let why = req
+                    .votes
+                    .last()
+                    .map(|v| v.reason.clone())
+                    .unwrap_or_default();
                 error_result(
                     &format!("an operator denied this action ({}): {why}", req.id),
                     "denied",
@@ -367,7 +457,10 @@ impl Broker {
                 )
             }
             other => error_result(
-                &format!("approval request {} is {other}; the action was not run", req.id),
+                &format!(
+                    "approval request {} is {other}; the action was not run",
+                    req.id
+                ),
                 other,
                 json!({ "request_id": req.id }),
             ),
@@ -397,14 +490,24 @@ impl Broker {
             Ok(g)
         }) {
             Ok(g) => g,
-            Err(e) => return self.refuse_grant(claims, tool, args, req, &e.to_string()).await,
+            Err(e) => {
+                return self
+                    .refuse_grant(claims, tool, args, req, &e.to_string())
+                    .await;
+            }
         };
         // Explicit deny rules still apply at execution time (policy may have
         // changed while the request waited).
         let again = self.policy.current().decide(request);
         if again.effect == Effect::Deny {
             return self
-                .refuse_grant(claims, tool, args, req, &format!("policy now denies: {}", again.reason))
+                .refuse_grant(
+                    claims,
+                    tool,
+                    args,
+                    req,
+                    &format!("policy now denies: {}", again.reason),
+                )
                 .await;
         }
         let inserted = sqlx::query(
@@ -420,10 +523,16 @@ impl Broker {
         .await;
         match inserted {
             Ok(r) if r.rows_affected() == 1 => {}
-            Ok(_) => return self.refuse_grant(claims, tool, args, req, "grant was already redeemed").await,
+            Ok(_) => {
+                return self
+                    .refuse_grant(claims, tool, args, req, "grant was already redeemed")
+                    .await;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "recording a grant redemption failed");
-                return self.refuse_grant(claims, tool, args, req, "grant could not be recorded").await;
+                return self
+                    .refuse_grant(claims, tool, args, req, "grant could not be recorded")
+                    .await;
             }
         }
         let mut rec = self.record(claims, tool, args);
@@ -434,9 +543,14 @@ impl Broker {
         rec.detail = format!("approved by {}", grant.approvers.join(", "));
         if let Err(e) = self.audit.append(Kind::GrantUse, rec).await {
             tracing::error!(error = %e, "audit write failed; refusing the call");
-            return error_result("the action could not be recorded, so it was not run", "error", json!({}));
+            return error_result(
+                "the action could not be recorded, so it was not run",
+                "error",
+                json!({}),
+            );
         }
-        self.run(claims, tool, args, decision, Some((&grant, req))).await
+        self.run(claims, tool, args, decision, Some((&grant, req)))
+            .await
     }
 
     async fn refuse_grant(
@@ -455,7 +569,14 @@ impl Broker {
         if let Err(e) = self.audit.append(Kind::GrantUse, rec).await {
             tracing::error!(error = %e, "audit write failed");
         }
-        self.publish(claims, tool, args, "deny", format!("grant refused: {why}"), &req.id);
+        self.publish(
+            claims,
+            tool,
+            args,
+            "deny",
+            format!("grant refused: {why}"),
+            &req.id,
+        );
         error_result(
             &format!("the approval for this action could not be used ({why}); it was not run"),
             "denied",
@@ -477,11 +598,24 @@ fn effect_name(effect: Effect) -> &'static str {
 fn summarize(tool: &str, v: &Value) -> String {
     let s = |k: &str| v.get(k).map(|x| x.to_string()).unwrap_or_default();
     match tool {
-        "issue_refund" => format!("refunded {} cents on {} ({})", s("amount"), s("order_id"), s("refund_id")),
-        "change_plan" => format!("plan of {} changed {} -> {}", s("account_id"), s("old_plan"), s("new_plan")),
+        "issue_refund" => format!(
+            "refunded {} cents on {} ({})",
+            s("amount"),
+            s("order_id"),
+            s("refund_id")
+        ),
+        "change_plan" => format!(
+            "plan of {} changed {} -> {}",
+            s("account_id"),
+            s("old_plan"),
+            s("new_plan")
+        ),
         "list_orders" => format!(
             "{} orders of {}",
-            v.get("orders").and_then(Value::as_array).map(Vec::len).unwrap_or(0),
+            v.get("orders")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .unwrap_or(0),
             s("account_id")
         ),
         "lookup_account" => format!("account {}", s("account_id")),

@@ -42,7 +42,8 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ZT_LOG").unwrap_or_else(|_| "zt_broker=info,warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("ZT_LOG")
+                .unwrap_or_else(|_| "zt_broker=info,warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -14,8 +14,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult, PaginatedRequestParams,
-    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -74,7 +74,8 @@ impl ServerHandler for Mcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let claims = claims_of(&context).ok_or_else(|| ErrorData::invalid_request("unauthenticated", None))?;
+        let claims = claims_of(&context)
+            .ok_or_else(|| ErrorData::invalid_request("unauthenticated", None))?;
         let bundle = self.broker.policy.current();
         let tools = bundle
             .tools()
@@ -103,14 +104,18 @@ impl ServerHandler for Mcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let claims = claims_of(&context).ok_or_else(|| ErrorData::invalid_request("unauthenticated", None))?;
+        let claims = claims_of(&context)
+            .ok_or_else(|| ErrorData::invalid_request("unauthenticated", None))?;
         if self.broker.policy.current().tool(&request.name).is_none() {
             // Unknown tools are a protocol error; still audited.
             let _ = self
                 .broker
                 .call(&claims, &request.name, serde_json::Value::Null)
                 .await;
-            return Err(ErrorData::invalid_params(format!("unknown tool `{}`", request.name), None));
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool `{}`", request.name),
+                None,
+            ));
         }
         let args = serde_json::Value::Object(request.arguments.unwrap_or_default());
         Ok(self.broker.call(&claims, &request.name, args).await.into())
@@ -132,7 +137,10 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     let expect = Expect {
         issuer: &auth.issuer,
@@ -140,7 +148,8 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
     };
     let result = match token {
         None => Err("missing bearer token".to_owned()),
-        Some(t) => token::verify::<SessionClaims>(t, &auth.keys, TokenType::Session, &expect).map_err(|e| e.to_string()),
+        Some(t) => token::verify::<SessionClaims>(t, &auth.keys, TokenType::Session, &expect)
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(claims) => {
@@ -178,7 +187,10 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
 
 /// Runs the broker until `shutdown` resolves. Prints `broker_url=...` once
 /// listening and records it in the stack's `run/` directory.
-pub async fn serve(opts: Options, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let layout = Layout::new(&opts.data_dir);
     let m = setup::load(&layout)?;
     let policy = PolicyStore::open(layout.policies())
@@ -189,8 +201,15 @@ pub async fn serve(opts: Options, shutdown: impl std::future::Future<Output = ()
     let state = crate::state::open(&layout.private("broker").join("broker.db")).await?;
     let audit_pool = zt_proto::store::open_pool(&layout.audit_db()).await?;
     let audit = Arc::new(AuditLog::open(audit_pool, AUDIT_CHAIN, m.audit_key.clone()).await?);
-    let approval_url = opts.approval_url.clone().or_else(|| layout.endpoint("approval"));
-    let upstream = Upstream::new(approval_url.as_deref(), m.service_key.clone(), m.stack.clone())?;
+    let approval_url = opts
+        .approval_url
+        .clone()
+        .or_else(|| layout.endpoint("approval"));
+    let upstream = Upstream::new(
+        approval_url.as_deref(),
+        m.service_key.clone(),
+        m.stack.clone(),
+    )?;
 
     let (events, mut events_rx) = mpsc::channel(1024);
     let publisher = upstream.clone();

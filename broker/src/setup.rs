@@ -64,10 +64,15 @@ fn key_path(layout: &Layout, name: &str) -> PathBuf {
 /// Creates the broker's keys and private config if missing. Idempotent.
 /// The stack (identity, approval keys, policies) must exist already.
 pub fn init(layout: &Layout) -> anyhow::Result<()> {
-    layout.stack().context("the approval service must initialize the stack first")?;
+    layout
+        .stack()
+        .context("the approval service must initialize the stack first")?;
     layout.create_private("broker")?;
     layout.create_private("backend")?;
-    KeyPair::load_or_generate(&key_path(layout, "service"), &layout.public_key("broker-service"))?;
+    KeyPair::load_or_generate(
+        &key_path(layout, "service"),
+        &layout.public_key("broker-service"),
+    )?;
     KeyPair::load_or_generate(&key_path(layout, "audit"), &layout.audit_key(AUDIT_CHAIN))?;
     let path = config_path(layout);
     if !path.exists() {
@@ -87,7 +92,8 @@ pub fn init(layout: &Layout) -> anyhow::Result<()> {
 }
 
 fn read_config(path: &Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -95,7 +101,8 @@ fn read_config(path: &Path) -> anyhow::Result<Config> {
 pub fn load(layout: &Layout) -> anyhow::Result<Material> {
     let pinned = |name: &str| -> anyhow::Result<KeySet> {
         let path = layout.public_key(name);
-        let key = PublicKey::read(&path).with_context(|| format!("pinned key {}", path.display()))?;
+        let key =
+            PublicKey::read(&path).with_context(|| format!("pinned key {}", path.display()))?;
         Ok(KeySet::new(vec![key]))
     };
     Ok(Material {

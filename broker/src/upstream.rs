@@ -8,7 +8,9 @@ use tonic::Request;
 use tonic::transport::{Channel, Endpoint};
 use zt_proto::keys::KeyPair;
 use zt_proto::pb::approval_client::ApprovalClient;
-use zt_proto::pb::{ApprovalRequest, EscalateRequest, Event, ReportExecutionRequest, WaitDecisionRequest};
+use zt_proto::pb::{
+    ApprovalRequest, EscalateRequest, Event, ReportExecutionRequest, WaitDecisionRequest,
+};
 use zt_proto::stack::StackInfo;
 use zt_proto::token::{self, SERVICE_TTL_SECS, ServiceClaims, TokenType};
 
@@ -57,10 +59,13 @@ impl Upstream {
             nbf: now,
             exp: now + SERVICE_TTL_SECS,
         };
-        let jwt = token::sign(&self.key, TokenType::Service, &claims).map_err(|_| UpstreamError::Unavailable)?;
+        let jwt = token::sign(&self.key, TokenType::Service, &claims)
+            .map_err(|_| UpstreamError::Unavailable)?;
         let mut req = Request::new(msg);
         req.set_timeout(timeout);
-        let value = format!("Bearer {jwt}").parse().map_err(|_| UpstreamError::Unavailable)?;
+        let value = format!("Bearer {jwt}")
+            .parse()
+            .map_err(|_| UpstreamError::Unavailable)?;
         req.metadata_mut().insert("authorization", value);
         Ok(req)
     }
@@ -81,7 +86,12 @@ impl Upstream {
     /// Records an escalation (deduplicated by the service).
     pub async fn escalate(&self, req: EscalateRequest) -> Result<ApprovalRequest, UpstreamError> {
         let r = self.request(req, Duration::from_secs(10))?;
-        Ok(self.client()?.escalate(r).await.map_err(Self::map)?.into_inner())
+        Ok(self
+            .client()?
+            .escalate(r)
+            .await
+            .map_err(Self::map)?
+            .into_inner())
     }
 
     /// Waits up to `wait` for the request to be decided.
@@ -92,11 +102,22 @@ impl Upstream {
             timeout_ms,
         };
         let r = self.request(msg, wait + Duration::from_secs(5))?;
-        Ok(self.client()?.wait_decision(r).await.map_err(Self::map)?.into_inner())
+        Ok(self
+            .client()?
+            .wait_decision(r)
+            .await
+            .map_err(Self::map)?
+            .into_inner())
     }
 
     /// Reports an approved request's execution.
-    pub async fn report(&self, id: &str, ok: bool, outcome: &str, grant_id: &str) -> Result<(), UpstreamError> {
+    pub async fn report(
+        &self,
+        id: &str,
+        ok: bool,
+        outcome: &str,
+        grant_id: &str,
+    ) -> Result<(), UpstreamError> {
         let msg = ReportExecutionRequest {
             id: id.to_owned(),
             ok,
@@ -104,7 +125,10 @@ impl Upstream {
             grant_id: grant_id.to_owned(),
         };
         let r = self.request(msg, Duration::from_secs(10))?;
-        self.client()?.report_execution(r).await.map_err(Self::map)?;
+        self.client()?
+            .report_execution(r)
+            .await
+            .map_err(Self::map)?;
         Ok(())
     }
 

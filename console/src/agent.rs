@@ -86,7 +86,11 @@ impl Outcome {
 }
 
 /// Connects to `broker_url` with `token` and runs every step.
-pub async fn run(broker_url: &str, token: &str, scenario: &Scenario) -> anyhow::Result<Vec<Outcome>> {
+pub async fn run(
+    broker_url: &str,
+    token: &str,
+    scenario: &Scenario,
+) -> anyhow::Result<Vec<Outcome>> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()

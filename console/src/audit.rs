@@ -29,11 +29,18 @@ pub enum Source {
 pub fn pinned_keys(layout: &Layout) -> anyhow::Result<BTreeMap<String, PublicKey>> {
     let mut keys = BTreeMap::new();
     let dir = layout.public_dir();
-    let entries = std::fs::read_dir(&dir).with_context(|| format!("reading pinned keys in {}", dir.display()))?;
+    let entries = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading pinned keys in {}", dir.display()))?;
     for entry in entries {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if let Some(chain) = name.strip_prefix("audit-").and_then(|n| n.strip_suffix(".pem")) {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if let Some(chain) = name
+            .strip_prefix("audit-")
+            .and_then(|n| n.strip_suffix(".pem"))
+        {
             keys.insert(chain.to_owned(), PublicKey::read(&path)?);
         }
     }
@@ -41,7 +48,10 @@ pub fn pinned_keys(layout: &Layout) -> anyhow::Result<BTreeMap<String, PublicKey
 }
 
 fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
-    if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
         let path = rest.split('?').next().unwrap_or_default();
         return Ok(PathBuf::from(path));
     }
@@ -108,7 +118,10 @@ pub fn report_text(report: &Report) -> String {
             if f.seq == 0 {
                 out.push_str(&format!("\n  chain {}: {}", f.chain, f.detail));
             } else {
-                out.push_str(&format!("\n  chain {}, first bad entry #{}: {}", f.chain, f.seq, f.detail));
+                out.push_str(&format!(
+                    "\n  chain {}, first bad entry #{}: {}",
+                    f.chain, f.seq, f.detail
+                ));
             }
         }
         if !chains.is_empty() {

@@ -10,8 +10,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Streaming};
 use zt_proto::pb::approval_client::ApprovalClient;
 use zt_proto::pb::{
-    ApprovalRequest, DecideRequest, Event, GetRequestRequest, ListPendingRequest, Operator, WatchEventsRequest,
-    WhoAmIRequest,
+    ApprovalRequest, DecideRequest, Event, GetRequestRequest, ListPendingRequest, Operator,
+    WatchEventsRequest, WhoAmIRequest,
 };
 use zt_proto::stack::Layout;
 
@@ -46,7 +46,9 @@ impl OperatorClient {
     /// A client of `url` presenting `token`. Connects lazily.
     pub fn new(url: &str, token: &str) -> anyhow::Result<OperatorClient> {
         if token.trim().is_empty() {
-            bail!("no operator token: set ZT_OPERATOR_TOKEN or pass --token (issue one with `zt-approval token operator`)");
+            bail!(
+                "no operator token: set ZT_OPERATOR_TOKEN or pass --token (issue one with `zt-approval token operator`)"
+            );
         }
         let endpoint = Endpoint::from_shared(url.to_owned())
             .with_context(|| format!("invalid approval URL {url}"))?
@@ -74,42 +76,80 @@ impl OperatorClient {
     /// Who the token says we are.
     pub async fn who_am_i(&self) -> anyhow::Result<Operator> {
         let r = self.req(WhoAmIRequest {})?;
-        Ok(self.inner.clone().who_am_i(r).await.map_err(status)?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .who_am_i(r)
+            .await
+            .map_err(status)?
+            .into_inner())
     }
 
     /// Pending requests, oldest first.
     pub async fn pending(&self) -> anyhow::Result<Vec<ApprovalRequest>> {
         let r = self.req(ListPendingRequest {})?;
-        Ok(self.inner.clone().list_pending(r).await.map_err(status)?.into_inner().requests)
+        Ok(self
+            .inner
+            .clone()
+            .list_pending(r)
+            .await
+            .map_err(status)?
+            .into_inner()
+            .requests)
     }
 
     /// One request.
     pub async fn get(&self, id: &str) -> anyhow::Result<ApprovalRequest> {
         let r = self.req(GetRequestRequest { id: id.to_owned() })?;
-        Ok(self.inner.clone().get_request(r).await.map_err(status)?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .get_request(r)
+            .await
+            .map_err(status)?
+            .into_inner())
     }
 
     /// Approves or denies a request.
-    pub async fn decide(&self, id: &str, approve: bool, reason: &str) -> anyhow::Result<ApprovalRequest> {
+    pub async fn decide(
+        &self,
+        id: &str,
+        approve: bool,
+        reason: &str,
+    ) -> anyhow::Result<ApprovalRequest> {
         let r = self.req(DecideRequest {
             id: id.to_owned(),
             approve,
             reason: reason.to_owned(),
         })?;
-        Ok(self.inner.clone().decide(r).await.map_err(status)?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .decide(r)
+            .await
+            .map_err(status)?
+            .into_inner())
     }
 
     /// Events after `from_seq` (0: recent history), then live.
     pub async fn watch(&self, from_seq: u64) -> anyhow::Result<Streaming<Event>> {
         let r = self.req(WatchEventsRequest { from_seq })?;
-        Ok(self.inner.clone().watch_events(r).await.map_err(status)?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .watch_events(r)
+            .await
+            .map_err(status)?
+            .into_inner())
     }
 }
 
 /// A gRPC status as an operator-readable error.
 fn status(s: tonic::Status) -> anyhow::Error {
     match s.code() {
-        tonic::Code::Unavailable => anyhow::anyhow!("approval service unavailable: {}", s.message()),
+        tonic::Code::Unavailable => {
+            anyhow::anyhow!("approval service unavailable: {}", s.message())
+        }
         tonic::Code::Unauthenticated => anyhow::anyhow!("not authenticated: {}", s.message()),
         tonic::Code::PermissionDenied => anyhow::anyhow!("not allowed: {}", s.message()),
         _ => anyhow::anyhow!("{}", s.message()),

@@ -41,12 +41,17 @@ pub struct DemoOptions {
 /// Runs the demo. Returns whether every expectation held.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let scenario_text = match &opts.scenario {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
         None => DEMO_SCENARIO.to_owned(),
     };
     let scenario = Scenario::parse(&scenario_text)?;
     let temporary = opts.data_dir.is_none();
-    let dir = opts.data_dir.clone().unwrap_or_else(|| stack::temp_data_dir("zt-demo-"));
+    let dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| stack::temp_data_dir("zt-demo-"));
     let stack = Stack::start(&dir).await?;
     let result = drive(&stack, &scenario, &scenario_text, &opts).await;
     let data_dir = stack.data_dir.clone();
@@ -59,17 +64,44 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     result
 }
 
-async fn drive(stack: &Stack, scenario: &Scenario, scenario_text: &str, opts: &DemoOptions) -> anyhow::Result<bool> {
+async fn drive(
+    stack: &Stack,
+    scenario: &Scenario,
+    scenario_text: &str,
+    opts: &DemoOptions,
+) -> anyhow::Result<bool> {
     let dir = stack.data_dir.to_string_lossy().into_owned();
     let limit = DEMO_OPERATOR_LIMIT.to_string();
     let operator_token = stack::run_to_end(
         "zt-approval",
-        &["token", "operator", "--data-dir", &dir, "--name", DEMO_OPERATOR, "--role", "approver", "--limit", &limit],
+        &[
+            "token",
+            "operator",
+            "--data-dir",
+            &dir,
+            "--name",
+            DEMO_OPERATOR,
+            "--role",
+            "approver",
+            "--limit",
+            &limit,
+        ],
     )
     .await?;
     let session_token = stack::run_to_end(
         "zt-approval",
-        &["token", "issue", "--data-dir", &dir, "--agent", &scenario.agent, "--for", &scenario.human, "--ttl", "15m"],
+        &[
+            "token",
+            "issue",
+            "--data-dir",
+            &dir,
+            "--agent",
+            &scenario.agent,
+            "--for",
+            &scenario.human,
+            "--ttl",
+            "15m",
+        ],
     )
     .await?;
     let client = OperatorClient::new(&stack.approval_url, &operator_token)?;
@@ -107,7 +139,9 @@ async fn drive(stack: &Stack, scenario: &Scenario, scenario_text: &str, opts: &D
         if !out.status.success() {
             bail!(
                 "the scripted agent failed: {}",
-                std::fs::read_to_string(&agent_log).unwrap_or_default().trim()
+                std::fs::read_to_string(&agent_log)
+                    .unwrap_or_default()
+                    .trim()
             );
         }
         let outcomes: Vec<Outcome> =
@@ -155,7 +189,12 @@ async fn auto_decide(client: OperatorClient, approve: bool) {
     }
 }
 
-async fn summarize(stack: &Stack, scenario: &Scenario, outcomes: &[Outcome], approve: bool) -> anyhow::Result<bool> {
+async fn summarize(
+    stack: &Stack,
+    scenario: &Scenario,
+    outcomes: &[Outcome],
+    approve: bool,
+) -> anyhow::Result<bool> {
     let mut held = 0;
     for (o, step) in outcomes.iter().zip(&scenario.steps) {
         let ok = o.held(approve);
@@ -169,7 +208,10 @@ async fn summarize(stack: &Stack, scenario: &Scenario, outcomes: &[Outcome], app
             step.say
         );
         if !ok {
-            println!("      expected {}, the model was told: {}", o.expect, o.text);
+            println!(
+                "      expected {}, the model was told: {}",
+                o.expect, o.text
+            );
         }
     }
     let t = audit::tally(&stack.data_dir).await?;

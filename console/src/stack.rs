@@ -19,13 +19,23 @@ pub fn binary(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("ZT_BIN_DIR") {
         return PathBuf::from(dir).join(name);
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
         let candidate = dir.join(name);
         if candidate.exists() {
             return candidate;
         }
     }
     PathBuf::from(name)
+}
+
+fn missing(name: &str) -> String {
+    format!(
+        "cannot run {} (looked beside zt-console and on PATH; build them all with `cargo build --workspace --bins`)",
+        binary(name).display()
+    )
 }
 
 /// A command for one of the stack's binaries, with a clean environment:
@@ -56,7 +66,7 @@ pub async fn run_to_end(name: &str, args: &[&str]) -> anyhow::Result<String> {
         .args(args)
         .output()
         .await
-        .with_context(|| format!("running {}", binary(name).display()))?;
+        .with_context(|| missing(name))?;
     if !out.status.success() {
         bail!(
             "{name} {} failed: {}",
@@ -80,15 +90,21 @@ pub struct Stack {
 }
 
 /// Starts a service and waits for its `key=value` readiness line on stdout.
-async fn spawn_ready(name: &'static str, args: &[&str], key: &str, log: &Path) -> anyhow::Result<(Child, String)> {
-    let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+async fn spawn_ready(
+    name: &'static str,
+    args: &[&str],
+    key: &str,
+    log: &Path,
+) -> anyhow::Result<(Child, String)> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut child = command(name)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {}", binary(name).display()))?;
+        .with_context(|| missing(name))?;
     let stdout = child.stdout.take().context("child stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let prefix = format!("{key}=");
@@ -121,7 +137,8 @@ impl Stack {
     /// Initializes `data_dir` (keys, policies, example backend) if needed and
     /// starts the approval service and the broker on loopback ports.
     pub async fn start(data_dir: &Path) -> anyhow::Result<Stack> {
-        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
         let data_dir = data_dir
             .canonicalize()
             .with_context(|| format!("resolving {}", data_dir.display()))?;
@@ -145,7 +162,15 @@ impl Stack {
         };
         let (broker, broker_url) = spawn_ready(
             "zt-broker",
-            &["serve", "--data-dir", &dir, "--listen", "127.0.0.1:0", "--approval", &approval_url],
+            &[
+                "serve",
+                "--data-dir",
+                &dir,
+                "--listen",
+                "127.0.0.1:0",
+                "--approval",
+                &approval_url,
+            ],
             "broker_url",
             &run.join("broker.log"),
         )
@@ -179,7 +204,10 @@ impl Stack {
             }
         }
         for (name, child) in &mut self.children {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!(service = name, "did not stop in time; killing");
                 let _ = child.kill().await;
             }

@@ -84,7 +84,12 @@ pub fn tool_of(tool_name: &str) -> Result<&str, HookError> {
 }
 
 /// A resource as favourable as the rules allow, for deciding without backend data.
-fn assumed_resource(bundle: &PolicyBundle, tool: &str, human: &str, args: &Value) -> Option<Resource> {
+fn assumed_resource(
+    bundle: &PolicyBundle,
+    tool: &str,
+    human: &str,
+    args: &Value,
+) -> Option<Resource> {
     let spec = bundle.tool(tool)?;
     let id = bundle
         .resource_arg(tool)
@@ -98,7 +103,9 @@ fn assumed_resource(bundle: &PolicyBundle, tool: &str, human: &str, args: &Value
         .unwrap_or_default();
     let attrs = match spec.resource.as_str() {
         "Account" => json!({ "region": region, "plan": "basic" }),
-        "Order" => json!({ "region": region, "account": "", "amount": 1_000_000_000_000i64, "refunded": 0 }),
+        "Order" => {
+            json!({ "region": region, "account": "", "amount": 1_000_000_000_000i64, "refunded": 0 })
+        }
         _ => json!({}),
     };
     match attrs {
@@ -108,11 +115,18 @@ fn assumed_resource(bundle: &PolicyBundle, tool: &str, human: &str, args: &Value
 }
 
 /// Decides one hook call for `human`, with `agent` acting.
-pub fn evaluate(bundle: &PolicyBundle, input: &HookInput, human: &str, agent: &str) -> Result<Verdict, HookError> {
-    if let Some(ev) = &input.hook_event_name {
-        if ev != "PreToolUse" {
-            return Err(HookError::Event(ev.clone()));
-        }
+pub fn evaluate(
+    bundle: &PolicyBundle,
+    input: &HookInput,
+    human: &str,
+    agent: &str,
+) -> Result<Verdict, HookError> {
+    if let Some(ev) = input
+        .hook_event_name
+        .as_ref()
+        .filter(|ev| *ev != "PreToolUse")
+    {
+        return Err(HookError::Event(ev.clone()));
     }
     let tool = tool_of(&input.tool_name)?;
     if bundle.tool(tool).is_none() {
@@ -138,14 +152,19 @@ pub fn evaluate(bundle: &PolicyBundle, input: &HookInput, human: &str, agent: &s
         Effect::Escalate => Verdict::Ask {
             reason: d.model_message,
         },
-        Effect::Deny => Verdict::Deny { reason: d.model_message },
+        Effect::Deny => Verdict::Deny {
+            reason: d.model_message,
+        },
     })
 }
 
 /// The JSON Claude Code reads from stdout on exit 0.
 pub fn output(verdict: &Verdict) -> Value {
     let (decision, reason, updated) = match verdict {
-        Verdict::Allow { reason, updated_input } => ("allow", reason, updated_input.clone()),
+        Verdict::Allow {
+            reason,
+            updated_input,
+        } => ("allow", reason, updated_input.clone()),
         Verdict::Ask { reason } => ("ask", reason, None),
         Verdict::Deny { reason } => ("deny", reason, None),
     };

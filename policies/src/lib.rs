@@ -82,12 +82,12 @@
 
 mod args;
 pub mod cases;
-pub mod hook;
-pub mod shipped;
 mod check;
 mod decide;
+pub mod hook;
 mod load;
 mod rewrite;
+pub mod shipped;
 mod store;
 
 use std::fmt;

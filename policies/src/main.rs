@@ -152,7 +152,8 @@ fn hook_decision(
         .take(MAX_HOOK_INPUT)
         .read_to_string(&mut raw)
         .context("reading the hook input")?;
-    let input: HookInput = serde_json::from_str(&raw).context("the hook input is not valid JSON")?;
+    let input: HookInput =
+        serde_json::from_str(&raw).context("the hook input is not valid JSON")?;
 
     let data_dir = data_dir.context("ZT_DATA_DIR is not set, so the session cannot be verified")?;
     let layout = Layout::new(&data_dir);

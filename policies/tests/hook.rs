@@ -10,7 +10,8 @@ use zt_policies::PolicyBundle;
 use zt_policies::hook::{self, HookError, HookInput, Verdict};
 
 fn bundle() -> PolicyBundle {
-    PolicyBundle::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data")).expect("shipped policies load")
+    PolicyBundle::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
+        .expect("shipped policies load")
 }
 
 fn input(tool: &str, args: Value) -> HookInput {
@@ -31,25 +32,82 @@ fn decision(v: &Verdict) -> Value {
 #[test]
 fn effects_map_to_client_decisions() {
     let b = bundle();
-    let allow = hook::evaluate(&b, &input("mcp__broker__issue_refund", json!({"order_id": "ord_1", "amount": 5000})), "alice", "a").unwrap();
+    let allow = hook::evaluate(
+        &b,
+        &input(
+            "mcp__broker__issue_refund",
+            json!({"order_id": "ord_1", "amount": 5000}),
+        ),
+        "alice",
+        "a",
+    )
+    .unwrap();
     assert_eq!(decision(&allow)["permissionDecision"], "allow");
     assert!(decision(&allow).get("updatedInput").is_none());
 
-    let ask = hook::evaluate(&b, &input("mcp__broker__issue_refund", json!({"order_id": "ord_1", "amount": 5001})), "alice", "a").unwrap();
+    let ask = hook::evaluate(
+        &b,
+        &input(
+            "mcp__broker__issue_refund",
+            json!({"order_id": "ord_1", "amount": 5001}),
+        ),
+        "alice",
+        "a",
+    )
+    .unwrap();
     assert_eq!(decision(&ask)["permissionDecision"], "ask");
 
-    let deny = hook::evaluate(&b, &input("mcp__broker__issue_refund", json!({"order_id": "ord_1", "amount": 100001})), "alice", "a").unwrap();
+    let deny = hook::evaluate(
+        &b,
+        &input(
+            "mcp__broker__issue_refund",
+            json!({"order_id": "ord_1", "amount": 100001}),
+        ),
+        "alice",
+        "a",
+    )
+    .unwrap();
     assert_eq!(decision(&deny)["permissionDecision"], "deny");
 
     // Constrain: updatedInput replaces the whole input, so it carries every field.
-    let clamp = hook::evaluate(&b, &input("mcp__broker__list_orders", json!({"account_id": "acct_1001", "limit": 99})), "alice", "a").unwrap();
+    let clamp = hook::evaluate(
+        &b,
+        &input(
+            "mcp__broker__list_orders",
+            json!({"account_id": "acct_1001", "limit": 99}),
+        ),
+        "alice",
+        "a",
+    )
+    .unwrap();
     let d = decision(&clamp);
     assert_eq!(d["permissionDecision"], "allow");
-    assert_eq!(d["updatedInput"], json!({"account_id": "acct_1001", "limit": 20}));
+    assert_eq!(
+        d["updatedInput"],
+        json!({"account_id": "acct_1001", "limit": 20})
+    );
 
-    let plan = hook::evaluate(&b, &input("mcp__broker__change_plan", json!({"account_id": "acct_1001", "new_plan": "premium"})), "alice", "a").unwrap();
+    let plan = hook::evaluate(
+        &b,
+        &input(
+            "mcp__broker__change_plan",
+            json!({"account_id": "acct_1001", "new_plan": "premium"}),
+        ),
+        "alice",
+        "a",
+    )
+    .unwrap();
     assert_eq!(decision(&plan)["permissionDecision"], "deny");
-    let smuggled = hook::evaluate(&b, &input("mcp__broker__issue_refund", json!({"order_id": "ord_1", "amount": 1, "admin": true})), "alice", "a").unwrap();
+    let smuggled = hook::evaluate(
+        &b,
+        &input(
+            "mcp__broker__issue_refund",
+            json!({"order_id": "ord_1", "amount": 1, "admin": true}),
+        ),
+        "alice",
+        "a",
+    )
+    .unwrap();
     assert_eq!(decision(&smuggled)["permissionDecision"], "deny");
 }
 
@@ -57,10 +115,21 @@ fn effects_map_to_client_decisions() {
 fn unknown_and_foreign_tools_are_errors() {
     let b = bundle();
     assert_eq!(hook::tool_of("Bash"), Err(HookError::NotMcp("Bash".into())));
-    assert_eq!(hook::tool_of("mcp__broker__"), Err(HookError::NotMcp("mcp__broker__".into())));
-    assert_eq!(hook::tool_of("mcp__broker__issue_refund"), Ok("issue_refund"));
     assert_eq!(
-        hook::evaluate(&b, &input("mcp__broker__drop_tables", json!({})), "alice", "a"),
+        hook::tool_of("mcp__broker__"),
+        Err(HookError::NotMcp("mcp__broker__".into()))
+    );
+    assert_eq!(
+        hook::tool_of("mcp__broker__issue_refund"),
+        Ok("issue_refund")
+    );
+    assert_eq!(
+        hook::evaluate(
+            &b,
+            &input("mcp__broker__drop_tables", json!({})),
+            "alice",
+            "a"
+        ),
         Err(HookError::UnknownTool("drop_tables".into()))
     );
 }
@@ -76,22 +145,39 @@ fn run_hook(stdin: &str, envs: &[(&str, &str)]) -> std::process::Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
 #[test]
 fn the_binary_fails_closed() {
-    let ok_input = r#"{"tool_name":"mcp__broker__issue_refund","tool_input":{"order_id":"ord_1","amount":1}}"#;
+    let ok_input =
+        r#"{"tool_name":"mcp__broker__issue_refund","tool_input":{"order_id":"ord_1","amount":1}}"#;
     // Garbage, no identity, a forged token, a missing stack: all exit 2, never 0 or 1.
     let cases: &[(&str, &[(&str, &str)])] = &[
         ("not json", &[]),
         (ok_input, &[]),
-        (ok_input, &[("ZT_DATA_DIR", "/nonexistent"), ("BROKER_SESSION_TOKEN", "x.y.z")]),
+        (
+            ok_input,
+            &[
+                ("ZT_DATA_DIR", "/nonexistent"),
+                ("BROKER_SESSION_TOKEN", "x.y.z"),
+            ],
+        ),
     ];
     for (stdin, envs) in cases {
         let out = run_hook(stdin, envs);
-        assert_eq!(out.status.code(), Some(2), "{stdin} {envs:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{stdin} {envs:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.stdout.is_empty());
         assert!(!out.stderr.is_empty(), "a reason is shown to the model");
     }

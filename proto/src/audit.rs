@@ -279,7 +279,11 @@ pub fn verify_chain<'a>(
             });
         }
         let entry: Entry = serde_json::from_str(&s.body).map_err(|_| {
-            fail(s.seq, Problem::Malformed, "body is not a well-formed entry".into())
+            fail(
+                s.seq,
+                Problem::Malformed,
+                "body is not a well-formed entry".into(),
+            )
         })?;
         match canonical::canonical_of(&entry) {
             Ok(c) if c == s.body => {}
@@ -347,7 +351,9 @@ mod tests {
                 decision: "allow".into(),
                 ..Record::default()
             };
-            let s = w.seal(Kind::Decision, rec, 1_700_000_000_000 + i as i64).unwrap();
+            let s = w
+                .seal(Kind::Decision, rec, 1_700_000_000_000 + i as i64)
+                .unwrap();
             w.advance(&s);
             out.push(s);
         }

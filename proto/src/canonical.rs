@@ -146,7 +146,10 @@ fn write_string(s: &str, out: &mut String) {
 /// The hash a grant binds: a tool name together with its canonical arguments.
 pub fn args_hash(tool: &str, args: &Value) -> Result<String, CanonError> {
     let bound = serde_json::json!({ "tool": tool, "args": args });
-    Ok(digest_hex(Domain::Args, to_canonical_string(&bound)?.as_bytes()))
+    Ok(digest_hex(
+        Domain::Args,
+        to_canonical_string(&bound)?.as_bytes(),
+    ))
 }
 
 #[cfg(test)]
@@ -190,11 +193,23 @@ mod tests {
 
     #[test]
     fn args_hash_binds_tool_and_every_argument() {
-        let a = args_hash("issue_refund", &json!({"order_id": "ord_1", "amount": 1500})).unwrap();
-        let same = args_hash("issue_refund", &json!({"amount": 1500, "order_id": "ord_1"})).unwrap();
-        let other_amount =
-            args_hash("issue_refund", &json!({"order_id": "ord_1", "amount": 1501})).unwrap();
-        let other_tool = args_hash("change_plan", &json!({"order_id": "ord_1", "amount": 1500})).unwrap();
+        let a = args_hash(
+            "issue_refund",
+            &json!({"order_id": "ord_1", "amount": 1500}),
+        )
+        .unwrap();
+        let same = args_hash(
+            "issue_refund",
+            &json!({"amount": 1500, "order_id": "ord_1"}),
+        )
+        .unwrap();
+        let other_amount = args_hash(
+            "issue_refund",
+            &json!({"order_id": "ord_1", "amount": 1501}),
+        )
+        .unwrap();
+        let other_tool =
+            args_hash("change_plan", &json!({"order_id": "ord_1", "amount": 1500})).unwrap();
         assert_eq!(a, same);
         assert_ne!(a, other_amount);
         assert_ne!(a, other_tool);

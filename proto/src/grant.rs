@@ -231,7 +231,10 @@ mod tests {
         let mut c = call(&g);
         let other_hash = "ef".repeat(32);
         c.args_hash = &other_hash;
-        assert_eq!(g.check(&c, now_ms()), Err(GrantError::Mismatch("arguments")));
+        assert_eq!(
+            g.check(&c, now_ms()),
+            Err(GrantError::Mismatch("arguments"))
+        );
         let mut c = call(&g);
         c.session_id = "sess_2";
         assert_eq!(g.check(&c, now_ms()), Err(GrantError::Mismatch("session")));
@@ -240,7 +243,10 @@ mod tests {
         assert_eq!(g.check(&call(&g), g.exp_ms), Err(GrantError::Expired));
         let mut long = g.clone();
         long.exp_ms = long.iat_ms + MAX_GRANT_TTL_MS + 1;
-        assert_eq!(long.check(&call(&long), now_ms()), Err(GrantError::Lifetime));
+        assert_eq!(
+            long.check(&call(&long), now_ms()),
+            Err(GrantError::Lifetime)
+        );
 
         assert_eq!(Grant::open("garbage", &keys), Err(GrantError::Malformed));
     }

@@ -54,7 +54,9 @@ pub struct KeyPair {
 
 impl std::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyPair").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("KeyPair")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,7 +174,8 @@ impl PublicKey {
     /// Verifies a signature made by [`KeyPair::sign`] for the same domain.
     /// Strict verification: rejects non-canonical and small-order encodings.
     pub fn verify(&self, domain: Domain, message: &[u8], signature: &[u8]) -> Result<(), KeyError> {
-        let sig = ed25519_dalek::Signature::from_slice(signature).map_err(|_| KeyError::BadSignature)?;
+        let sig =
+            ed25519_dalek::Signature::from_slice(signature).map_err(|_| KeyError::BadSignature)?;
         self.key
             .verify_strict(&framed(domain, message), &sig)
             .map_err(|_| KeyError::BadSignature)?;
@@ -263,7 +266,11 @@ mod tests {
         let k = KeyPair::from_seed(&[7; 32]);
         let sig = k.sign(Domain::Grant, b"payload");
         assert!(k.public().verify(Domain::Grant, b"payload", &sig).is_ok());
-        assert!(k.public().verify(Domain::AuditLeaf, b"payload", &sig).is_err());
+        assert!(
+            k.public()
+                .verify(Domain::AuditLeaf, b"payload", &sig)
+                .is_err()
+        );
         assert!(k.public().verify(Domain::Grant, b"payloaD", &sig).is_err());
     }
 

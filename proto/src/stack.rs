@@ -39,7 +39,9 @@ pub enum StackError {
         reason: String,
     },
     /// No stack has been initialized there.
-    #[error("{0} is not an initialized stack (run `zt-approval init --data-dir {0}` or `zt-console up --data-dir {0}`)")]
+    #[error(
+        "{0} is not an initialized stack (run `zt-approval init --data-dir {0}` or `zt-console up --data-dir {0}`)"
+    )]
     Missing(PathBuf),
 }
 

@@ -96,22 +96,26 @@ impl AuditLog {
             Some(k) if k != public => return Err(StoreError::KeyMismatch(chain.to_owned())),
             Some(_) => {}
             None => {
-                sqlx::query("INSERT INTO audit_chains (chain, public_key, created_ms) VALUES (?, ?, ?)")
-                    .bind(chain)
-                    .bind(&public)
-                    .bind(crate::now_ms())
-                    .execute(&pool)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO audit_chains (chain, public_key, created_ms) VALUES (?, ?, ?)",
+                )
+                .bind(chain)
+                .bind(&public)
+                .bind(crate::now_ms())
+                .execute(&pool)
+                .await?;
             }
         }
-        let last = sqlx::query("SELECT seq, hash FROM audit_entries WHERE chain = ? ORDER BY seq DESC LIMIT 1")
-            .bind(chain)
-            .fetch_optional(&pool)
-            .await?
-            .map(|row| {
-                let seq: i64 = row.get(0);
-                (u64::try_from(seq).unwrap_or(0), row.get::<String, _>(1))
-            });
+        let last = sqlx::query(
+            "SELECT seq, hash FROM audit_entries WHERE chain = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(chain)
+        .fetch_optional(&pool)
+        .await?
+        .map(|row| {
+            let seq: i64 = row.get(0);
+            (u64::try_from(seq).unwrap_or(0), row.get::<String, _>(1))
+        });
         let fresh = last.is_none();
         let log = AuditLog {
             pool,
@@ -142,14 +146,16 @@ impl AuditLog {
         let sealed = writer
             .seal(kind, record, crate::now_ms())
             .map_err(|e| StoreError::Encode(e.to_string()))?;
-        sqlx::query("INSERT INTO audit_entries (chain, seq, body, hash, sig) VALUES (?, ?, ?, ?, ?)")
-            .bind(&sealed.chain)
-            .bind(i64::try_from(sealed.seq).unwrap_or(i64::MAX))
-            .bind(&sealed.body)
-            .bind(&sealed.hash)
-            .bind(&sealed.sig)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO audit_entries (chain, seq, body, hash, sig) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&sealed.chain)
+        .bind(i64::try_from(sealed.seq).unwrap_or(i64::MAX))
+        .bind(&sealed.body)
+        .bind(&sealed.hash)
+        .bind(&sealed.sig)
+        .execute(&self.pool)
+        .await?;
         writer.advance(&sealed);
         Ok(sealed)
     }
@@ -168,10 +174,12 @@ pub async fn chains(pool: &SqlitePool) -> Result<BTreeMap<String, String>, Store
 
 /// All entries of `chain` in stored order (by sequence number).
 pub async fn entries(pool: &SqlitePool, chain: &str) -> Result<Vec<Sealed>, StoreError> {
-    let rows = sqlx::query("SELECT chain, seq, body, hash, sig FROM audit_entries WHERE chain = ? ORDER BY seq, rowid")
-        .bind(chain)
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT chain, seq, body, hash, sig FROM audit_entries WHERE chain = ? ORDER BY seq, rowid",
+    )
+    .bind(chain)
+    .fetch_all(pool)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|r| Sealed {
@@ -288,7 +296,9 @@ pub async fn verify(
                     report.findings.push(finding(
                         chain,
                         Problem::Misplaced,
-                        format!("chain `{chain}` has no pinned key (not written by a known writer)"),
+                        format!(
+                            "chain `{chain}` has no pinned key (not written by a known writer)"
+                        ),
                     ));
                     continue;
                 }
@@ -321,5 +331,8 @@ pub async fn open_read_only(path: &Path) -> Result<SqlitePool, StoreError> {
         .filename(path)
         .read_only(true)
         .busy_timeout(Duration::from_secs(10));
-    Ok(SqlitePoolOptions::new().max_connections(2).connect_with(opts).await?)
+    Ok(SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(opts)
+        .await?)
 }

@@ -354,8 +354,12 @@ pub fn verify<C: DeserializeOwned + Lifetime>(
             K::InvalidAudience => TokenError::Audience,
             K::InvalidIssuer => TokenError::Issuer,
             K::InvalidSignature => TokenError::Signature,
-            K::InvalidAlgorithm | K::InvalidAlgorithmName => TokenError::Algorithm("mismatch".into()),
-            K::MissingRequiredClaim(_) | K::Json(_) | K::InvalidClaimFormat(_) => TokenError::Claims,
+            K::InvalidAlgorithm | K::InvalidAlgorithmName => {
+                TokenError::Algorithm("mismatch".into())
+            }
+            K::MissingRequiredClaim(_) | K::Json(_) | K::InvalidClaimFormat(_) => {
+                TokenError::Claims
+            }
             _ => TokenError::Malformed,
         }
     })?;
@@ -376,7 +380,12 @@ fn unverified_alg(token: &str) -> String {
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
-        .map(|alg| alg.chars().filter(|c| c.is_ascii_alphanumeric()).take(16).collect())
+        .map(|alg| {
+            alg.chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(16)
+                .collect()
+        })
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
@@ -491,10 +500,16 @@ mod tests {
         // Wrong audience / issuer.
         let mut c = claims(now, 300);
         c.aud = "urn:zt:broker:other".into();
-        assert_eq!(v(&sign(&k, TokenType::Session, &c).unwrap()), Err(TokenError::Audience));
+        assert_eq!(
+            v(&sign(&k, TokenType::Session, &c).unwrap()),
+            Err(TokenError::Audience)
+        );
         let mut c = claims(now, 300);
         c.iss = "urn:evil".into();
-        assert_eq!(v(&sign(&k, TokenType::Session, &c).unwrap()), Err(TokenError::Issuer));
+        assert_eq!(
+            v(&sign(&k, TokenType::Session, &c).unwrap()),
+            Err(TokenError::Issuer)
+        );
 
         // A token of another type.
         let t = sign(&k, TokenType::Operator, &claims(now, 300)).unwrap();
@@ -502,7 +517,10 @@ mod tests {
 
         // Garbage.
         assert_eq!(v("not-a-token"), Err(TokenError::Malformed));
-        assert_eq!(v(&"a".repeat(MAX_TOKEN_LEN + 1)), Err(TokenError::Malformed));
+        assert_eq!(
+            v(&"a".repeat(MAX_TOKEN_LEN + 1)),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub fn bin_dir() -> PathBuf {
 /// A command for one of the workspace binaries.
 pub fn bin(name: &str) -> Command {
     let mut cmd = Command::new(bin_dir().join(name));
-    cmd.env_remove("ZT_OPERATOR_TOKEN").env_remove("ZT_DATA_DIR");
+    cmd.env_remove("ZT_OPERATOR_TOKEN")
+        .env_remove("ZT_DATA_DIR");
     cmd
 }
 
@@ -138,7 +139,16 @@ impl Stack {
     pub fn session_token(&self, agent: &str, human: &str) -> String {
         run_ok(
             "zt-approval",
-            &["token", "issue", "--data-dir", &self.dir(), "--agent", agent, "--for", human],
+            &[
+                "token",
+                "issue",
+                "--data-dir",
+                &self.dir(),
+                "--agent",
+                agent,
+                "--for",
+                human,
+            ],
         )
     }
 
@@ -147,7 +157,15 @@ impl Stack {
         run_ok(
             "zt-approval",
             &[
-                "token", "operator", "--data-dir", &self.dir(), "--name", name, "--role", role, "--limit",
+                "token",
+                "operator",
+                "--data-dir",
+                &self.dir(),
+                "--name",
+                name,
+                "--role",
+                role,
+                "--limit",
                 &limit.to_string(),
             ],
         )
@@ -187,7 +205,9 @@ pub type Agent = RunningService<rmcp::RoleClient, ()>;
 
 /// Connects an MCP client to `url` with `token`.
 pub async fn connect(url: &str, token: &str) -> anyhow::Result<Agent> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
     let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
     let transport = StreamableHttpClientTransport::with_client(http, config);
     Ok(().serve(transport).await?)

@@ -40,39 +40,75 @@ async fn skeleton_path_through_every_trust_domain() {
     assert!(challenge.contains("resource_metadata=\""), "{challenge}");
 
     let token = stack.session_token("agent:e2e", "alice");
-    let agent = connect(&stack.broker_url, &token).await.expect("MCP session");
+    let agent = connect(&stack.broker_url, &token)
+        .await
+        .expect("MCP session");
     let tools = agent.list_all_tools().await.expect("tools/list");
     let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
     names.sort();
     assert_eq!(
         names,
-        ["change_plan", "fetch_document", "issue_refund", "list_orders", "lookup_account"]
+        [
+            "change_plan",
+            "fetch_document",
+            "issue_refund",
+            "list_orders",
+            "lookup_account"
+        ]
     );
 
     // Allowed: in alice's region, within her limit.
-    let r = call(&agent, "lookup_account", json!({"account_id": "acct_1001"})).await.unwrap();
+    let r = call(&agent, "lookup_account", json!({"account_id": "acct_1001"}))
+        .await
+        .unwrap();
     assert_eq!(status(&r), "ok", "{}", text(&r));
-    assert_eq!(r.structured_content.as_ref().and_then(|v| v.get("region")), Some(&json!("eu")));
-    let r = call(&agent, "issue_refund", json!({"order_id": "ord_1001", "amount": 3000})).await.unwrap();
+    assert_eq!(
+        r.structured_content.as_ref().and_then(|v| v.get("region")),
+        Some(&json!("eu"))
+    );
+    let r = call(
+        &agent,
+        "issue_refund",
+        json!({"order_id": "ord_1001", "amount": 3000}),
+    )
+    .await
+    .unwrap();
     assert_eq!(status(&r), "ok", "{}", text(&r));
 
     // Denied by policy (wrong region) and by schema (smuggled field): safe errors only.
-    let r = call(&agent, "lookup_account", json!({"account_id": "acct_2001"})).await.unwrap();
-    assert_eq!(status(&r), "denied");
-    assert!(!text(&r).to_lowercase().contains("select"), "{}", text(&r));
-    let r = call(&agent, "issue_refund", json!({"order_id": "ord_1001", "amount": 100, "override": true}))
+    let r = call(&agent, "lookup_account", json!({"account_id": "acct_2001"}))
         .await
         .unwrap();
     assert_eq!(status(&r), "denied");
-    assert!(text(&r).contains("override"), "the error names the field: {}", text(&r));
+    assert!(!text(&r).to_lowercase().contains("select"), "{}", text(&r));
+    let r = call(
+        &agent,
+        "issue_refund",
+        json!({"order_id": "ord_1001", "amount": 100, "override": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&r), "denied");
+    assert!(
+        text(&r).contains("override"),
+        "the error names the field: {}",
+        text(&r)
+    );
 
     // Over alice's $50 limit: escalated; the call waits for a human.
     let waiting = {
         let agent_url = stack.broker_url.clone();
         let token = token.clone();
         tokio::spawn(async move {
-            let agent = connect(&agent_url, &token).await.expect("second MCP session");
-            call(&agent, "issue_refund", json!({"order_id": "ord_1002", "amount": 20000})).await
+            let agent = connect(&agent_url, &token)
+                .await
+                .expect("second MCP session");
+            call(
+                &agent,
+                "issue_refund",
+                json!({"order_id": "ord_1002", "amount": 20000}),
+            )
+            .await
         })
     };
     let carol = stack.operator_token("carol", "approver", 500_000);
@@ -91,7 +127,10 @@ async fn skeleton_path_through_every_trust_domain() {
     assert_eq!(req["tool"], "issue_refund");
     assert_eq!(req["human"], "alice");
     assert_eq!(req["amount_cents"], 20000);
-    assert_eq!(req["arguments"], json!({"order_id": "ord_1002", "amount": 20000}));
+    assert_eq!(
+        req["arguments"],
+        json!({"order_id": "ord_1002", "amount": 20000})
+    );
     let id = req["id"].as_str().unwrap().to_owned();
 
     // Alice cannot approve a request made on her behalf; a watcher cannot approve at all.
@@ -113,15 +152,38 @@ async fn skeleton_path_through_every_trust_domain() {
         .unwrap()
         .unwrap();
     assert_eq!(status(&r), "ok", "{}", text(&r));
-    assert_eq!(r.structured_content.as_ref().and_then(|v| v.get("amount")), Some(&json!(20000)));
+    assert_eq!(
+        r.structured_content.as_ref().and_then(|v| v.get("amount")),
+        Some(&json!(20000))
+    );
     let out = stack.console(&carol, &["approve", &id, "--reason", "again"]);
-    assert_eq!(out.status.code(), Some(1), "a decided request cannot be decided again");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a decided request cannot be decided again"
+    );
 
     // The audit log verifies...
-    let out = run("zt-console", &["audit", "verify", "--data-dir", &stack.dir()]);
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("audit chain: verified"), "{}", stdout(&out));
-    let out = run("zt-console", &["audit", "verify", "--json", "--data-dir", &stack.dir()]);
+    let out = run(
+        "zt-console",
+        &["audit", "verify", "--data-dir", &stack.dir()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("audit chain: verified"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(
+        "zt-console",
+        &["audit", "verify", "--json", "--data-dir", &stack.dir()],
+    );
     let report: Value = serde_json::from_str(&stdout(&out)).expect("verify JSON");
     assert_eq!(report["intact"], true);
     assert!(report["entries"].as_u64().unwrap() >= 10, "{report}");
@@ -137,14 +199,20 @@ async fn skeleton_path_through_every_trust_domain() {
     .fetch_one(&mut conn)
     .await
     .unwrap();
-    sqlx::query("DROP TRIGGER audit_entries_no_update").execute(&mut conn).await.unwrap();
+    sqlx::query("DROP TRIGGER audit_entries_no_update")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     sqlx::query("UPDATE audit_entries SET body = replace(body, '\"amount\":3000', '\"amount\":300') WHERE chain = 'broker' AND seq = ?")
         .bind(seq)
         .execute(&mut conn)
         .await
         .unwrap();
     conn.close().await.unwrap();
-    let out = run("zt-console", &["audit", "verify", "--data-dir", &stack.dir()]);
+    let out = run(
+        "zt-console",
+        &["audit", "verify", "--data-dir", &stack.dir()],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         stdout(&out).contains(&format!("chain broker, first bad entry #{seq}")),

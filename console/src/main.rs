@@ -1,0 +1,364 @@
+//! `zt-console`: the operator console, the local stack launcher and the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use zt_console::agent::{DEMO_SCENARIO, Scenario};
+use zt_console::audit::{self, Source};
+use zt_console::client::{self, OperatorClient, dollars};
+use zt_console::demo::{self, DemoOptions};
+use zt_console::stack::{self, Stack};
+use zt_proto::pb::ApprovalRequest;
+
+/// Operator console of the zero-trust agent control plane: approve or deny
+/// escalated agent actions, watch live activity, verify the audit log; run a
+/// local stack or the demo.
+#[derive(Debug, Parser)]
+#[command(name = "zt-console", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    conn: Conn,
+    /// Hide approve/deny (watchers and auditors).
+    #[arg(long)]
+    readonly: bool,
+}
+
+/// How to reach the approval service as an operator.
+#[derive(Debug, Clone, Args)]
+struct Conn {
+    /// The approval service's URL (default: the one running for --data-dir).
+    #[arg(long, global = true)]
+    approval: Option<String>,
+    /// A stack's data directory.
+    #[arg(long, global = true, env = "ZT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Operator token (issue one with `zt-approval token operator`).
+    #[arg(long, global = true, env = "ZT_OPERATOR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Conn {
+    fn client(&self) -> anyhow::Result<OperatorClient> {
+        let url = client::resolve_url(self.approval.as_deref(), self.data_dir.as_deref())?;
+        OperatorClient::new(&url, self.token.as_deref().unwrap_or_default())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole stack locally with a scripted agent and open the console.
+    Demo {
+        /// No TUI: decide escalations automatically, print a summary, exit 0
+        /// only if every expectation held and the audit log verifies.
+        #[arg(long)]
+        headless: bool,
+        /// Headless: deny escalations instead of approving them.
+        #[arg(long)]
+        deny: bool,
+        /// Keep the temporary data directory.
+        #[arg(long)]
+        keep: bool,
+        /// A scenario file instead of the built-in one.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+    },
+    /// Run the stack (approval service, broker, example backend) in the
+    /// foreground; prints broker_url=, approval_url= and data_dir= when ready.
+    Up {
+        /// Database URL; SQLite in the data directory when omitted.
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// The scripted agent: replay a scenario against a broker (token from
+    /// BROKER_SESSION_TOKEN).
+    Agent {
+        /// The broker's MCP endpoint.
+        #[arg(long)]
+        broker: String,
+        /// Scenario file (default: the built-in demo).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Print outcomes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List pending approval requests.
+    Pending {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending request.
+    Approve {
+        /// Request id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Deny a pending request.
+    Deny {
+        /// Request id.
+        id: String,
+        /// Why (required; recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify every chain: exit 0 intact, 1 tampered, 2 could not check.
+    Verify {
+        /// Database URL (sqlite://PATH) instead of --data-dir.
+        #[arg(long, conflicts_with = "data_dir")]
+        database: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The TUI owns the terminal; everything else logs to stderr.
+    let tui = cli.command.is_none()
+        || matches!(
+            cli.command,
+            Some(Command::Demo {
+                headless: false,
+                ..
+            })
+        );
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ZT_LOG")
+        .unwrap_or_else(|_| if tui { "off" } else { "warn" }.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("zt-console: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zt-console: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let conn = cli.conn.clone();
+    let Some(command) = cli.command else {
+        let client = conn.client()?;
+        zt_console::tui::run(
+            client,
+            zt_console::tui::TuiOptions {
+                readonly: cli.readonly,
+                banner: None,
+            },
+        )
+        .await?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    match command {
+        Command::Demo {
+            headless,
+            deny,
+            keep,
+            scenario,
+        } => {
+            let ok = demo::run(DemoOptions {
+                headless,
+                approve: !deny,
+                data_dir: conn.data_dir,
+                keep,
+                scenario,
+            })
+            .await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Up { database } => up(conn.data_dir, database).await,
+        Command::Agent {
+            broker,
+            scenario,
+            json,
+        } => {
+            let token = std::env::var("BROKER_SESSION_TOKEN").context(
+                "BROKER_SESSION_TOKEN is not set (issue one with `zt-approval token issue`)",
+            )?;
+            let text = match &scenario {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => DEMO_SCENARIO.to_owned(),
+            };
+            let scenario = Scenario::parse(&text)?;
+            let outcomes = zt_console::agent::run(&broker, &token, &scenario).await?;
+            if json {
+                println!("{}", serde_json::to_string(&outcomes)?);
+            } else {
+                for o in &outcomes {
+                    println!("{:>2} {:<15} {:<18} {}", o.step, o.tool, o.status, o.text);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pending { json } => {
+            let list = conn.client()?.pending().await?;
+            if json {
+                let items: Vec<Value> = list.iter().map(request_json).collect();
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else if list.is_empty() {
+                println!("no pending requests");
+            } else {
+                println!(
+                    "{:<36} {:<14} {:>12} {:<8} {:<28} EXPIRES IN",
+                    "ID", "TOOL", "AMOUNT", "HUMAN", "AGENT"
+                );
+                for r in &list {
+                    let left = (r.expires_at_ms - zt_proto::now_ms()).max(0) / 1000;
+                    println!(
+                        "{:<36} {:<14} {:>12} {:<8} {:<28} {}m{:02}s",
+                        r.id,
+                        r.tool,
+                        dollars(r.amount_cents),
+                        r.human,
+                        r.actors.first().map(String::as_str).unwrap_or("-"),
+                        left / 60,
+                        left % 60
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Approve { id, reason } => decide(&conn, &id, true, &reason).await,
+        Command::Deny { id, reason } => decide(&conn, &id, false, &reason).await,
+        Command::Audit {
+            command: AuditCommand::Verify { database, json },
+        } => {
+            let source = match (database, conn.data_dir) {
+                (Some(url), _) => Source::Database(url),
+                (None, Some(dir)) => Source::DataDir(dir),
+                (None, None) => {
+                    eprintln!("zt-console: say which log: --data-dir DIR or --database URL");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            match audit::verify(&source).await {
+                Ok(report) => {
+                    if json {
+                        println!("{}", audit::report_json(&report));
+                    } else {
+                        println!("{}", audit::report_text(&report));
+                    }
+                    Ok(if report.intact() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+                Err(e) => {
+                    if json {
+                        println!(
+                            "{}",
+                            json!({ "intact": Value::Null, "error": format!("{e:#}") })
+                        );
+                    }
+                    eprintln!("zt-console: could not verify: {e:#}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+    }
+}
+
+async fn decide(conn: &Conn, id: &str, approve: bool, reason: &str) -> anyhow::Result<ExitCode> {
+    match conn.client()?.decide(id, approve, reason).await {
+        Ok(r) => {
+            println!("{} {}", r.id, r.status);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("zt-console: {e:#}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn up(data_dir: Option<PathBuf>, database: Option<String>) -> anyhow::Result<ExitCode> {
+    if let Some(url) = &database {
+        if !(url.starts_with("sqlite:")) {
+            anyhow::bail!(
+                "--database: only SQLite is supported by this build (PostgreSQL support is not available yet)"
+            );
+        }
+        anyhow::bail!(
+            "--database: the SQLite databases live in the data directory; pass --data-dir instead"
+        );
+    }
+    let dir = data_dir.unwrap_or_else(|| stack::temp_data_dir("zt-stack-"));
+    let mut stack = Stack::start(&dir).await?;
+    println!("broker_url={}", stack.broker_url);
+    println!("approval_url={}", stack.approval_url);
+    println!("data_dir={}", stack.data_dir.display());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let died = loop {
+        tokio::select! {
+            () = stack::shutdown_signal() => break None,
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                if let Err(why) = stack.check_alive() {
+                    break Some(why);
+                }
+            }
+        }
+    };
+    stack.stop().await;
+    match died {
+        None => Ok(ExitCode::SUCCESS),
+        Some(why) => {
+            eprintln!("zt-console: {why}; stack stopped");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn request_json(r: &ApprovalRequest) -> Value {
+    json!({
+        "id": r.id,
+        "status": r.status,
+        "tool": r.tool,
+        "arguments": serde_json::from_str::<Value>(&r.args_json).unwrap_or(Value::Null),
+        "args_hash": r.args_hash,
+        "session_id": r.session_id,
+        "human": r.human,
+        "actors": r.actors,
+        "rules": r.rules,
+        "reason": r.reason,
+        "risk": r.risk,
+        "amount_cents": r.amount_cents,
+        "justification": r.justification,
+        "created_at_ms": r.created_at_ms,
+        "expires_at_ms": r.expires_at_ms,
+        "votes": r.votes.iter().map(|v| json!({"operator": v.operator, "decision": v.decision, "reason": v.reason, "at_ms": v.at_ms})).collect::<Vec<_>>(),
+    })
+}
