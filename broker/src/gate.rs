@@ -156,13 +156,14 @@ impl Broker {
     pub async fn call(&self, claims: &SessionClaims, tool: &str, args: Value) -> CallToolResult {
         let bundle = self.policy.current();
         if bundle.tool(tool).is_none() {
+            let shown = printable(tool);
             let r = Refusal::new(
                 "deny",
                 "registry",
-                format!("unknown tool `{tool}`"),
+                format!("unknown tool `{shown}`"),
                 "unknown tool",
             );
-            return self.refuse(claims, tool, &Value::Null, r).await;
+            return self.refuse(claims, &shown, &Value::Null, r).await;
         }
         if !claims.allows_tool(tool) {
             let r = Refusal::new(
@@ -583,6 +584,11 @@ impl Broker {
             json!({ "request_id": req.id }),
         )
     }
+}
+
+/// An attacker-chosen name, bounded and printable, for messages and the audit trail.
+pub fn printable(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 fn effect_name(effect: Effect) -> &'static str {

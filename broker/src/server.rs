@@ -113,7 +113,7 @@ impl ServerHandler for Mcp {
                 .call(&claims, &request.name, serde_json::Value::Null)
                 .await;
             return Err(ErrorData::invalid_params(
-                format!("unknown tool `{}`", request.name),
+                format!("unknown tool `{}`", crate::gate::printable(&request.name)),
                 None,
             ));
         }
@@ -233,6 +233,8 @@ pub async fn serve(
         events,
     });
 
+    tokio::spawn(watch_policies(broker.clone()));
+
     let mut config = StreamableHttpServerConfig::default();
     config.legacy_session_mode = false;
     config.json_response = true;
@@ -286,6 +288,61 @@ pub async fn serve(
     println!("broker_url={url}");
     tracing::info!(%url, "broker listening");
     serve_nodelay(listener, app, shutdown).await
+}
+
+/// Size and modification time of every file in `dir`: a cheap change detector.
+fn fingerprint(
+    dir: &std::path::Path,
+) -> Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.file_name(), meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Reloads the policy when its files change. A broken edit keeps the policy
+/// in force; both outcomes are audited.
+async fn watch_policies(broker: SharedBroker) {
+    let dir = broker.policy.dir().to_path_buf();
+    let mut seen = fingerprint(&dir);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = fingerprint(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let (status, detail) = match broker.policy.reload() {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "policy reloaded");
+                ("ok", format!("policy reloaded from {}", dir.display()))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
+                (
+                    "refused",
+                    format!("reload refused, previous policy kept: {e}"),
+                )
+            }
+        };
+        let rec = Record {
+            subject: "zt-broker".into(),
+            status: status.into(),
+            detail,
+            ..Record::default()
+        };
+        if let Err(e) = broker.audit.append(Kind::PolicyReload, rec).await {
+            tracing::error!(error = %e, "audit write of a policy reload failed");
+        }
+    }
 }
 
 /// `axum::serve` leaves Nagle's algorithm on, which costs keep-alive clients

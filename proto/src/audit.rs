@@ -38,6 +38,8 @@ pub enum Kind {
     Result,
     /// A detection rule fired.
     Alert,
+    /// The policy in force changed (or a change was refused).
+    PolicyReload,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::GrantUse => "grant_use",
             Kind::Result => "result",
             Kind::Alert => "alert",
+            Kind::PolicyReload => "policy_reload",
         }
     }
 }

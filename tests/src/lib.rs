@@ -246,3 +246,20 @@ pub fn text(r: &CallToolResult) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The stored bodies (canonical JSON) of one audit chain, in order.
+pub async fn audit_bodies(data_dir: &Path, chain: &str) -> Vec<String> {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}?mode=ro", data_dir.join("audit.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("audit db");
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT body FROM audit_entries WHERE chain = ? ORDER BY seq")
+            .bind(chain)
+            .fetch_all(&mut conn)
+            .await
+            .expect("audit rows");
+    let _ = conn.close().await;
+    rows
+}
