@@ -486,6 +486,10 @@ pub fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
         return None;
     }
     let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+    // Text input takes plain (and shifted) characters only, not Alt/Ctrl chords.
+    let plain = !key
+        .modifiers
+        .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
     if ctrl && matches!(key.code, KeyCode::Char('c') | KeyCode::Char('q')) {
         return Some(Action::Quit);
     }
@@ -514,7 +518,7 @@ pub fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
                 KeyCode::Backspace => {
                     p.input.pop();
                 }
-                KeyCode::Char(c) if !ctrl => {
+                KeyCode::Char(c) if plain => {
                     p.input.push(c);
                     p.error = None;
                 }
@@ -532,7 +536,7 @@ pub fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
                 KeyCode::Backspace => {
                     app.filter.pop();
                 }
-                KeyCode::Char(c) if !ctrl => app.filter.push(c),
+                KeyCode::Char(c) if plain => app.filter.push(c),
                 _ => {}
             }
             app.live.scroll = 0;
@@ -907,7 +911,14 @@ pub(crate) mod tests {
         on_key(&mut app, code(KeyCode::Enter));
         assert_eq!(app.mode, Mode::Normal);
         assert_eq!(app.live_rows(50).len(), 2);
-        // Keys typed into the filter were not taken as commands ('q' in "rogue"...).
+        // Alt chords are not text.
+        on_key(&mut app, key('/'));
+        on_key(
+            &mut app,
+            KeyEvent::new(KeyCode::Char('1'), KeyModifiers::ALT),
+        );
+        assert_eq!(app.filter, "ROGUE");
+        on_key(&mut app, code(KeyCode::Enter));
         on_key(&mut app, code(KeyCode::Esc));
         assert_eq!(app.filter, "");
         assert_eq!(app.live_rows(50).len(), 5);

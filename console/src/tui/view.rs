@@ -5,7 +5,9 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span, Text};
-use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{
+    Block, Cell, Clear, HighlightSpacing, Paragraph, Row, Table, TableState, Wrap,
+};
 use zt_proto::pb::{ApprovalRequest, Event};
 
 use super::app::{self, App, Conn, Mode, View, agent_of, amount, commands, request_agent};
@@ -61,8 +63,6 @@ fn status_bar(app: &App, theme: Theme) -> Paragraph<'static> {
         None => spans.push(Span::styled("identifying…", theme.dim())),
     }
     spans.push(sep());
-    spans.push(conn_span(app, theme));
-    spans.push(sep());
     spans.push(Span::raw(format!(
         "pending {} · events {} · denials {}",
         app.pending.len(),
@@ -73,6 +73,8 @@ fn status_bar(app: &App, theme: Theme) -> Paragraph<'static> {
         spans.push(sep());
         spans.push(Span::styled("read-only", theme.warn()));
     }
+    spans.push(sep());
+    spans.push(conn_span(app, theme));
     if let Some(b) = &app.banner {
         spans.push(sep());
         spans.push(Span::raw(b.clone()));
@@ -90,8 +92,11 @@ fn conn_span(app: &App, theme: Theme) -> Span<'static> {
             retry_at_ms,
         } => {
             let secs = ((retry_at_ms - app.now_ms).max(0) + 999) / 1000;
+            // The whole error is on the status line; keep the bar short.
+            let short: String = error.chars().take(40).collect();
+            let ellipsis = if short.len() < error.len() { "…" } else { "" };
             Span::styled(
-                format!("✕ disconnected (retry {attempt} in {secs}s): {error}"),
+                format!("✕ disconnected (retry {attempt} in {secs}s): {short}{ellipsis}"),
                 theme.error(),
             )
         }
@@ -137,6 +142,11 @@ fn draw_status_line(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     } else if let Some(t) = &app.toast {
         let style = if t.error { theme.error() } else { theme.ok() };
         Line::from(Span::styled(format!(" {}", t.text), style))
+    } else if let Conn::Down { error, .. } = &app.conn {
+        Line::from(Span::styled(
+            format!(" event stream: {error}"),
+            theme.error(),
+        ))
     } else if let Some(e) = app
         .pending_error
         .as_ref()
@@ -235,6 +245,7 @@ fn draw_pending(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     .header(header)
     .row_highlight_style(theme.selected())
     .highlight_symbol("▶ ")
+    .highlight_spacing(HighlightSpacing::Always)
     .block(Block::bordered().title(format!(" Pending ({}) — oldest first ", app.pending.len())));
     let mut state = TableState::default().with_selected(app.selected_index());
     frame.render_stateful_widget(table, list, &mut state);
@@ -453,8 +464,8 @@ fn draw_live(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if !app.filter.is_empty() {
         title.push_str(&format!("— filter “{}” ", app.filter));
     }
-    let header = Row::new(["TIME(UTC)", "DECISION", "AGENT", "HUMAN", "TOOL", "SUMMARY"])
-        .style(theme.header());
+    let header =
+        Row::new(["TIME", "DECISION", "AGENT", "HUMAN", "TOOL", "SUMMARY"]).style(theme.header());
     let empty = rows.is_empty();
     let table = Table::new(rows.into_iter().map(|e| event_row(e, theme)), EVENT_WIDTHS)
         .header(header)
@@ -480,8 +491,8 @@ fn draw_denials(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if !app.filter.is_empty() {
         title.push_str(&format!("— filter “{}” ", app.filter));
     }
-    let header = Row::new(["TIME(UTC)", "DECISION", "AGENT", "HUMAN", "TOOL", "REASON"])
-        .style(theme.header());
+    let header =
+        Row::new(["TIME", "DECISION", "AGENT", "HUMAN", "TOOL", "REASON"]).style(theme.header());
     let table = Table::new(
         rows.into_iter().map(|e| {
             let mut e = e.clone();
@@ -888,6 +899,14 @@ mod tests {
         };
         let t = text(&render(&app, COLOR, 200, 20));
         assert!(t.contains("disconnected (retry 3 in 4s)"), "{t}");
+        assert!(
+            t.contains("pending 2 · events 5"),
+            "counts stay visible: {t}"
+        );
+        assert!(
+            t.contains("event stream: approval service unavailable: connection refused"),
+            "{t}"
+        );
     }
 
     #[test]
