@@ -282,3 +282,47 @@ pub async fn report_execution(
     .rows_affected();
     Ok(changed == 1)
 }
+
+/// Revokes a session; returns whether it was not revoked before.
+pub async fn revoke(
+    pool: &SqlitePool,
+    session_id: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("INSERT INTO revoked_sessions (session_id, at_ms, reason) VALUES (?, ?, ?) ON CONFLICT (session_id) DO NOTHING")
+        .bind(session_id)
+        .bind(now_ms)
+        .bind(reason)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(done == 1)
+}
+
+/// Whether a session is revoked.
+pub async fn is_revoked(pool: &SqlitePool, session_id: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM revoked_sessions WHERE session_id = ?")
+            .bind(session_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(found.is_some())
+}
+
+/// Sessions revoked at or after `since_ms`: (session, at, reason).
+pub async fn revoked_since(
+    pool: &SqlitePool,
+    since_ms: i64,
+) -> Result<Vec<(String, i64, String)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT session_id, at_ms, reason FROM revoked_sessions WHERE at_ms >= ? ORDER BY at_ms",
+    )
+    .bind(since_ms)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}

@@ -44,6 +44,27 @@ enum Command {
         #[command(subcommand)]
         kind: TokenCommand,
     },
+    /// Manage agent sessions.
+    Session {
+        #[command(subcommand)]
+        kind: SessionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// Revoke a session: its tokens are refused by the broker and cannot be refreshed.
+    Revoke {
+        /// The stack's data directory (the service must be running).
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The session id (`sid` claim).
+        #[arg(long)]
+        session: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +89,19 @@ enum TokenCommand {
         /// Refresh: keep this session id.
         #[arg(long)]
         session: Option<String>,
+    },
+    /// A launcher credential: lets a program that starts agent runs ask the
+    /// service for session tokens over gRPC (printed on stdout).
+    Launcher {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The launcher's name (becomes `launcher:NAME` in the actor chain).
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. 24h, 7d (at most 30d).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
     },
     /// An operator token for the console (printed on stdout).
     Operator {
@@ -153,9 +187,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     human,
                     ttl_secs: Some(setup::parse_duration_secs(&ttl)?),
                     scope: scope.into_iter().filter(|s| !s.is_empty()).collect(),
-                    session_id: session,
+                    launcher: None,
+                    continues: session.map(|sid| (sid, zt_proto::token::now_secs())),
                 };
-                println!("{}", setup::issue_session(&layout, &stack, &keys, &req)?);
+                println!("{}", setup::issue_session(&layout, &stack, &keys, &req)?.0);
             }
             TokenCommand::Operator {
                 data_dir,
@@ -172,7 +207,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     setup::issue_operator(&stack, &keys, &name, role, limit, ttl)?
                 );
             }
+            TokenCommand::Launcher {
+                data_dir,
+                name,
+                ttl,
+            } => {
+                let layout = Layout::new(&data_dir);
+                let (stack, keys) = setup::load(&layout)?;
+                let ttl = setup::parse_duration_secs(&ttl)?;
+                println!("{}", setup::issue_launcher(&stack, &keys, &name, ttl)?);
+            }
         },
+        Command::Session {
+            kind:
+                SessionCommand::Revoke {
+                    data_dir,
+                    session,
+                    reason,
+                },
+        } => {
+            let layout = Layout::new(&data_dir);
+            let (stack, keys) = setup::load(&layout)?;
+            let url = layout
+                .endpoint("approval")
+                .context("no running approval service recorded for this data directory")?;
+            // Through the running service, so the revocation is audited and
+            // reaches the brokers: as a short-lived admin of this stack.
+            let admin =
+                setup::issue_operator(&stack, &keys, "zt-approval-cli", Role::Admin, 0, 60)?;
+            let mut client = zt_proto::pb::approval_client::ApprovalClient::connect(url)
+                .await
+                .context("connecting to the approval service")?;
+            let mut req = tonic::Request::new(zt_proto::pb::RevokeSessionRequest {
+                session_id: session,
+                reason,
+            });
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {admin}").parse()?);
+            let done = client
+                .revoke_session(req)
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            for r in done.sessions {
+                println!("{} revoked", r.session_id);
+            }
+        }
     }
     Ok(())
 }

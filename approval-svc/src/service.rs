@@ -20,6 +20,10 @@ use zt_proto::pb::{
     ListPendingResponse, Operator, PublishAck, ReportExecutionRequest, WaitDecisionRequest,
     WatchEventsRequest, WhoAmIRequest,
 };
+use zt_proto::pb::{
+    IssueSessionRequest, ListRevokedRequest, RefreshSessionRequest, RevokeSessionRequest, Revoked,
+    RevokedSessions, SessionToken,
+};
 use zt_proto::stack::{Layout, StackInfo};
 use zt_proto::store::AuditLog;
 use zt_proto::token::{self, Expect, KeySet, OperatorClaims, ServiceClaims, TokenType};
@@ -182,6 +186,50 @@ impl Service {
             other => other,
         }
         .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    fn launcher<T>(&self, req: &Request<T>) -> Result<ServiceClaims, Status> {
+        let token = bearer(req)?;
+        let expect = Expect {
+            issuer: &self.0.stack.issuer,
+            audience: &self.0.stack.approval_audience,
+        };
+        token::verify(token, &self.0.operator_keys, TokenType::Launcher, &expect)
+            .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    fn session_response(token: String, claims: &token::SessionClaims) -> SessionToken {
+        SessionToken {
+            token,
+            session_id: claims.sid.clone(),
+            expires_at: claims.exp,
+        }
+    }
+
+    async fn session_record(
+        &self,
+        claims: &token::SessionClaims,
+        decision: &str,
+        by: &str,
+    ) -> Result<(), Status> {
+        let mut actors = claims.chain();
+        actors.pop();
+        self.audit(
+            Kind::Approval,
+            Record {
+                session: claims.sid.clone(),
+                subject: claims.sub.clone(),
+                actors,
+                decision: decision.into(),
+                status: "ok".into(),
+                detail: format!(
+                    "{decision} by {by}; token {} expires at {}",
+                    claims.jti, claims.exp
+                ),
+                ..Record::default()
+            },
+        )
+        .await
     }
 
     async fn get_or_404(&self, id: &str) -> Result<ApprovalRequest, Status> {
@@ -547,6 +595,175 @@ impl Approval for Service {
         );
         self.notify();
         Ok(Response::new(redacted(decided)))
+    }
+
+    async fn list_revoked(
+        &self,
+        request: Request<ListRevokedRequest>,
+    ) -> Result<Response<RevokedSessions>, Status> {
+        self.service(&request)?;
+        let now_ms = zt_proto::now_ms();
+        let since = request.into_inner().since_ms;
+        let rows = db::revoked_since(&self.0.db, since)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(RevokedSessions {
+            sessions: rows
+                .into_iter()
+                .map(|(session_id, at_ms, reason)| Revoked {
+                    session_id,
+                    at_ms,
+                    reason,
+                })
+                .collect(),
+            now_ms,
+        }))
+    }
+
+    async fn issue_session(
+        &self,
+        request: Request<IssueSessionRequest>,
+    ) -> Result<Response<SessionToken>, Status> {
+        let launcher = self.launcher(&request)?;
+        let req = request.into_inner();
+        let ttl = if req.ttl_secs == 0 {
+            None
+        } else {
+            Some(i64::from(req.ttl_secs))
+        };
+        let session = setup::SessionRequest {
+            agent: req.agent,
+            human: req.human,
+            ttl_secs: ttl,
+            scope: req.scope,
+            launcher: Some(launcher.sub.clone()),
+            continues: None,
+        };
+        let (token, claims) =
+            setup::issue_session(&self.0.layout, &self.0.stack, &self.0.keys, &session)
+                .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        self.session_record(
+            &claims,
+            "session_issued",
+            &format!("launcher:{}", launcher.sub),
+        )
+        .await?;
+        Ok(Response::new(Self::session_response(token, &claims)))
+    }
+
+    async fn refresh_session(
+        &self,
+        request: Request<RefreshSessionRequest>,
+    ) -> Result<Response<SessionToken>, Status> {
+        let launcher = self.launcher(&request)?;
+        let req = request.into_inner();
+        let expect = Expect {
+            issuer: &self.0.stack.issuer,
+            audience: &self.0.stack.broker_audience,
+        };
+        let old: token::SessionClaims = token::verify(
+            &req.token,
+            &self.0.operator_keys,
+            TokenType::Session,
+            &expect,
+        )
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let mine = format!("launcher:{}", launcher.sub);
+        if !old.chain().contains(&mine) {
+            return Err(Status::permission_denied(
+                "this session was not started by this launcher",
+            ));
+        }
+        if db::is_revoked(&self.0.db, &old.sid)
+            .await
+            .map_err(internal)?
+        {
+            return Err(Status::permission_denied(
+                token::TokenError::Revoked.to_string(),
+            ));
+        }
+        let session = setup::SessionRequest {
+            agent: old.agent().to_owned(),
+            human: old.sub.clone(),
+            ttl_secs: if req.ttl_secs == 0 {
+                None
+            } else {
+                Some(i64::from(req.ttl_secs))
+            },
+            scope: old.scope.split_whitespace().map(str::to_owned).collect(),
+            launcher: Some(launcher.sub.clone()),
+            continues: Some((
+                old.sid.clone(),
+                if old.auth_time > 0 {
+                    old.auth_time
+                } else {
+                    old.iat
+                },
+            )),
+        };
+        let (token, claims) =
+            setup::issue_session(&self.0.layout, &self.0.stack, &self.0.keys, &session)
+                .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        self.session_record(&claims, "session_refreshed", &mine)
+            .await?;
+        Ok(Response::new(Self::session_response(token, &claims)))
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<RevokeSessionRequest>,
+    ) -> Result<Response<RevokedSessions>, Status> {
+        // Admin operators may revoke any session; launchers too (revoking
+        // only ever takes power away).
+        let by = match (self.operator(&request), self.launcher(&request)) {
+            (Ok(op), _) if op.role == token::Role::Admin => format!("operator:{}", op.sub),
+            (Ok(op), _) => {
+                return Err(Status::permission_denied(format!(
+                    "role {} may not revoke sessions",
+                    op.role.as_str()
+                )));
+            }
+            (_, Ok(l)) => format!("launcher:{}", l.sub),
+            (Err(e), Err(_)) => return Err(e),
+        };
+        let req = request.into_inner();
+        if req.session_id.is_empty() || req.session_id.len() > 128 {
+            return Err(Status::invalid_argument(
+                "session_id must be 1 to 128 characters",
+            ));
+        }
+        let reason = clip(req.reason.trim())?;
+        let now_ms = zt_proto::now_ms();
+        db::revoke(&self.0.db, &req.session_id, &reason, now_ms)
+            .await
+            .map_err(internal)?;
+        self.audit(
+            Kind::Approval,
+            Record {
+                session: req.session_id.clone(),
+                subject: by.clone(),
+                decision: "session_revoked".into(),
+                status: "ok".into(),
+                detail: reason.clone(),
+                ..Record::default()
+            },
+        )
+        .await?;
+        self.0.hub.publish(Event {
+            kind: "session_revoked".into(),
+            session_id: req.session_id.clone(),
+            decision: "revoked".into(),
+            summary: format!("session {} revoked by {by}: {reason}", req.session_id),
+            ..Event::default()
+        });
+        Ok(Response::new(RevokedSessions {
+            sessions: vec![Revoked {
+                session_id: req.session_id,
+                at_ms: now_ms,
+                reason,
+            }],
+            now_ms,
+        }))
     }
 
     type WatchEventsStream = ReceiverStream<Result<Event, Status>>;

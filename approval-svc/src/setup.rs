@@ -6,8 +6,9 @@ use anyhow::{Context, bail};
 use zt_proto::keys::KeyPair;
 use zt_proto::stack::{Layout, StackInfo};
 use zt_proto::token::{
-    self, Actor, DEFAULT_SESSION_TTL_SECS, MAX_OPERATOR_TTL_SECS, MAX_SESSION_TTL_SECS,
-    OperatorClaims, Role, SessionClaims, TokenType,
+    self, Actor, DEFAULT_SESSION_TTL_SECS, MAX_LAUNCHER_TTL_SECS, MAX_OPERATOR_TTL_SECS,
+    MAX_SESSION_AGE_SECS, MAX_SESSION_TTL_SECS, OperatorClaims, Role, ServiceClaims, SessionClaims,
+    TokenType,
 };
 
 /// Name of this service's audit chain.
@@ -80,7 +81,8 @@ pub fn parse_duration_secs(text: &str) -> anyhow::Result<i64> {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
-        _ => bail!("`{text}` is not a duration (use s, m or h)"),
+        "d" => 86400,
+        _ => bail!("`{text}` is not a duration (use s, m, h or d)"),
     };
     n.checked_mul(mult).context("duration too large")
 }
@@ -96,8 +98,10 @@ pub struct SessionRequest {
     pub ttl_secs: Option<i64>,
     /// Tools it may call; empty = all the policy allows.
     pub scope: Vec<String>,
-    /// An existing session id to refresh, else a new one.
-    pub session_id: Option<String>,
+    /// The launcher that asked, recorded as the previous actor.
+    pub launcher: Option<String>,
+    /// Refresh: the session id and first-issue time to keep.
+    pub continues: Option<(String, i64)>,
 }
 
 /// Mints a session token. The human must be in the stack's directory and
@@ -107,7 +111,7 @@ pub fn issue_session(
     stack: &StackInfo,
     keys: &Keys,
     req: &SessionRequest,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, SessionClaims)> {
     let ttl = req.ttl_secs.unwrap_or(DEFAULT_SESSION_TTL_SECS);
     if ttl <= 0 || ttl > MAX_SESSION_TTL_SECS {
         bail!(
@@ -132,25 +136,71 @@ pub fn issue_session(
         }
     }
     let now = token::now_secs();
+    let (sid, auth_time) = req
+        .continues
+        .clone()
+        .unwrap_or_else(|| (zt_proto::random_id("sess_"), now));
+    if now - auth_time > MAX_SESSION_AGE_SECS {
+        bail!(
+            "session {sid} is older than {}h; start a new one",
+            MAX_SESSION_AGE_SECS / 3600
+        );
+    }
     let claims = SessionClaims {
         iss: stack.issuer.clone(),
         aud: stack.broker_audience.clone(),
         sub: req.human.clone(),
         act: Actor {
             sub: req.agent.clone(),
-            act: None,
+            act: req.launcher.as_ref().map(|l| {
+                Box::new(Actor {
+                    sub: format!("launcher:{l}"),
+                    act: None,
+                })
+            }),
         },
-        sid: req
-            .session_id
-            .clone()
-            .unwrap_or_else(|| zt_proto::random_id("sess_")),
+        sid,
         jti: zt_proto::random_id("jti_"),
         iat: now,
         nbf: now,
         exp: now + ttl,
         scope: req.scope.join(" "),
+        auth_time,
     };
-    Ok(token::sign(&keys.token, TokenType::Session, &claims)?)
+    Ok((
+        token::sign(&keys.token, TokenType::Session, &claims)?,
+        claims,
+    ))
+}
+
+/// Mints a launcher credential: lets a program that starts agent runs ask
+/// the running service for their session tokens.
+pub fn issue_launcher(
+    stack: &StackInfo,
+    keys: &Keys,
+    name: &str,
+    ttl_secs: i64,
+) -> anyhow::Result<String> {
+    if name.trim().is_empty() || name.len() > 64 || name.contains(char::is_whitespace) {
+        bail!("--name must be 1 to 64 characters without spaces");
+    }
+    if ttl_secs <= 0 || ttl_secs > MAX_LAUNCHER_TTL_SECS {
+        bail!(
+            "--ttl must be between 1s and {}d",
+            MAX_LAUNCHER_TTL_SECS / 86400
+        );
+    }
+    let now = token::now_secs();
+    let claims = ServiceClaims {
+        iss: stack.issuer.clone(),
+        aud: stack.approval_audience.clone(),
+        sub: name.to_owned(),
+        jti: zt_proto::random_id("jti_"),
+        iat: now,
+        nbf: now,
+        exp: now + ttl_secs,
+    };
+    Ok(token::sign(&keys.token, TokenType::Launcher, &claims)?)
 }
 
 /// Mints an operator token.
@@ -198,7 +248,8 @@ mod tests {
         assert_eq!(parse_duration_secs("300").unwrap(), 300);
         assert_eq!(parse_duration_secs("5m").unwrap(), 300);
         assert_eq!(parse_duration_secs("2h").unwrap(), 7200);
-        assert!(parse_duration_secs("5d").is_err());
+        assert_eq!(parse_duration_secs("2d").unwrap(), 172_800);
+        assert!(parse_duration_secs("5w").is_err());
         assert!(parse_duration_secs("m").is_err());
     }
 }

@@ -47,6 +47,26 @@ pub struct Broker {
     pub max_args_bytes: usize,
     /// Live events for operators (best effort, never blocks a call).
     pub events: mpsc::Sender<Event>,
+    /// Sessions revoked at the approval service (refreshed every second).
+    pub revoked: Revocations,
+}
+
+/// The set of revoked session ids, shared by the auth middleware and the call path.
+#[derive(Debug, Clone, Default)]
+pub struct Revocations(Arc<std::sync::RwLock<std::collections::HashSet<String>>>);
+
+impl Revocations {
+    /// Whether `sid` is revoked. A poisoned lock counts as revoked (fail closed).
+    pub fn contains(&self, sid: &str) -> bool {
+        self.0.read().map(|set| set.contains(sid)).unwrap_or(true)
+    }
+
+    /// Records revoked sessions.
+    pub fn extend(&self, sids: impl IntoIterator<Item = String>) {
+        if let Ok(mut set) = self.0.write() {
+            set.extend(sids);
+        }
+    }
 }
 
 /// Why the call path refused, internally; the model sees only `message`.
@@ -497,6 +517,12 @@ impl Broker {
                     .await;
             }
         };
+        // The session may have been revoked while the request waited.
+        if self.revoked.contains(&claims.sid) {
+            return self
+                .refuse_grant(claims, tool, args, req, "the session has been revoked")
+                .await;
+        }
         // Explicit deny rules still apply at execution time (policy may have
         // changed while the request waited).
         let again = self.policy.current().decide(request);

@@ -30,7 +30,7 @@ use zt_proto::store::AuditLog;
 use zt_proto::token::{self, Expect, KeySet, SessionClaims, TokenType};
 
 use crate::backend::Backend;
-use crate::gate::{Broker, SharedBroker};
+use crate::gate::{Broker, Revocations, SharedBroker};
 use crate::setup::{self, AUDIT_CHAIN};
 use crate::upstream::Upstream;
 
@@ -130,6 +130,7 @@ struct Auth {
     audience: String,
     metadata_url: Arc<std::sync::OnceLock<String>>,
     audit: Arc<AuditLog>,
+    revoked: Revocations,
 }
 
 async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
@@ -149,7 +150,14 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
     let result = match token {
         None => Err("missing bearer token".to_owned()),
         Some(t) => token::verify::<SessionClaims>(t, &auth.keys, TokenType::Session, &expect)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                if auth.revoked.contains(&c.sid) {
+                    Err(token::TokenError::Revoked.to_string())
+                } else {
+                    Ok(c)
+                }
+            }),
     };
     match result {
         Ok(claims) => {
@@ -221,6 +229,9 @@ pub async fn serve(
         }
     });
 
+    let revoked = Revocations::default();
+    tokio::spawn(follow_revocations(upstream.clone(), revoked.clone()));
+
     let broker = Arc::new(Broker {
         policy,
         backend,
@@ -231,6 +242,7 @@ pub async fn serve(
         approval_wait: Duration::from_secs(m.config.approval_wait_secs),
         max_args_bytes: m.config.max_args_bytes,
         events,
+        revoked: revoked.clone(),
     });
 
     tokio::spawn(watch_policies(broker.clone()));
@@ -263,6 +275,7 @@ pub async fn serve(
         audience: m.stack.broker_audience.clone(),
         metadata_url: Arc::new(std::sync::OnceLock::from(metadata_url)),
         audit,
+        revoked,
     };
     let resource_doc = json!({
         "resource": m.stack.broker_audience,
@@ -288,6 +301,26 @@ pub async fn serve(
     println!("broker_url={url}");
     tracing::info!(%url, "broker listening");
     serve_nodelay(listener, app, shutdown).await
+}
+
+/// Keeps the revocation set current. Revocations reach this broker within
+/// about a second; while the approval service is unreachable the set stops
+/// growing (in-policy calls go on; escalations are refused anyway).
+async fn follow_revocations(upstream: Upstream, revoked: Revocations) {
+    let mut since = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match upstream.list_revoked(since).await {
+            Ok(list) => {
+                revoked.extend(list.sessions.into_iter().map(|r| r.session_id));
+                // Overlap a little: a revocation stamped just before `now_ms`
+                // may commit after the query.
+                since = list.now_ms - 5_000;
+            }
+            Err(e) => tracing::debug!(error = %e, "could not refresh revocations"),
+        }
+    }
 }
 
 /// Size and modification time of every file in `dir`: a cheap change detector.

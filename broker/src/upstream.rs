@@ -9,7 +9,8 @@ use tonic::transport::{Channel, Endpoint};
 use zt_proto::keys::KeyPair;
 use zt_proto::pb::approval_client::ApprovalClient;
 use zt_proto::pb::{
-    ApprovalRequest, EscalateRequest, Event, ReportExecutionRequest, WaitDecisionRequest,
+    ApprovalRequest, EscalateRequest, Event, ListRevokedRequest, ReportExecutionRequest,
+    RevokedSessions, WaitDecisionRequest,
 };
 use zt_proto::stack::StackInfo;
 use zt_proto::token::{self, SERVICE_TTL_SECS, ServiceClaims, TokenType};
@@ -137,5 +138,16 @@ impl Upstream {
         let r = self.request(event, Duration::from_secs(3))?;
         self.client()?.publish(r).await.map_err(Self::map)?;
         Ok(())
+    }
+
+    /// Sessions revoked since `since_ms` (the service's clock).
+    pub async fn list_revoked(&self, since_ms: i64) -> Result<RevokedSessions, UpstreamError> {
+        let r = self.request(ListRevokedRequest { since_ms }, Duration::from_secs(5))?;
+        Ok(self
+            .client()?
+            .list_revoked(r)
+            .await
+            .map_err(Self::map)?
+            .into_inner())
     }
 }

@@ -11,6 +11,9 @@
 //!   role and, for approvers, an approval limit in cents.
 //! - **Service** (`typ: zt-service+jwt`): the broker calling the approval
 //!   service, signed by the broker's own key, so no secret is shared.
+//! - **Launcher** (`typ: zt-launcher+jwt`): a program that starts agent runs
+//!   and asks the approval service for their session tokens; it has the
+//!   shape of a service token, issued by the approval service.
 //!
 //! Verification accepts only `alg: EdDSA` with a `kid` found in the pinned
 //! key set, checks `aud`, `iss`, `exp` and `nbf` with at most
@@ -31,6 +34,10 @@ pub const MAX_SESSION_TTL_SECS: i64 = 900;
 pub const MAX_OPERATOR_TTL_SECS: i64 = 12 * 3600;
 /// Service tokens are minted per call batch and live briefly.
 pub const SERVICE_TTL_SECS: i64 = 120;
+/// Longest launcher credential lifetime, in seconds (30 days).
+pub const MAX_LAUNCHER_TTL_SECS: i64 = 30 * 24 * 3600;
+/// Longest a session may be kept alive by refreshing, in seconds (8 hours).
+pub const MAX_SESSION_AGE_SECS: i64 = 8 * 3600;
 /// Tokens longer than this are refused before parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
@@ -43,6 +50,8 @@ pub enum TokenType {
     Operator,
     /// A service calling another.
     Service,
+    /// An agent launcher asking for session tokens.
+    Launcher,
 }
 
 impl TokenType {
@@ -52,6 +61,7 @@ impl TokenType {
             TokenType::Session => "at+jwt",
             TokenType::Operator => "zt-operator+jwt",
             TokenType::Service => "zt-service+jwt",
+            TokenType::Launcher => "zt-launcher+jwt",
         }
     }
 
@@ -60,6 +70,7 @@ impl TokenType {
             TokenType::Session => MAX_SESSION_TTL_SECS,
             TokenType::Operator => MAX_OPERATOR_TTL_SECS,
             TokenType::Service => SERVICE_TTL_SECS,
+            TokenType::Launcher => MAX_LAUNCHER_TTL_SECS,
         }
     }
 }
@@ -143,6 +154,10 @@ pub struct SessionClaims {
     /// tool the policy allows.
     #[serde(default)]
     pub scope: String,
+    /// When the session was first issued (Unix seconds); refresh keeps it
+    /// and refuses past [`MAX_SESSION_AGE_SECS`].
+    #[serde(default)]
+    pub auth_time: i64,
 }
 
 impl SessionClaims {
@@ -420,6 +435,7 @@ mod tests {
             nbf: iat,
             exp: iat + ttl,
             scope: "lookup_account issue_refund".into(),
+            auth_time: iat,
         }
     }
 

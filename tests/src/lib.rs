@@ -263,3 +263,53 @@ pub async fn audit_bodies(data_dir: &Path, chain: &str) -> Vec<String> {
     let _ = conn.close().await;
     rows
 }
+
+/// A gRPC client of the stack's approval service presenting `token`.
+pub struct Grpc {
+    client: zt_proto::pb::approval_client::ApprovalClient<tonic::transport::Channel>,
+    token: String,
+}
+
+impl Grpc {
+    /// Connects to `url`.
+    pub async fn connect(url: &str, token: &str) -> Grpc {
+        Grpc {
+            client: zt_proto::pb::approval_client::ApprovalClient::connect(url.to_owned())
+                .await
+                .expect("approval service reachable"),
+            token: token.to_owned(),
+        }
+    }
+
+    /// A request carrying the bearer token.
+    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token).parse().expect("header"),
+        );
+        r
+    }
+
+    /// The client.
+    pub fn client(
+        &self,
+    ) -> zt_proto::pb::approval_client::ApprovalClient<tonic::transport::Channel> {
+        self.client.clone()
+    }
+}
+
+/// Posts a raw MCP `tools/list` with `token` and returns (status, body).
+pub async fn raw_list(url: &str, token: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .send()
+        .await
+        .expect("broker answers");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
