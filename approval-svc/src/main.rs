@@ -49,6 +49,36 @@ enum Command {
         #[command(subcommand)]
         kind: SessionCommand,
     },
+    /// Rotate and retire the service's signing keys.
+    Keys {
+        #[command(subcommand)]
+        kind: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a new key current; the old one stays trusted until retired.
+    Rotate {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Which key.
+        #[arg(long, value_enum, default_value = "token")]
+        key: setup::KeyName,
+    },
+    /// Stop trusting a retired key (once what it signed has expired).
+    Retire {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Which key.
+        #[arg(long, value_enum, default_value = "token")]
+        key: setup::KeyName,
+        /// The retired key's id (printed by `rotate`).
+        #[arg(long)]
+        kid: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +248,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", setup::issue_launcher(&stack, &keys, &name, ttl)?);
             }
         },
+        Command::Keys {
+            kind: KeysCommand::Rotate { data_dir, key },
+        } => {
+            let (old, new) = setup::rotate(&Layout::new(&data_dir), key)?;
+            println!("retired={old} current={new}");
+            eprintln!(
+                "the old key stays trusted until `zt-approval keys retire --kid {old}`; \
+                 restart zt-approval to sign with the new key"
+            );
+        }
+        Command::Keys {
+            kind: KeysCommand::Retire { data_dir, key, kid },
+        } => {
+            setup::retire(&Layout::new(&data_dir), key, &kid)?;
+            println!("retired {kid}");
+        }
         Command::Session {
             kind:
                 SessionCommand::Revoke {

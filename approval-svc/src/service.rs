@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,7 +13,6 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 use zt_proto::audit::{Kind, Record};
 use zt_proto::grant::{Grant, MAX_GRANT_TTL_MS};
-use zt_proto::keys::PublicKey;
 use zt_proto::pb::approval_server::{Approval, ApprovalServer};
 use zt_proto::pb::{
     ApprovalRequest, DecideRequest, EscalateRequest, Event, GetRequestRequest, ListPendingRequest,
@@ -24,9 +23,10 @@ use zt_proto::pb::{
     IssueSessionRequest, ListRevokedRequest, RefreshSessionRequest, RevokeSessionRequest, Revoked,
     RevokedSessions, SessionToken,
 };
+use zt_proto::pinned::PinnedKeys;
 use zt_proto::stack::{Layout, StackInfo};
 use zt_proto::store::AuditLog;
-use zt_proto::token::{self, Expect, KeySet, OperatorClaims, ServiceClaims, TokenType};
+use zt_proto::token::{self, Expect, OperatorClaims, ServiceClaims, TokenType};
 
 use crate::db::{self, VoteOutcome, status};
 use crate::hub::Hub;
@@ -55,8 +55,10 @@ struct State {
     db: SqlitePool,
     audit: AuditLog,
     hub: Hub,
-    operator_keys: KeySet,
-    broker_keys: RwLock<KeySet>,
+    /// Keys of this stack's token issuer (current and retired): operators, launchers, sessions.
+    operator_keys: PinnedKeys,
+    /// The brokers' service keys.
+    broker_keys: PinnedKeys,
     changed: watch::Sender<u64>,
     request_ttl_ms: i64,
 }
@@ -101,9 +103,9 @@ impl Service {
             .context("opening the approval database")?;
         let audit_pool = zt_proto::store::open_pool(&layout.audit_db()).await?;
         let audit = AuditLog::open(audit_pool, AUDIT_CHAIN, keys.audit.clone()).await?;
-        let operator_keys = KeySet::new(vec![keys.token.public()]);
+        let operator_keys = PinnedKeys::load(&layout, "approval-token")?;
         let state = State {
-            broker_keys: RwLock::new(load_broker_keys(&layout)),
+            broker_keys: PinnedKeys::lazy(&layout, "broker-service"),
             stack,
             layout,
             keys,
@@ -132,7 +134,9 @@ impl Service {
             issuer: &self.0.stack.issuer,
             audience: &self.0.stack.approval_audience,
         };
-        token::verify(token, &self.0.operator_keys, TokenType::Operator, &expect)
+        self.0
+            .operator_keys
+            .verify(token, TokenType::Operator, &expect)
             .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
@@ -166,26 +170,11 @@ impl Service {
             issuer: &self.0.stack.broker_audience,
             audience: &self.0.stack.approval_audience,
         };
-        let verify = |keys: &KeySet| {
-            token::verify::<ServiceClaims>(token, keys, TokenType::Service, &expect)
-        };
-        let first = match self.0.broker_keys.read() {
-            Ok(keys) => verify(&keys),
-            Err(_) => Err(token::TokenError::UnknownKey),
-        };
-        match first {
-            // The broker may have been initialized after this service started.
-            Err(token::TokenError::UnknownKey) => {
-                let fresh = load_broker_keys(&self.0.layout);
-                let result = verify(&fresh);
-                if let Ok(mut keys) = self.0.broker_keys.write() {
-                    *keys = fresh;
-                }
-                result
-            }
-            other => other,
-        }
-        .map_err(|e| Status::unauthenticated(e.to_string()))
+        // Lazily pinned: the broker may be initialized after this service starts.
+        self.0
+            .broker_keys
+            .verify::<ServiceClaims>(token, TokenType::Service, &expect)
+            .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
     fn launcher<T>(&self, req: &Request<T>) -> Result<ServiceClaims, Status> {
@@ -194,7 +183,9 @@ impl Service {
             issuer: &self.0.stack.issuer,
             audience: &self.0.stack.approval_audience,
         };
-        token::verify(token, &self.0.operator_keys, TokenType::Launcher, &expect)
+        self.0
+            .operator_keys
+            .verify(token, TokenType::Launcher, &expect)
             .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
@@ -304,16 +295,6 @@ impl Service {
         };
         let sealed = grant.seal(&self.0.keys.grant).map_err(internal)?;
         Ok((grant.id, sealed))
-    }
-}
-
-fn load_broker_keys(layout: &Layout) -> KeySet {
-    match PublicKey::read(&layout.public_key("broker-service")) {
-        Ok(k) => KeySet::new(vec![k]),
-        Err(e) => {
-            tracing::warn!(error = %e, "no pinned broker service key yet; broker calls are refused");
-            KeySet::default()
-        }
     }
 }
 
@@ -661,13 +642,11 @@ impl Approval for Service {
             issuer: &self.0.stack.issuer,
             audience: &self.0.stack.broker_audience,
         };
-        let old: token::SessionClaims = token::verify(
-            &req.token,
-            &self.0.operator_keys,
-            TokenType::Session,
-            &expect,
-        )
-        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let old: token::SessionClaims = self
+            .0
+            .operator_keys
+            .verify(&req.token, TokenType::Session, &expect)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let mine = format!("launcher:{}", launcher.sub);
         if !old.chain().contains(&mine) {
             return Err(Status::permission_denied(

@@ -253,3 +253,55 @@ mod tests {
         assert!(parse_duration_secs("m").is_err());
     }
 }
+
+/// Which of the approval service's signing keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyName {
+    /// Signs session, operator and launcher tokens.
+    Token,
+    /// Signs one-time grants.
+    Grant,
+}
+
+impl KeyName {
+    fn file(self) -> &'static str {
+        match self {
+            KeyName::Token => "token",
+            KeyName::Grant => "grant",
+        }
+    }
+
+    fn public(self) -> &'static str {
+        match self {
+            KeyName::Token => "approval-token",
+            KeyName::Grant => "approval-grant",
+        }
+    }
+}
+
+/// Rotates a signing key: the current key's public half stays pinned as
+/// `public/<name>-<kid>.pem` (so what it signed keeps verifying until it
+/// expires), a new key becomes current. Verifiers pick both up without a
+/// restart. Returns (old kid, new kid).
+pub fn rotate(layout: &Layout, which: KeyName) -> anyhow::Result<(String, String)> {
+    let path = key_path(layout, which.file());
+    let old = KeyPair::read(&path)?;
+    let retired = layout.public_key(&format!("{}-{}", which.public(), old.kid()));
+    old.public().write(&retired)?;
+    let new = KeyPair::generate()?;
+    let tmp = path.with_extension("key.new");
+    let _ = std::fs::remove_file(&tmp);
+    zt_proto::keys::write_private(&tmp, &new.to_pkcs8_pem()?)?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+    new.public().write(&layout.public_key(which.public()))?;
+    Ok((old.kid().to_owned(), new.kid().to_owned()))
+}
+
+/// Stops trusting a retired key: removes `public/<name>-<kid>.pem`.
+pub fn retire(layout: &Layout, which: KeyName, kid: &str) -> anyhow::Result<()> {
+    if kid.is_empty() || !kid.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("--kid must be a key id (hex)");
+    }
+    let path = layout.public_key(&format!("{}-{kid}", which.public()));
+    std::fs::remove_file(&path).with_context(|| format!("no retired key {}", path.display()))
+}

@@ -21,8 +21,9 @@ use zt_proto::audit::{Kind, Record};
 use zt_proto::canonical;
 use zt_proto::grant::{Call, Grant};
 use zt_proto::pb::{ApprovalRequest, EscalateRequest, Event};
+use zt_proto::pinned::PinnedKeys;
 use zt_proto::store::AuditLog;
-use zt_proto::token::{KeySet, SessionClaims};
+use zt_proto::token::SessionClaims;
 
 use crate::backend::{self, Backend, BackendError};
 use crate::upstream::{Upstream, UpstreamError};
@@ -40,7 +41,7 @@ pub struct Broker {
     /// The approval service.
     pub upstream: Upstream,
     /// Pinned grant-signing keys.
-    pub grant_keys: KeySet,
+    pub grant_keys: Arc<PinnedKeys>,
     /// How long an escalation may wait for a human before answering "pending".
     pub approval_wait: Duration,
     /// Largest accepted arguments.
@@ -506,7 +507,7 @@ impl Broker {
             session_id: &claims.sid,
             human: &claims.sub,
         };
-        let grant = match Grant::open(&req.grant, &self.grant_keys).and_then(|g| {
+        let grant = match self.grant_keys.open_grant(&req.grant).and_then(|g| {
             g.check(&call, zt_proto::now_ms())?;
             Ok(g)
         }) {

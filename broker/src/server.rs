@@ -25,9 +25,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use zt_policies::PolicyStore;
 use zt_proto::audit::{Kind, Record};
+use zt_proto::pinned::PinnedKeys;
 use zt_proto::stack::Layout;
 use zt_proto::store::AuditLog;
-use zt_proto::token::{self, Expect, KeySet, SessionClaims, TokenType};
+use zt_proto::token::{self, Expect, SessionClaims, TokenType};
 
 use crate::backend::Backend;
 use crate::gate::{Broker, Revocations, SharedBroker};
@@ -125,7 +126,7 @@ impl ServerHandler for Mcp {
 /// What the auth middleware needs.
 #[derive(Clone)]
 struct Auth {
-    keys: KeySet,
+    keys: Arc<PinnedKeys>,
     issuer: String,
     audience: String,
     metadata_url: Arc<std::sync::OnceLock<String>>,
@@ -149,7 +150,9 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
     };
     let result = match token {
         None => Err("missing bearer token".to_owned()),
-        Some(t) => token::verify::<SessionClaims>(t, &auth.keys, TokenType::Session, &expect)
+        Some(t) => auth
+            .keys
+            .verify::<SessionClaims>(t, TokenType::Session, &expect)
             .map_err(|e| e.to_string())
             .and_then(|c| {
                 if auth.revoked.contains(&c.sid) {

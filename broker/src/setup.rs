@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use zt_proto::keys::{KeyPair, PublicKey};
+use std::sync::Arc;
+
+use zt_proto::keys::KeyPair;
+use zt_proto::pinned::PinnedKeys;
 use zt_proto::stack::{Layout, StackInfo};
-use zt_proto::token::KeySet;
 
 /// Name of this broker's audit chain.
 pub const AUDIT_CHAIN: &str = "broker";
@@ -37,7 +39,7 @@ fn default_max_args() -> usize {
 }
 
 /// Everything the broker loads at start.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Material {
     /// The stack identity.
     pub stack: StackInfo,
@@ -47,10 +49,10 @@ pub struct Material {
     pub service_key: KeyPair,
     /// Signs the broker's audit chain.
     pub audit_key: KeyPair,
-    /// Pinned key that signs session tokens.
-    pub session_keys: KeySet,
-    /// Pinned key that signs grants.
-    pub grant_keys: KeySet,
+    /// Pinned keys that sign session tokens (current and retired).
+    pub session_keys: Arc<PinnedKeys>,
+    /// Pinned keys that sign grants (current and retired).
+    pub grant_keys: Arc<PinnedKeys>,
 }
 
 fn config_path(layout: &Layout) -> PathBuf {
@@ -99,11 +101,10 @@ fn read_config(path: &Path) -> anyhow::Result<Config> {
 
 /// Loads everything the broker needs; fails if anything is missing.
 pub fn load(layout: &Layout) -> anyhow::Result<Material> {
-    let pinned = |name: &str| -> anyhow::Result<KeySet> {
-        let path = layout.public_key(name);
-        let key =
-            PublicKey::read(&path).with_context(|| format!("pinned key {}", path.display()))?;
-        Ok(KeySet::new(vec![key]))
+    let pinned = |name: &str| -> anyhow::Result<Arc<PinnedKeys>> {
+        let keys = PinnedKeys::load(layout, name)
+            .with_context(|| format!("pinned key {}", layout.public_key(name).display()))?;
+        Ok(Arc::new(keys))
     };
     Ok(Material {
         stack: layout.stack()?,

@@ -143,7 +143,6 @@ fn hook_decision(
 ) -> anyhow::Result<serde_json::Value> {
     use std::io::Read;
     use zt_policies::hook::{self, HookInput, Verdict};
-    use zt_proto::keys::PublicKey;
     use zt_proto::stack::Layout;
     use zt_proto::token::{self, Expect, KeySet, SessionClaims, TokenType};
 
@@ -158,12 +157,12 @@ fn hook_decision(
     let data_dir = data_dir.context("ZT_DATA_DIR is not set, so the session cannot be verified")?;
     let layout = Layout::new(&data_dir);
     let stack = layout.stack()?;
-    let key = PublicKey::read(&layout.public_key("approval-token"))?;
+    let keys = zt_proto::pinned::read_pinned(&layout.public_dir(), "approval-token")?;
     let jwt = std::env::var("BROKER_SESSION_TOKEN")
         .context("BROKER_SESSION_TOKEN is not set, so the session cannot be verified")?;
     let claims: SessionClaims = token::verify(
         jwt.trim(),
-        &KeySet::new(vec![key]),
+        &KeySet::new(keys),
         TokenType::Session,
         &Expect {
             issuer: &stack.issuer,

@@ -22,6 +22,7 @@ pub mod audit;
 pub mod canonical;
 pub mod grant;
 pub mod keys;
+pub mod pinned;
 pub mod stack;
 #[cfg(feature = "store")]
 pub mod store;
