@@ -1,10 +1,7 @@
 //! The approval service's own state: requests, votes, revoked sessions.
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use zt_proto::pb::{ApprovalRequest, EscalateRequest, Vote};
 
@@ -26,16 +23,7 @@ pub mod status {
 
 /// Opens (creating and migrating) the approval database.
 pub async fn open(path: &Path) -> Result<SqlitePool, sqlx::Error> {
-    let opts = SqliteConnectOptions::from_str("sqlite://")?
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts)
-        .await?;
+    let pool = zt_proto::store::open_sqlite(path).await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
     Ok(pool)
 }

@@ -128,16 +128,48 @@ impl Service {
             .map_err(internal)
     }
 
-    fn operator<T>(&self, req: &Request<T>) -> Result<OperatorClaims, Status> {
-        let token = bearer(req)?;
+    /// Verifies the bearer token as a `typ` token for this service from `issuer`.
+    fn verify_bearer<T, C: serde::de::DeserializeOwned + token::Lifetime>(
+        &self,
+        req: &Request<T>,
+        keys: &PinnedKeys,
+        typ: TokenType,
+        issuer: &str,
+    ) -> Result<C, Status> {
         let expect = Expect {
-            issuer: &self.0.stack.issuer,
+            issuer,
             audience: &self.0.stack.approval_audience,
         };
-        self.0
-            .operator_keys
-            .verify(token, TokenType::Operator, &expect)
+        keys.verify(bearer(req)?, typ, &expect)
             .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    fn operator<T>(&self, req: &Request<T>) -> Result<OperatorClaims, Status> {
+        self.verify_bearer(
+            req,
+            &self.0.operator_keys,
+            TokenType::Operator,
+            &self.0.stack.issuer,
+        )
+    }
+
+    /// A broker, with a service token signed by its own (lazily pinned) key.
+    fn service<T>(&self, req: &Request<T>) -> Result<ServiceClaims, Status> {
+        self.verify_bearer(
+            req,
+            &self.0.broker_keys,
+            TokenType::Service,
+            &self.0.stack.broker_audience,
+        )
+    }
+
+    fn launcher<T>(&self, req: &Request<T>) -> Result<ServiceClaims, Status> {
+        self.verify_bearer(
+            req,
+            &self.0.operator_keys,
+            TokenType::Launcher,
+            &self.0.stack.issuer,
+        )
     }
 
     async fn operator_audited<T>(
@@ -162,31 +194,6 @@ impl Service {
                 Err(status)
             }
         }
-    }
-
-    fn service<T>(&self, req: &Request<T>) -> Result<ServiceClaims, Status> {
-        let token = bearer(req)?;
-        let expect = Expect {
-            issuer: &self.0.stack.broker_audience,
-            audience: &self.0.stack.approval_audience,
-        };
-        // Lazily pinned: the broker may be initialized after this service starts.
-        self.0
-            .broker_keys
-            .verify::<ServiceClaims>(token, TokenType::Service, &expect)
-            .map_err(|e| Status::unauthenticated(e.to_string()))
-    }
-
-    fn launcher<T>(&self, req: &Request<T>) -> Result<ServiceClaims, Status> {
-        let token = bearer(req)?;
-        let expect = Expect {
-            issuer: &self.0.stack.issuer,
-            audience: &self.0.stack.approval_audience,
-        };
-        self.0
-            .operator_keys
-            .verify(token, TokenType::Launcher, &expect)
-            .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
     fn session_response(token: String, claims: &token::SessionClaims) -> SessionToken {

@@ -6,11 +6,8 @@
 //! transaction, so a race between two approved calls cannot overdraw.
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
 use serde_json::{Value, json};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use zt_policies::Resource;
 
@@ -59,17 +56,7 @@ fn i(v: &Value, key: &str) -> i64 {
 impl Backend {
     /// Opens (creating, migrating and seeding on first use) the database file.
     pub async fn open(path: &Path) -> Result<Backend, BackendError> {
-        let opts = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await?;
+        let pool = zt_proto::store::open_sqlite(path).await?;
         sqlx::migrate!("./migrations/backend")
             .run(&pool)
             .await

@@ -5,8 +5,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rmcp::RoleClient;
 use rmcp::ServiceExt;
-use rmcp::model::CallToolRequestParams;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde::{Deserialize, Serialize};
@@ -85,22 +87,54 @@ impl Outcome {
     }
 }
 
-/// Connects to `broker_url` with `token` and runs every step.
-pub async fn run(
-    broker_url: &str,
-    token: &str,
-    scenario: &Scenario,
-) -> anyhow::Result<Vec<Outcome>> {
+/// An MCP client session with the broker.
+pub type Session = RunningService<RoleClient, ()>;
+
+/// Opens an MCP session with the broker at `broker_url`, presenting `token`
+/// as the bearer on every request.
+pub async fn connect(broker_url: &str, token: &str) -> anyhow::Result<Session> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
         .context("building the HTTP client")?;
     let config = StreamableHttpClientTransportConfig::with_uri(broker_url).auth_header(token);
     let transport = StreamableHttpClientTransport::with_client(http, config);
-    let client = ()
-        .serve(transport)
+    ().serve(transport)
         .await
-        .with_context(|| format!("connecting to the broker at {broker_url}"))?;
+        .with_context(|| format!("connecting to the broker at {broker_url}"))
+}
+
+/// `ok`, or the broker's status for an error result (`denied`,
+/// `awaiting_approval`, `error`).
+pub fn result_status(r: &CallToolResult) -> String {
+    if r.is_error == Some(true) {
+        r.structured_content
+            .as_ref()
+            .and_then(|v| v.get("status"))
+            .and_then(Value::as_str)
+            .unwrap_or("error")
+            .to_owned()
+    } else {
+        "ok".to_owned()
+    }
+}
+
+/// The text the model received.
+pub fn result_text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Connects to `broker_url` with `token` and runs every step.
+pub async fn run(
+    broker_url: &str,
+    token: &str,
+    scenario: &Scenario,
+) -> anyhow::Result<Vec<Outcome>> {
+    let client = connect(broker_url, token).await?;
     let tools = client.list_all_tools().await.context("listing tools")?;
     tracing::info!(tools = tools.len(), "connected to the broker");
     let mut out = Vec::new();
@@ -115,25 +149,7 @@ pub async fn run(
             .await;
         let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (status, text) = match result {
-            Ok(r) => {
-                let text = r
-                    .content
-                    .iter()
-                    .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                let status = if r.is_error == Some(true) {
-                    r.structured_content
-                        .as_ref()
-                        .and_then(|v| v.get("status"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("error")
-                        .to_owned()
-                } else {
-                    "ok".to_owned()
-                };
-                (status, text)
-            }
+            Ok(r) => (result_status(&r), result_text(&r)),
             Err(e) => ("protocol_error".to_owned(), e.to_string()),
         };
         out.push(Outcome {

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -56,18 +55,30 @@ const SCHEMA: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
 ];
 
-/// Opens (creating if needed) the audit database at `path`.
-pub async fn open_pool(path: &Path) -> Result<SqlitePool, StoreError> {
-    let opts = SqliteConnectOptions::from_str("sqlite://")?
+/// The options every SQLite database of a stack is opened with: created if
+/// missing, WAL, `synchronous=FULL` (a commit is on disk when it returns),
+/// foreign keys on, and a busy timeout for the processes sharing a file.
+pub fn sqlite_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10))
+}
+
+/// Opens a pool on the SQLite database at `path` with [`sqlite_options`].
+pub async fn open_sqlite(path: &Path) -> Result<SqlitePool, sqlx::Error> {
+    SqlitePoolOptions::new()
         .max_connections(4)
-        .connect_with(opts)
-        .await?;
+        .connect_with(sqlite_options(path))
+        .await
+}
+
+/// Opens (creating if needed) the audit database at `path`.
+pub async fn open_pool(path: &Path) -> Result<SqlitePool, StoreError> {
+    let pool = open_sqlite(path).await?;
     for stmt in SCHEMA {
         sqlx::query(*stmt).execute(&pool).await?;
     }
@@ -178,26 +189,6 @@ pub async fn entries(pool: &SqlitePool, chain: &str) -> Result<Vec<Sealed>, Stor
         "SELECT chain, seq, body, hash, sig FROM audit_entries WHERE chain = ? ORDER BY seq, rowid",
     )
     .bind(chain)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Sealed {
-            chain: r.get(0),
-            seq: u64::try_from(r.get::<i64, _>(1)).unwrap_or(0),
-            body: r.get(2),
-            hash: r.get(3),
-            sig: r.get(4),
-        })
-        .collect())
-}
-
-/// Entries of every chain, newest first, at most `limit`.
-pub async fn recent(pool: &SqlitePool, limit: u32) -> Result<Vec<Sealed>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT chain, seq, body, hash, sig FROM audit_entries ORDER BY json_extract(body, '$.time_ms') DESC, seq DESC LIMIT ?",
-    )
-    .bind(limit)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -327,7 +318,7 @@ pub async fn verify(
 /// Opens an existing audit database read-only, for verification: the
 /// verifier must never create, migrate or write what it checks.
 pub async fn open_read_only(path: &Path) -> Result<SqlitePool, StoreError> {
-    let opts = SqliteConnectOptions::from_str("sqlite://")?
+    let opts = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
         .busy_timeout(Duration::from_secs(10));

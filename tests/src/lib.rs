@@ -8,11 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
-use rmcp::service::RunningService;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::Value;
 
 /// The directory holding the workspace's binaries (`target/<profile>`).
@@ -201,17 +197,9 @@ impl Drop for Stack {
 }
 
 /// An MCP client session.
-pub type Agent = RunningService<rmcp::RoleClient, ()>;
+pub type Agent = zt_console::agent::Session;
 
-/// Connects an MCP client to `url` with `token`.
-pub async fn connect(url: &str, token: &str) -> anyhow::Result<Agent> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()?;
-    let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
-    let transport = StreamableHttpClientTransport::with_client(http, config);
-    Ok(().serve(transport).await?)
-}
+pub use zt_console::agent::{connect, result_status as status, result_text as text};
 
 /// Calls a tool with JSON arguments.
 pub async fn call(agent: &Agent, tool: &str, args: Value) -> anyhow::Result<CallToolResult> {
@@ -222,29 +210,6 @@ pub async fn call(agent: &Agent, tool: &str, args: Value) -> anyhow::Result<Call
     Ok(agent
         .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args))
         .await?)
-}
-
-/// `ok`, or the broker's status for an error result.
-pub fn status(r: &CallToolResult) -> String {
-    if r.is_error == Some(true) {
-        r.structured_content
-            .as_ref()
-            .and_then(|v| v.get("status"))
-            .and_then(Value::as_str)
-            .unwrap_or("error")
-            .to_owned()
-    } else {
-        "ok".to_owned()
-    }
-}
-
-/// The text the model received.
-pub fn text(r: &CallToolResult) -> String {
-    r.content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The stored bodies (canonical JSON) of one audit chain, in order.
@@ -299,17 +264,37 @@ impl Grpc {
     }
 }
 
-/// Posts a raw MCP `tools/list` with `token` and returns (status, body).
-pub async fn raw_list(url: &str, token: &str) -> (u16, String) {
-    let resp = reqwest::Client::new()
+/// The broker's answer to a raw HTTP request.
+pub struct Raw {
+    /// HTTP status.
+    pub status: u16,
+    /// The `WWW-Authenticate` header, if any.
+    pub challenge: String,
+    /// The body.
+    pub body: String,
+}
+
+/// Posts a raw MCP `tools/list`, with `token` as the bearer if given.
+pub async fn raw_list(url: &str, token: Option<&str>) -> Raw {
+    let mut req = reqwest::Client::new()
         .post(url)
-        .header("authorization", format!("Bearer {token}"))
         .header("accept", "application/json, text/event-stream")
         .header("content-type", "application/json")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-        .send()
-        .await
-        .expect("broker answers");
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = req.send().await.expect("broker answers");
     let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap_or_default())
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Raw {
+        status,
+        challenge,
+        body: resp.text().await.unwrap_or_default(),
+    }
 }

@@ -160,17 +160,22 @@ async fn launcher_issues_refreshes_and_revokes_sessions() {
     );
 
     // The broker refuses both tokens of the session within a few seconds.
-    let mut refused = (0, String::new());
+    let mut refused = raw_list(&stack.broker_url, Some(&refreshed.token)).await;
     for _ in 0..50 {
-        refused = raw_list(&stack.broker_url, &refreshed.token).await;
-        if refused.0 == 401 {
+        refused = raw_list(&stack.broker_url, Some(&refreshed.token)).await;
+        if refused.status == 401 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(refused.0, 401, "{}", refused.1);
-    assert!(refused.1.contains("revoked"), "{}", refused.1);
-    assert_eq!(raw_list(&stack.broker_url, &issued.token).await.0, 401);
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert!(refused.body.contains("revoked"), "{}", refused.body);
+    assert_eq!(
+        raw_list(&stack.broker_url, Some(&issued.token))
+            .await
+            .status,
+        401
+    );
 
     // And refresh is refused.
     let err = grpc
@@ -185,7 +190,7 @@ async fn launcher_issues_refreshes_and_revokes_sessions() {
 
     // Another session is unaffected.
     let other = stack.session_token("agent:other", "alice");
-    assert_eq!(raw_list(&stack.broker_url, &other).await.0, 200);
+    assert_eq!(raw_list(&stack.broker_url, Some(&other)).await.status, 200);
 
     let out = run(
         "zt-console",

@@ -31,7 +31,7 @@ fn hook(stack: &Stack, token: &str) -> Option<i32> {
 async fn rotation_keeps_old_tokens_until_retired() {
     let stack = Stack::up("rotation").expect("stack starts");
     let old = stack.session_token("agent:rot", "alice");
-    assert_eq!(raw_list(&stack.broker_url, &old).await.0, 200);
+    assert_eq!(raw_list(&stack.broker_url, Some(&old)).await.status, 200);
 
     let out = run_ok(
         "zt-approval",
@@ -50,8 +50,8 @@ async fn rotation_keeps_old_tokens_until_retired() {
     );
 
     // The running broker learns the new key on first sight and keeps the old one.
-    assert_eq!(raw_list(&stack.broker_url, &new).await.0, 200);
-    assert_eq!(raw_list(&stack.broker_url, &old).await.0, 200);
+    assert_eq!(raw_list(&stack.broker_url, Some(&new)).await.status, 200);
+    assert_eq!(raw_list(&stack.broker_url, Some(&old)).await.status, 200);
     assert_eq!(hook(&stack, &new), Some(0));
     assert_eq!(hook(&stack, &old), Some(0));
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::Connection;
-use zt_tests::{Stack, call, connect, run, status, text};
+use zt_tests::{Stack, call, connect, raw_list, run, status, text};
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -22,22 +22,13 @@ async fn skeleton_path_through_every_trust_domain() {
     let stack = Stack::up("skeleton").expect("stack starts");
 
     // No token: 401 with the RFC 9728 pointer, before MCP runs.
-    let resp = reqwest::Client::new()
-        .post(&stack.broker_url)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-        .send()
-        .await
-        .expect("broker answers");
-    assert_eq!(resp.status(), 401);
-    let challenge = resp
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(challenge.contains("resource_metadata=\""), "{challenge}");
+    let raw = raw_list(&stack.broker_url, None).await;
+    assert_eq!(raw.status, 401);
+    assert!(
+        raw.challenge.contains("resource_metadata=\""),
+        "{}",
+        raw.challenge
+    );
 
     let token = stack.session_token("agent:e2e", "alice");
     let agent = connect(&stack.broker_url, &token)
