@@ -164,6 +164,19 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
     };
     match result {
         Ok(claims) => {
+            if !claims.scope.trim().is_empty() {
+                // Read the (bounded) body to refuse an out-of-scope tool call
+                // with 403 before MCP runs; the call path checks scope again.
+                let (parts, body) = req.into_parts();
+                let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+                    return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+                        .into_response();
+                };
+                if let Some(tool) = out_of_scope(&claims, &bytes) {
+                    return insufficient_scope(&auth, &claims, &tool).await;
+                }
+                req = Request::from_parts(parts, axum::body::Body::from(bytes));
+            }
             req.extensions_mut().insert(Arc::new(claims));
             next.run(req).await
         }
@@ -194,6 +207,63 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
             resp
         }
     }
+}
+
+/// Largest MCP request body accepted.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The first `tools/call` in a JSON-RPC message (or batch) naming a tool
+/// outside the session's scope.
+fn out_of_scope(claims: &SessionClaims, body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let messages = match &value {
+        serde_json::Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    messages.into_iter().find_map(|m| {
+        if m.get("method").and_then(|v| v.as_str()) != Some("tools/call") {
+            return None;
+        }
+        let name = m
+            .pointer("/params/name")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        (!claims.allows_tool(name)).then(|| crate::gate::printable(name))
+    })
+}
+
+/// 403 with `error="insufficient_scope"` (audited).
+async fn insufficient_scope(auth: &Auth, claims: &SessionClaims, tool: &str) -> Response {
+    let mut actors = claims.chain();
+    actors.pop();
+    let rec = Record {
+        session: claims.sid.clone(),
+        subject: claims.sub.clone(),
+        actors,
+        tool: tool.to_owned(),
+        decision: "deny".into(),
+        rules: vec!["scope".into()],
+        status: "insufficient_scope".into(),
+        detail: format!("`{tool}` is outside the session's scope"),
+        ..Record::default()
+    };
+    if let Err(e) = auth.audit.append(Kind::Decision, rec).await {
+        tracing::error!(error = %e, "audit write failed for an out-of-scope call");
+    }
+    let metadata = auth.metadata_url.get().cloned().unwrap_or_default();
+    let challenge = format!(
+        "Bearer resource_metadata=\"{metadata}\", error=\"insufficient_scope\", scope=\"{tool}\", \
+         error_description=\"this session may not call {tool}\""
+    );
+    let mut resp = (
+        StatusCode::FORBIDDEN,
+        axum::Json(json!({ "error": "insufficient_scope", "error_description": format!("this session may not call `{tool}`") })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
 }
 
 /// Runs the broker until `shutdown` resolves. Prints `broker_url=...` once
@@ -253,7 +323,7 @@ pub async fn serve(
     let mut config = StreamableHttpServerConfig::default();
     config.legacy_session_mode = false;
     config.json_response = true;
-    config.max_request_body_bytes = 256 * 1024;
+    config.max_request_body_bytes = MAX_BODY_BYTES;
     let config = config.enforce_origin_validation();
     let handler_broker = broker.clone();
     let mcp = StreamableHttpService::new(

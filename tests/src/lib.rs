@@ -276,11 +276,22 @@ pub struct Raw {
 
 /// Posts a raw MCP `tools/list`, with `token` as the bearer if given.
 pub async fn raw_list(url: &str, token: Option<&str>) -> Raw {
+    raw_post(
+        url,
+        token,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    )
+    .await
+}
+
+/// Posts a raw JSON-RPC body to the broker, with `token` as the bearer if given.
+pub async fn raw_post(url: &str, token: Option<&str>, body: &str) -> Raw {
     let mut req = reqwest::Client::new()
         .post(url)
         .header("accept", "application/json, text/event-stream")
         .header("content-type", "application/json")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(body.to_owned());
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }

@@ -10,7 +10,7 @@ use zt_proto::keys::PublicKey;
 use zt_proto::pb::{IssueSessionRequest, RefreshSessionRequest, RevokeSessionRequest};
 use zt_proto::stack::Layout;
 use zt_proto::token::{self, Expect, KeySet, SessionClaims, TokenType};
-use zt_tests::{Grpc, Stack, call, connect, raw_list, run, status};
+use zt_tests::{Grpc, Stack, call, connect, raw_list, raw_post, run, status};
 
 fn verify(stack: &Stack, jwt: &str) -> SessionClaims {
     let layout = Layout::new(&stack.data_dir);
@@ -66,14 +66,36 @@ async fn launcher_issues_refreshes_and_revokes_sessions() {
     let agent = connect(&stack.broker_url, &issued.token).await.unwrap();
     let tools = agent.list_all_tools().await.unwrap();
     assert_eq!(tools.len(), 2, "tools/list shows only the session's scope");
-    let r = call(
+    // A tool outside the scope: 403 insufficient_scope before MCP runs.
+    let err = call(
         &agent,
         "change_plan",
         json!({"account_id": "acct_1001", "new_plan": "basic"}),
     )
     .await
-    .unwrap();
-    assert_eq!(status(&r), "denied", "a tool outside the scope is refused");
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .to_lowercase()
+            .contains("insufficient scope"),
+        "{err}"
+    );
+    let raw = raw_post(
+        &stack.broker_url,
+        Some(&issued.token),
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"change_plan","arguments":{"account_id":"acct_1001","new_plan":"basic"}}}"#,
+    )
+    .await;
+    assert_eq!(raw.status, 403, "{}", raw.body);
+    assert!(
+        raw.challenge.contains("error=\"insufficient_scope\""),
+        "{}",
+        raw.challenge
+    );
+    let r = call(&agent, "lookup_account", json!({"account_id": "acct_1001"}))
+        .await
+        .unwrap();
+    assert_eq!(status(&r), "ok", "in-scope calls still work");
 
     // Unknown humans and over-long lifetimes are refused at issue.
     let err = grpc
