@@ -67,6 +67,13 @@ enum KeysCommand {
         #[arg(long, value_enum, default_value = "token")]
         key: setup::KeyName,
     },
+    /// Print the token-verifying keys (current and retired) as a JWKS
+    /// document, for verifiers that fetch keys over HTTP.
+    Jwks {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
     /// Stop trusting a retired key (once what it signed has expired).
     Retire {
         /// The stack's data directory.
@@ -257,6 +264,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "the old key stays trusted until `zt-approval keys retire --kid {old}`; \
                  restart zt-approval to sign with the new key"
             );
+        }
+        Command::Keys {
+            kind: KeysCommand::Jwks { data_dir },
+        } => {
+            let layout = Layout::new(&data_dir);
+            let keys = zt_proto::pinned::read_pinned(&layout.public_dir(), "approval-token")?;
+            println!("{}", zt_proto::token::KeySet::new(keys).to_jwks());
         }
         Command::Keys {
             kind: KeysCommand::Retire { data_dir, key, kid },

@@ -18,9 +18,11 @@
 //! - [`backend`]: the example backend (SQLite through sqlx).
 //! - [`upstream`]: the approval-service client (service token, never the agent's).
 //! - [`setup`]: keys and private config.
+//! - [`jwks`]: session-token keys from an external identity provider.
 
 pub mod backend;
 pub mod gate;
+pub mod jwks;
 pub mod server;
 pub mod setup;
 pub mod state;

@@ -123,10 +123,32 @@ impl ServerHandler for Mcp {
     }
 }
 
+/// Where session-token keys come from.
+#[derive(Clone)]
+enum SessionKeys {
+    /// The stack's own issuer, pinned in `public/`.
+    Pinned(Arc<PinnedKeys>),
+    /// An external identity provider's JWKS.
+    Jwks(Arc<crate::jwks::Jwks>),
+}
+
+impl SessionKeys {
+    async fn verify(
+        &self,
+        jwt: &str,
+        expect: &Expect<'_>,
+    ) -> Result<SessionClaims, token::TokenError> {
+        match self {
+            SessionKeys::Pinned(k) => k.verify(jwt, TokenType::Session, expect),
+            SessionKeys::Jwks(k) => k.verify(jwt, TokenType::Session, expect).await,
+        }
+    }
+}
+
 /// What the auth middleware needs.
 #[derive(Clone)]
 struct Auth {
-    keys: Arc<PinnedKeys>,
+    keys: SessionKeys,
     issuer: String,
     audience: String,
     metadata_url: Arc<std::sync::OnceLock<String>>,
@@ -152,7 +174,8 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
         None => Err("missing bearer token".to_owned()),
         Some(t) => auth
             .keys
-            .verify::<SessionClaims>(t, TokenType::Session, &expect)
+            .verify(t, &expect)
+            .await
             .map_err(|e| e.to_string())
             .and_then(|c| {
                 if auth.revoked.contains(&c.sid) {
@@ -342,18 +365,30 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let base = format!("http://{addr}");
     let metadata_url = format!("{base}/.well-known/oauth-protected-resource");
+    let (keys, issuer, audience) = match &m.config.identity {
+        Some(idp) => (
+            SessionKeys::Jwks(crate::jwks::Jwks::fetch(&idp.jwks_url).await?),
+            idp.issuer.clone(),
+            idp.audience.clone(),
+        ),
+        None => (
+            SessionKeys::Pinned(m.session_keys.clone()),
+            m.stack.issuer.clone(),
+            m.stack.broker_audience.clone(),
+        ),
+    };
     let auth = Auth {
-        keys: m.session_keys.clone(),
-        issuer: m.stack.issuer.clone(),
-        audience: m.stack.broker_audience.clone(),
+        keys,
+        issuer,
+        audience: audience.clone(),
         metadata_url: Arc::new(std::sync::OnceLock::from(metadata_url)),
         audit,
         revoked,
     };
     let resource_doc = json!({
-        "resource": m.stack.broker_audience,
+        "resource": audience,
         "resource_name": "zt-broker",
-        "authorization_servers": [m.stack.issuer],
+        "authorization_servers": [auth.issuer],
         "bearer_methods_supported": ["header"],
         "scopes_supported": broker.policy.current().tools().map(|t| t.name.clone()).collect::<Vec<_>>(),
     });

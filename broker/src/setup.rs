@@ -28,6 +28,22 @@ pub struct Config {
     /// Largest accepted `tools/call` arguments, in bytes of JSON.
     #[serde(default = "default_max_args")]
     pub max_args_bytes: usize,
+    /// Verify session tokens with an external identity provider instead of
+    /// the stack's own issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+}
+
+/// An external identity provider for session tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Its JWKS document (`https://...` or `http://...` on loopback).
+    pub jwks_url: String,
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    /// The `aud` its tokens carry for this broker.
+    pub audience: String,
 }
 
 fn default_wait() -> u64 {
@@ -82,6 +98,7 @@ pub fn init(layout: &Layout) -> anyhow::Result<()> {
             backend_database: layout.private("backend").join("backend.db"),
             approval_wait_secs: default_wait(),
             max_args_bytes: default_max_args(),
+            identity: None,
         };
         let text = format!(
             "# The broker's private configuration. Backend credentials live here and\n\

@@ -291,21 +291,98 @@ macro_rules! lifetime {
 }
 lifetime!(SessionClaims, OperatorClaims, ServiceClaims);
 
-/// The pinned public keys a verifier trusts (several during a rollover).
+/// The public keys a verifier trusts (several during a rollover), by key id.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
-    keys: Vec<PublicKey>,
+    keys: Vec<(String, PublicKey)>,
+}
+
+/// Why a JWKS document was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JwksError {
+    /// Not a JWKS document.
+    #[error("not a JWKS document: {0}")]
+    Malformed(String),
+    /// No usable Ed25519 signing key in it.
+    #[error("the JWKS document has no Ed25519 signing key")]
+    NoKeys,
 }
 
 impl KeySet {
-    /// A key set of the given keys.
+    /// A key set of the given keys, each under its derived id.
     pub fn new(keys: Vec<PublicKey>) -> KeySet {
-        KeySet { keys }
+        KeySet {
+            keys: keys.into_iter().map(|k| (k.kid().to_owned(), k)).collect(),
+        }
     }
 
     /// The key with id `kid`.
     pub fn get(&self, kid: &str) -> Option<&PublicKey> {
-        self.keys.iter().find(|k| k.kid() == kid)
+        self.keys.iter().find(|(id, _)| id == kid).map(|(_, k)| k)
+    }
+
+    /// Parses a JWKS document (RFC 7517), keeping the Ed25519 signing keys
+    /// (`kty: OKP`, `crv: Ed25519`, no `use` or `use: sig`, no `alg` or
+    /// `alg: EdDSA`) under the `kid` the document gives (or the derived one).
+    /// Other keys are ignored: this verifier accepts EdDSA only.
+    pub fn from_jwks(text: &str) -> Result<KeySet, JwksError> {
+        use base64::Engine;
+        let doc: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| JwksError::Malformed(e.to_string()))?;
+        let keys = doc
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| JwksError::Malformed("no `keys` array".into()))?;
+        let field = |k: &serde_json::Value, name: &str| {
+            k.get(name)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let mut out = Vec::new();
+        for k in keys {
+            let ed25519 = field(k, "kty").as_deref() == Some("OKP")
+                && field(k, "crv").as_deref() == Some("Ed25519")
+                && field(k, "use").as_deref().is_none_or(|u| u == "sig")
+                && field(k, "alg").as_deref().is_none_or(|a| a == "EdDSA");
+            if !ed25519 {
+                continue;
+            }
+            let Some(x) = field(k, "x") else { continue };
+            let Ok(raw) =
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(x.trim_end_matches('='))
+            else {
+                continue;
+            };
+            let Some(key) = PublicKey::from_hex(&hex::encode(raw)) else {
+                continue;
+            };
+            let kid = field(k, "kid").unwrap_or_else(|| key.kid().to_owned());
+            out.push((kid, key));
+        }
+        if out.is_empty() {
+            return Err(JwksError::NoKeys);
+        }
+        Ok(KeySet { keys: out })
+    }
+
+    /// The set as a JWKS document.
+    pub fn to_jwks(&self) -> String {
+        use base64::Engine;
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .map(|(kid, k)| {
+                serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "use": "sig",
+                    "alg": "EdDSA",
+                    "kid": kid,
+                    "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.as_bytes()),
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
     }
 }
 
@@ -494,6 +571,12 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(v(&hs), Err(TokenError::Algorithm(_))));
+        let rs = format!(
+            "{}.{}.c2ln",
+            b64(&serde_json::json!({"alg":"RS256","typ":"at+jwt","kid":k.kid()})),
+            b64(&serde_json::to_value(claims(now, 300)).unwrap())
+        );
+        assert!(matches!(v(&rs), Err(TokenError::Algorithm(_))));
 
         // Tampered payload.
         let good = sign(&k, TokenType::Session, &claims(now, 300)).unwrap();
@@ -537,6 +620,39 @@ mod tests {
             v(&"a".repeat(MAX_TOKEN_LEN + 1)),
             Err(TokenError::Malformed)
         );
+    }
+
+    #[test]
+    fn jwks_round_trip_and_foreign_keys_ignored() {
+        let k = KeyPair::from_seed(&[7; 32]);
+        let set = KeySet::new(vec![k.public()]);
+        let back = KeySet::from_jwks(&set.to_jwks()).unwrap();
+        assert_eq!(back.get(k.kid()), Some(&k.public()));
+        let t = sign(&k, TokenType::Session, &claims(now_secs(), 60)).unwrap();
+        assert!(verify::<SessionClaims>(&t, &back, TokenType::Session, &expect()).is_ok());
+
+        // An IdP's own kid is honoured; RSA and EC keys are ignored, not trusted.
+        use base64::Engine;
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.public().as_bytes());
+        let doc = serde_json::json!({"keys": [
+            {"kty": "RSA", "kid": "rsa1", "n": "AQAB", "e": "AQAB"},
+            {"kty": "EC", "crv": "P-256", "kid": "ec1", "x": "AA", "y": "AA"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "idp-2026", "x": x, "use": "enc"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "idp-2027", "x": x, "alg": "EdDSA"}
+        ]});
+        let set = KeySet::from_jwks(&doc.to_string()).unwrap();
+        assert!(
+            set.get("rsa1").is_none() && set.get("ec1").is_none() && set.get("idp-2026").is_none()
+        );
+        assert_eq!(set.get("idp-2027"), Some(&k.public()));
+        assert_eq!(
+            KeySet::from_jwks(r#"{"keys": []}"#).unwrap_err(),
+            JwksError::NoKeys
+        );
+        assert!(matches!(
+            KeySet::from_jwks("nope"),
+            Err(JwksError::Malformed(_))
+        ));
     }
 
     #[test]

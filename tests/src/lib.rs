@@ -84,10 +84,14 @@ pub struct Stack {
 impl Stack {
     /// Starts `zt-console up --data-dir <fresh dir>` and waits for its lines.
     pub fn up(tag: &str) -> anyhow::Result<Stack> {
-        let dir = temp_dir(tag);
+        Stack::up_at(&temp_dir(tag))
+    }
+
+    /// Starts `zt-console up --data-dir DIR` (initialized or not).
+    pub fn up_at(dir: &Path) -> anyhow::Result<Stack> {
         let mut child = bin("zt-console")
             .args(["up", "--data-dir"])
-            .arg(&dir)
+            .arg(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -42,6 +42,14 @@ async fn rotation_keeps_old_tokens_until_retired() {
         .find_map(|w| w.strip_prefix("retired="))
         .expect("rotate prints the retired kid")
         .to_owned();
+    let current = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("current="))
+        .expect("rotate prints the current kid")
+        .to_owned();
+    let jwks = run_ok("zt-approval", &["keys", "jwks", "--data-dir", &stack.dir()]);
+    let published = zt_proto::token::KeySet::from_jwks(&jwks).expect("a JWKS document");
+    assert!(published.get(&retired).is_some() && published.get(&current).is_some());
     let new = stack.session_token("agent:rot", "alice");
     assert_ne!(
         old.split('.').next(),
