@@ -38,7 +38,12 @@ impl Hub {
         let (tx, _) = broadcast::channel(4096);
         Hub {
             inner: Mutex::new(Inner {
-                seq: 0,
+                // Numbering starts from the clock (µs-scale), so a restarted
+                // service continues above every number it handed out before
+                // and a console resuming from its last number misses nothing.
+                seq: u64::try_from(zt_proto::now_ms())
+                    .unwrap_or(0)
+                    .saturating_mul(1000),
                 ring: VecDeque::with_capacity(1024),
             }),
             tx,
@@ -95,12 +100,26 @@ mod tests {
     #[test]
     fn resume_has_no_gaps_or_duplicates() {
         let hub = Hub::new();
-        for _ in 0..5 {
-            hub.publish(Event::default());
-        }
-        let (backlog, mut rx) = hub.subscribe(3);
-        assert_eq!(backlog.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
-        hub.publish(Event::default());
-        assert_eq!(rx.try_recv().map(|e| e.seq).ok(), Some(6));
+        let seqs: Vec<u64> = (0..5).map(|_| hub.publish(Event::default())).collect();
+        let (backlog, mut rx) = hub.subscribe(seqs[2]);
+        assert_eq!(
+            backlog.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            &seqs[3..]
+        );
+        let next = hub.publish(Event::default());
+        assert_eq!(next, seqs[4] + 1);
+        assert_eq!(rx.try_recv().map(|e| e.seq).ok(), Some(next));
+    }
+
+    #[test]
+    fn a_restarted_hub_numbers_above_the_old_one() {
+        let old = Hub::new();
+        let last = (0..100)
+            .map(|_| old.publish(Event::default()))
+            .last()
+            .unwrap_or(0);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let restarted = Hub::new();
+        assert!(restarted.publish(Event::default()) > last);
     }
 }
