@@ -219,10 +219,6 @@ fn kind_of_policy(p: &Policy) -> Kind {
     }
 }
 
-fn effect_name(e: Effect) -> &'static str {
-    e.as_str()
-}
-
 // ------------------------------------------------------------------ bare Cedar
 
 struct BareCedar {
@@ -788,7 +784,7 @@ impl Setup {
         let mut tally: HashMap<&str, usize> = HashMap::new();
         for (i, c) in self.calls.iter().enumerate() {
             let want = self.expected[i];
-            *tally.entry(effect_name(want)).or_default() += 1;
+            *tally.entry(want.as_str()).or_default() += 1;
             let tool = c.req.tool.as_str();
             let got = [
                 (
@@ -916,9 +912,12 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// Criterion's `(median, mean)` per decision.
+type MedianMean = (Duration, Duration);
+
 /// Criterion's median and mean (per decision) of `engine` from this run's
 /// `estimates.json`, when criterion measured it (not filtered out).
-fn criterion_estimates(engine: &str, since: SystemTime) -> Option<(Duration, Duration)> {
+fn criterion_estimates(engine: &str, since: SystemTime) -> Option<MedianMean> {
     let home = match std::env::var_os("CRITERION_HOME") {
         Some(h) => PathBuf::from(h),
         None => match std::env::var_os("CARGO_TARGET_DIR") {
@@ -946,14 +945,13 @@ fn criterion_estimates(engine: &str, since: SystemTime) -> Option<(Duration, Dur
 }
 
 fn latency_summary(s: &mut Setup, since: SystemTime) {
-    let results: Vec<(&str, Latency, Option<(Duration, Duration)>)> = ENGINES
+    let results: Vec<(&str, Latency, Option<MedianMean>)> = ENGINES
         .iter()
         .map(|e| (*e, latency(s, e), criterion_estimates(e, since)))
         .collect();
     // Ratios use criterion's median when there is one, else the loop's p50.
-    let typical = |l: &Latency, c: &Option<(Duration, Duration)>| {
-        micros(c.map_or(l.p50, |(median, _)| median))
-    };
+    let typical =
+        |l: &Latency, c: &Option<MedianMean>| micros(c.map_or(l.p50, |(median, _)| median));
     let base = typical(&results[1].1, &results[1].2);
     println!();
     println!(
