@@ -50,6 +50,8 @@ pub struct Broker {
     pub events: mpsc::Sender<Event>,
     /// Sessions revoked at the approval service (refreshed every second).
     pub revoked: Revocations,
+    /// Per-session and per-tool token buckets.
+    pub limiter: crate::ratelimit::RateLimiter,
 }
 
 /// The set of revoked session ids, shared by the auth middleware and the call path.
@@ -192,6 +194,19 @@ impl Broker {
                 "scope",
                 format!("this session is not allowed to call `{tool}`"),
                 "tool outside the session's scope",
+            );
+            return self.refuse(claims, tool, &args, r).await;
+        }
+        if let Err(which) = self.limiter.check(bundle.limits(), &claims.sid, tool) {
+            let scope = match which {
+                crate::ratelimit::Exceeded::Session => "this session",
+                crate::ratelimit::Exceeded::Tool => "this tool",
+            };
+            let r = Refusal::new(
+                "deny",
+                "rate-limit",
+                format!("rate limit reached for {scope}; slow down and try again later"),
+                format!("rate limit exceeded ({scope})"),
             );
             return self.refuse(claims, tool, &args, r).await;
         }

@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod gate;
 pub mod jwks;
+pub mod ratelimit;
 pub mod server;
 pub mod setup;
 pub mod state;

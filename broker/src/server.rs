@@ -339,6 +339,7 @@ pub async fn serve(
         max_args_bytes: m.config.max_args_bytes,
         events,
         revoked: revoked.clone(),
+        limiter: crate::ratelimit::RateLimiter::default(),
     });
 
     tokio::spawn(watch_policies(broker.clone()));

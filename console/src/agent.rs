@@ -93,6 +93,8 @@ pub type Session = RunningService<RoleClient, ()>;
 /// Opens an MCP session with the broker at `broker_url`, presenting `token`
 /// as the bearer on every request.
 pub async fn connect(broker_url: &str, token: &str) -> anyhow::Result<Session> {
+    // HTTP clients use rustls with ring; idempotent.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()

@@ -25,7 +25,38 @@ pub(crate) fn run(src: &Sources) -> Vec<Problem> {
     check_humans(src, &mut out);
     check_rules(src, &mut out);
     check_schema(src, &mut out);
+    check_limits(src, &mut out);
     out
+}
+
+fn check_limits(src: &Sources, out: &mut Vec<Problem>) {
+    let buckets = src
+        .limits
+        .session
+        .iter()
+        .map(|b| ("session".to_string(), b))
+        .chain(
+            src.limits
+                .tool
+                .iter()
+                .map(|(t, b)| (format!("tool `{t}`"), b)),
+        );
+    for (what, b) in buckets {
+        if b.burst == 0 || b.per_minute == 0 {
+            out.push(Problem::new(
+                format!("{}: {what}", files::LIMITS),
+                "burst and per_minute must be at least 1",
+            ));
+        }
+    }
+    for tool in src.limits.tool.keys() {
+        if !src.tools.iter().any(|t| &t.name == tool) {
+            out.push(Problem::new(
+                format!("{}: tool `{tool}`", files::LIMITS),
+                "limits a tool that is not in the registry",
+            ));
+        }
+    }
 }
 
 fn tool_culprit(name: &str) -> String {

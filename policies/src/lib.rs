@@ -85,6 +85,7 @@ pub mod cases;
 mod check;
 mod decide;
 pub mod hook;
+pub mod limits;
 mod load;
 mod rewrite;
 pub mod shipped;
@@ -109,6 +110,8 @@ pub mod files {
     pub const POLICY: &str = "policy.cedar";
     /// The Cedar schema.
     pub const SCHEMA: &str = "schema.cedarschema";
+    /// Rate limits (optional).
+    pub const LIMITS: &str = "limits.toml";
 }
 
 /// Risk level of a tool, as declared in the registry.

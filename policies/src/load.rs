@@ -133,6 +133,7 @@ pub(crate) struct Sources {
     pub rules: Vec<SourceRule>,
     pub template_count: usize,
     pub schema: Schema,
+    pub limits: crate::limits::Limits,
 }
 
 /// What a rule does, from its kind and `@effect`.
@@ -243,12 +244,18 @@ pub(crate) fn read_sources(dir: &Path) -> Result<Sources, LoadError> {
             policy,
         })
         .collect();
+    let limits = if dir.join(files::LIMITS).exists() {
+        toml::from_str(&read(dir, files::LIMITS)?).map_err(|e| parse_err(files::LIMITS, e))?
+    } else {
+        crate::limits::Limits::default()
+    };
     Ok(Sources {
         tools: tools.tool,
         humans: humans.human,
         rules,
         template_count: pset.templates().count(),
         schema,
+        limits,
     })
 }
 
@@ -441,6 +448,11 @@ impl PolicyBundle {
             }
             Err(e) => e.problems(),
         }
+    }
+
+    /// The rate limits (`limits.toml`; none when the file is absent).
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.sources.limits
     }
 
     /// The directory this snapshot was loaded from.

@@ -10,6 +10,7 @@ pub const FILES: &[(&str, &str)] = &[
     (files::HUMANS, include_str!("../data/humans.toml")),
     (files::POLICY, include_str!("../data/policy.cedar")),
     (files::SCHEMA, include_str!("../data/schema.cedarschema")),
+    (files::LIMITS, include_str!("../data/limits.toml")),
 ];
 
 use crate::files;

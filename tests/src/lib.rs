@@ -290,6 +290,7 @@ pub async fn raw_list(url: &str, token: Option<&str>) -> Raw {
 
 /// Posts a raw JSON-RPC body to the broker, with `token` as the bearer if given.
 pub async fn raw_post(url: &str, token: Option<&str>, body: &str) -> Raw {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut req = reqwest::Client::new()
         .post(url)
         .header("accept", "application/json, text/event-stream")

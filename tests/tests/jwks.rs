@@ -82,6 +82,7 @@ async fn broker_verifies_session_tokens_from_an_identity_providers_jwks() {
             .expect("python3 http.server"),
     );
     let url = format!("http://127.0.0.1:{port}/jwks.json");
+    let _ = rustls::crypto::ring::default_provider().install_default();
     for _ in 0..50 {
         if reqwest::get(&url).await.is_ok() {
             break;
