@@ -170,6 +170,46 @@ impl Backend {
         }
     }
 
+    /// The result of an earlier call this one repeats (same human, same
+    /// idempotency key, same arguments), if any. A key reused with other
+    /// arguments is refused.
+    pub async fn replay(
+        &self,
+        tool: &str,
+        args: &Value,
+        human: &str,
+    ) -> Result<Option<Value>, BackendError> {
+        let Some(key) = args.get("idempotency_key").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        if tool != "issue_refund" {
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "SELECT r.id, r.order_id, r.amount_cents, o.refunded_cents, o.amount_cents \
+             FROM refunds r JOIN orders o ON o.id = r.order_id WHERE r.human = ? AND r.idempotency_key = ?",
+        )
+        .bind(human)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let (id, order, amount): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+        if order != s(args, "order_id") || amount != i(args, "amount") {
+            return Err(BackendError::Refused(
+                "this idempotency key was already used for a different refund".into(),
+            ));
+        }
+        Ok(Some(json!({
+            "refund_id": id,
+            "order_id": order,
+            "amount": amount,
+            "refunded_total": row.get::<i64, _>(3),
+            "order_total": row.get::<i64, _>(4),
+            "replayed": true,
+        })))
+    }
+
     /// Executes a tool call whose arguments were validated and authorized.
     pub async fn execute(
         &self,
@@ -188,7 +228,8 @@ impl Backend {
                     .await
             }
             "issue_refund" => {
-                self.issue_refund(&s(args, "order_id"), i(args, "amount"), actor)
+                let key = args.get("idempotency_key").and_then(Value::as_str);
+                self.issue_refund(&s(args, "order_id"), i(args, "amount"), key, actor)
                     .await
             }
             "fetch_document" => self.fetch_document(&s(args, "doc_id")).await,
@@ -275,15 +316,44 @@ impl Backend {
         &self,
         order: &str,
         amount: i64,
+        key: Option<&str>,
         actor: &Actor<'_>,
     ) -> Result<Value, BackendError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take the write lock before reading the balance, so two
+        // concurrent refunds of one order cannot both see the old balance.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT amount_cents, refunded_cents FROM orders WHERE id = ?")
             .bind(order)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| BackendError::NotFound(format!("order {order}")))?;
         let (total, refunded): (i64, i64) = (row.get(0), row.get(1));
+        if let Some(key) = key {
+            let first = sqlx::query(
+                "SELECT id, order_id, amount_cents FROM refunds WHERE human = ? AND idempotency_key = ?",
+            )
+            .bind(actor.human)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(first) = first {
+                let (id, first_order, first_amount): (String, String, i64) =
+                    (first.get(0), first.get(1), first.get(2));
+                if first_order != order || first_amount != amount {
+                    return Err(BackendError::Refused(
+                        "this idempotency key was already used for a different refund".into(),
+                    ));
+                }
+                return Ok(json!({
+                    "refund_id": id,
+                    "order_id": order,
+                    "amount": amount,
+                    "refunded_total": refunded,
+                    "order_total": total,
+                    "replayed": true,
+                }));
+            }
+        }
         if amount <= 0 || refunded.saturating_add(amount) > total {
             return Err(BackendError::Refused(format!(
                 "refund of {amount} cents exceeds the refundable balance of order {order}"
@@ -296,8 +366,8 @@ impl Backend {
             .await?;
         let id = zt_proto::random_id("rf_");
         sqlx::query(
-            "INSERT INTO refunds (id, order_id, amount_cents, session_id, human, grant_id, created_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO refunds (id, order_id, amount_cents, session_id, human, grant_id, idempotency_key, created_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
         .bind(order)
@@ -305,6 +375,7 @@ impl Backend {
         .bind(actor.session)
         .bind(actor.human)
         .bind(actor.grant_id)
+        .bind(key)
         .bind(zt_proto::now_ms())
         .execute(&mut *tx)
         .await?;

@@ -233,6 +233,41 @@ impl Broker {
             let r = Refusal::new("deny", "schema", msg.clone(), msg);
             return self.refuse(claims, tool, &args, r).await;
         }
+        // A retry with the same idempotency key returns the first result:
+        // nothing new executes, so there is nothing new to decide.
+        match self.backend.replay(tool, &args, &claims.sub).await {
+            Ok(None) => {}
+            Ok(Some(first)) => {
+                let mut rec = self.record(claims, tool, &args);
+                rec.decision = "replay".into();
+                rec.status = "ok".into();
+                rec.detail = "idempotent retry: returned the first result, nothing executed".into();
+                if let Err(e) = self.audit.append(Kind::Decision, rec).await {
+                    tracing::error!(error = %e, "audit write failed; refusing the call");
+                    return error_result(
+                        "the action could not be recorded, so it was not run",
+                        "error",
+                        json!({}),
+                    );
+                }
+                self.publish(claims, tool, &args, "replay", "idempotent retry".into(), "");
+                return ok_result(first);
+            }
+            Err(BackendError::Refused(why)) => {
+                let r = Refusal::new("deny", "idempotency", why.clone(), why);
+                return self.refuse(claims, tool, &args, r).await;
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, tool, "idempotency lookup failed");
+                let r = Refusal::new(
+                    "deny",
+                    "backend",
+                    "the backend is unavailable; try again later",
+                    "idempotency lookup failed",
+                );
+                return self.refuse(claims, tool, &args, r).await;
+            }
+        }
         let resource = match self.backend.resource(tool, &args).await {
             Ok(r) => r,
             Err(BackendError::NotFound(what)) => {
