@@ -109,13 +109,7 @@ async fn drive(
     let scenario_path = stack.data_dir.join("run").join("scenario.toml");
     std::fs::write(&scenario_path, scenario_text)?;
     let agent_log = stack.data_dir.join("run").join("agent.log");
-    // The agent is its own process: its environment holds the session token
-    // and nothing else of the stack's.
-    let agent = stack::command("zt-console")
-        .args(["agent", "--broker", &stack.broker_url, "--scenario"])
-        .arg(&scenario_path)
-        .arg("--json")
-        .env("BROKER_SESSION_TOKEN", &session_token)
+    let agent = agent_command(&stack.broker_url, &scenario_path, &session_token)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(std::fs::File::create(&agent_log)?))
         .kill_on_drop(true)
@@ -164,6 +158,22 @@ async fn drive(
         tui?;
         Ok(true)
     }
+}
+
+/// The scripted agent as its own process. Its environment is cleared and
+/// holds the session token and nothing else of the stack's: no backend
+/// location, no key, no credential.
+pub fn agent_command(
+    broker_url: &str,
+    scenario: &std::path::Path,
+    session_token: &str,
+) -> tokio::process::Command {
+    let mut cmd = stack::command("zt-console");
+    cmd.args(["agent", "--broker", broker_url, "--scenario"])
+        .arg(scenario)
+        .arg("--json")
+        .env("BROKER_SESSION_TOKEN", session_token);
+    cmd
 }
 
 /// Decides every pending escalation as the demo's operator.
