@@ -24,6 +24,16 @@ enum Command {
         #[arg(long, env = "ZT_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Serve MCP over stdin/stdout for one local agent, whose session token
+    /// is read from BROKER_SESSION_TOKEN (re-verified on every request).
+    Stdio {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The approval service (default: the one running for DIR).
+        #[arg(long)]
+        approval: Option<String>,
+    },
     /// Serve MCP over Streamable HTTP at /mcp.
     Serve {
         /// The stack's data directory.
@@ -50,6 +60,19 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init { data_dir } => zt_broker::setup::init(&Layout::new(data_dir)),
+        Command::Stdio { data_dir, approval } => match std::env::var("BROKER_SESSION_TOKEN") {
+            Ok(token) => {
+                let opts = zt_broker::Options {
+                    data_dir,
+                    listen: ([127, 0, 0, 1], 0).into(),
+                    approval_url: approval,
+                };
+                zt_broker::server::serve_stdio(opts, token.trim().to_owned()).await
+            }
+            Err(_) => Err(anyhow::anyhow!(
+                "BROKER_SESSION_TOKEN is not set (issue one with `zt-approval token issue`)"
+            )),
+        },
         Command::Serve {
             data_dir,
             listen,

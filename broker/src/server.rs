@@ -50,6 +50,25 @@ pub struct Options {
 #[derive(Clone)]
 pub struct Mcp {
     broker: SharedBroker,
+    /// Over stdio there are no HTTP headers: the session token given at
+    /// start, re-verified on every request.
+    stdio: Option<(Arc<str>, Auth)>,
+}
+
+impl Mcp {
+    async fn claims(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Arc<SessionClaims>, ErrorData> {
+        match &self.stdio {
+            None => {
+                claims_of(ctx).ok_or_else(|| ErrorData::invalid_request("unauthenticated", None))
+            }
+            Some((token, auth)) => auth.check(token).await.map(Arc::new).map_err(|why| {
+                ErrorData::invalid_request(format!("session token refused: {why}"), None)
+            }),
+        }
+    }
 }
 
 fn claims_of(ctx: &RequestContext<RoleServer>) -> Option<Arc<SessionClaims>> {
@@ -75,8 +94,7 @@ impl ServerHandler for Mcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let claims = claims_of(&context)
-            .ok_or_else(|| ErrorData::invalid_request("unauthenticated", None))?;
+        let claims = self.claims(&context).await?;
         let bundle = self.broker.policy.current();
         let tools = bundle
             .tools()
@@ -105,8 +123,7 @@ impl ServerHandler for Mcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let claims = claims_of(&context)
-            .ok_or_else(|| ErrorData::invalid_request("unauthenticated", None))?;
+        let claims = self.claims(&context).await?;
         if self.broker.policy.current().tool(&request.name).is_none() {
             // Unknown tools are a protocol error; still audited.
             let _ = self
@@ -156,6 +173,25 @@ struct Auth {
     revoked: Revocations,
 }
 
+impl Auth {
+    /// Verifies a session token and that its session is not revoked.
+    async fn check(&self, jwt: &str) -> Result<SessionClaims, String> {
+        let expect = Expect {
+            issuer: &self.issuer,
+            audience: &self.audience,
+        };
+        let claims = self
+            .keys
+            .verify(jwt, &expect)
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.revoked.contains(&claims.sid) {
+            return Err(token::TokenError::Revoked.to_string());
+        }
+        Ok(claims)
+    }
+}
+
 async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
@@ -166,24 +202,9 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let expect = Expect {
-        issuer: &auth.issuer,
-        audience: &auth.audience,
-    };
     let result = match token {
         None => Err("missing bearer token".to_owned()),
-        Some(t) => auth
-            .keys
-            .verify(t, &expect)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|c| {
-                if auth.revoked.contains(&c.sid) {
-                    Err(token::TokenError::Revoked.to_string())
-                } else {
-                    Ok(c)
-                }
-            }),
+        Some(t) => auth.check(t).await,
     };
     match result {
         Ok(claims) => {
@@ -289,12 +310,16 @@ async fn insufficient_scope(auth: &Auth, claims: &SessionClaims, tool: &str) -> 
     resp
 }
 
-/// Runs the broker until `shutdown` resolves. Prints `broker_url=...` once
-/// listening and records it in the stack's `run/` directory.
-pub async fn serve(
-    opts: Options,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// A started broker: the call path and the authenticator, before any transport.
+struct Started {
+    layout: Layout,
+    broker: SharedBroker,
+    auth: Auth,
+}
+
+/// Loads keys, config, policy, backend and audit chain, connects upstream,
+/// and starts the background tasks (live events, revocations, policy reload).
+async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let layout = Layout::new(&opts.data_dir);
     let m = setup::load(&layout)?;
     let policy = PolicyStore::open(layout.policies())
@@ -304,7 +329,11 @@ pub async fn serve(
         .context("opening the backend")?;
     let state = crate::state::open(&layout.private("broker").join("broker.db")).await?;
     let audit_pool = zt_proto::store::open_pool(&layout.audit_db()).await?;
-    let audit = Arc::new(AuditLog::open(audit_pool, AUDIT_CHAIN, m.audit_key.clone()).await?);
+    if chain != AUDIT_CHAIN {
+        // Every writer has its own chain; pin this one's key beside the others.
+        m.audit_key.public().write(&layout.audit_key(chain))?;
+    }
+    let audit = Arc::new(AuditLog::open(audit_pool, chain, m.audit_key.clone()).await?);
     let approval_url = opts
         .approval_url
         .clone()
@@ -341,31 +370,8 @@ pub async fn serve(
         revoked: revoked.clone(),
         limiter: crate::ratelimit::RateLimiter::default(),
     });
-
     tokio::spawn(watch_policies(broker.clone()));
 
-    let mut config = StreamableHttpServerConfig::default();
-    config.legacy_session_mode = false;
-    config.json_response = true;
-    config.max_request_body_bytes = MAX_BODY_BYTES;
-    let config = config.enforce_origin_validation();
-    let handler_broker = broker.clone();
-    let mcp = StreamableHttpService::new(
-        move || {
-            Ok(Mcp {
-                broker: handler_broker.clone(),
-            })
-        },
-        Arc::new(NeverSessionManager::default()),
-        config,
-    );
-
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("binding {}", opts.listen))?;
-    let addr = listener.local_addr()?;
-    let base = format!("http://{addr}");
-    let metadata_url = format!("{base}/.well-known/oauth-protected-resource");
     let (keys, issuer, audience) = match &m.config.identity {
         Some(idp) => (
             SessionKeys::Jwks(crate::jwks::Jwks::fetch(&idp.jwks_url).await?),
@@ -381,13 +387,57 @@ pub async fn serve(
     let auth = Auth {
         keys,
         issuer,
-        audience: audience.clone(),
-        metadata_url: Arc::new(std::sync::OnceLock::from(metadata_url)),
+        audience,
+        metadata_url: Arc::new(std::sync::OnceLock::new()),
         audit,
         revoked,
     };
+    Ok(Started {
+        layout,
+        broker,
+        auth,
+    })
+}
+
+/// Runs the broker until `shutdown` resolves. Prints `broker_url=...` once
+/// listening and records it in the stack's `run/` directory.
+pub async fn serve(
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Started {
+        layout,
+        broker,
+        auth,
+    } = start(&opts, AUDIT_CHAIN).await?;
+
+    let mut config = StreamableHttpServerConfig::default();
+    config.legacy_session_mode = false;
+    config.json_response = true;
+    config.max_request_body_bytes = MAX_BODY_BYTES;
+    let config = config.enforce_origin_validation();
+    let handler_broker = broker.clone();
+    let mcp = StreamableHttpService::new(
+        move || {
+            Ok(Mcp {
+                broker: handler_broker.clone(),
+                stdio: None,
+            })
+        },
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let base = format!("http://{addr}");
+    let _ = auth
+        .metadata_url
+        .set(format!("{base}/.well-known/oauth-protected-resource"));
     let resource_doc = json!({
-        "resource": audience,
+        "resource": auth.audience,
         "resource_name": "zt-broker",
         "authorization_servers": [auth.issuer],
         "bearer_methods_supported": ["header"],
@@ -410,6 +460,39 @@ pub async fn serve(
     println!("broker_url={url}");
     tracing::info!(%url, "broker listening");
     serve_nodelay(listener, app, shutdown).await
+}
+
+/// Serves MCP over stdin/stdout for one agent, whose session token comes
+/// from `token` (verified at start and again on every request, so expiry and
+/// revocation apply). For local use: the broker then runs as a child of the
+/// agent's client, so keep its data directory unreadable to the agent's user
+/// (run it as its own user) or the trust boundary is only a process boundary.
+pub async fn serve_stdio(opts: Options, token: String) -> anyhow::Result<()> {
+    use rmcp::ServiceExt;
+    // Its own audit chain: it may run beside the HTTP broker of the stack.
+    let chain = format!("{AUDIT_CHAIN}-stdio-{}", &zt_proto::random_id("")[..12]);
+    let Started { broker, auth, .. } = start(&opts, &chain).await?;
+    if let Err(why) = auth.check(&token).await {
+        let rec = Record {
+            subject: "unauthenticated".into(),
+            decision: "deny".into(),
+            status: "unauthenticated".into(),
+            detail: why.clone(),
+            ..Record::default()
+        };
+        auth.audit.append(Kind::Decision, rec).await?;
+        anyhow::bail!("session token refused: {why}");
+    }
+    let mcp = Mcp {
+        broker,
+        stdio: Some((Arc::from(token), auth)),
+    };
+    let running = mcp
+        .serve(rmcp::transport::stdio())
+        .await
+        .context("starting MCP over stdio")?;
+    running.waiting().await.context("serving MCP over stdio")?;
+    Ok(())
 }
 
 /// Keeps the revocation set current. Revocations reach this broker within
