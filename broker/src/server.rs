@@ -173,6 +173,17 @@ struct Auth {
     revoked: Revocations,
 }
 
+/// The audit record of a refused session token.
+fn refused_token(why: &str) -> Record {
+    Record {
+        subject: "unauthenticated".into(),
+        decision: "deny".into(),
+        status: "unauthenticated".into(),
+        detail: why.to_owned(),
+        ..Record::default()
+    }
+}
+
 impl Auth {
     /// Verifies a session token and that its session is not revoked.
     async fn check(&self, jwt: &str) -> Result<SessionClaims, String> {
@@ -225,14 +236,7 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
             next.run(req).await
         }
         Err(why) => {
-            let rec = Record {
-                subject: "unauthenticated".into(),
-                decision: "deny".into(),
-                status: "unauthenticated".into(),
-                detail: why.clone(),
-                ..Record::default()
-            };
-            if let Err(e) = auth.audit.append(Kind::Decision, rec).await {
+            if let Err(e) = auth.audit.append(Kind::Decision, refused_token(&why)).await {
                 tracing::error!(error = %e, "audit write failed for a refused token");
             }
             let metadata = auth.metadata_url.get().cloned().unwrap_or_default();
@@ -473,14 +477,9 @@ pub async fn serve_stdio(opts: Options, token: String) -> anyhow::Result<()> {
     let chain = format!("{AUDIT_CHAIN}-stdio-{}", &zt_proto::random_id("")[..12]);
     let Started { broker, auth, .. } = start(&opts, &chain).await?;
     if let Err(why) = auth.check(&token).await {
-        let rec = Record {
-            subject: "unauthenticated".into(),
-            decision: "deny".into(),
-            status: "unauthenticated".into(),
-            detail: why.clone(),
-            ..Record::default()
-        };
-        auth.audit.append(Kind::Decision, rec).await?;
+        auth.audit
+            .append(Kind::Decision, refused_token(&why))
+            .await?;
         anyhow::bail!("session token refused: {why}");
     }
     let mcp = Mcp {

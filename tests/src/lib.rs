@@ -314,3 +314,12 @@ pub async fn raw_post(url: &str, token: Option<&str>, body: &str) -> Raw {
         body: resp.text().await.unwrap_or_default(),
     }
 }
+
+/// A read-only connection to the stack's example backend database.
+pub async fn backend(data_dir: &Path) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let db = data_dir.join("backend").join("backend.db");
+    sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", db.display()))
+        .await
+        .expect("backend db")
+}

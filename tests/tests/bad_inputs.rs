@@ -10,12 +10,7 @@ use zt_tests::{Stack, audit_bodies, call, connect, raw_list, raw_post, status, t
 
 /// (number of refunds, total refunded cents) in the backend.
 async fn refunds(stack: &Stack) -> (i64, i64) {
-    let db = Layout::new(&stack.data_dir)
-        .private("backend")
-        .join("backend.db");
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", db.display()))
-        .await
-        .unwrap();
+    let mut conn = zt_tests::backend(&stack.data_dir).await;
     let row: (i64, i64) =
         sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(amount_cents), 0) FROM refunds")
             .fetch_one(&mut conn)

@@ -4,16 +4,10 @@
 
 use serde_json::json;
 use sqlx::Connection;
-use zt_proto::stack::Layout;
 use zt_tests::{Stack, audit_bodies, call, connect, status, text};
 
 async fn refunded(stack: &Stack, order: &str) -> (i64, i64) {
-    let db = Layout::new(&stack.data_dir)
-        .private("backend")
-        .join("backend.db");
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", db.display()))
-        .await
-        .unwrap();
+    let mut conn = zt_tests::backend(&stack.data_dir).await;
     let row: (i64, i64) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM refunds WHERE order_id = ?1), refunded_cents FROM orders WHERE id = ?1",
     )
