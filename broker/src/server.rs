@@ -171,6 +171,37 @@ struct Auth {
     metadata_url: Arc<std::sync::OnceLock<String>>,
     audit: Arc<AuditLog>,
     revoked: Revocations,
+    verified: Arc<VerifiedTokens>,
+}
+
+/// Most tokens kept in [`VerifiedTokens`].
+const VERIFIED_MAX: usize = 10_000;
+
+/// Session tokens already verified, kept until they expire: an EdDSA
+/// verification costs tens of microseconds, a lookup well under one. Keyed
+/// by the whole token, so only the identical bytes hit. Revocation is still
+/// checked on every request; a key retired meanwhile stops a cached token at
+/// its expiry at the latest (15 minutes).
+#[derive(Debug, Default)]
+struct VerifiedTokens(std::sync::Mutex<std::collections::HashMap<Arc<str>, SessionClaims>>);
+
+impl VerifiedTokens {
+    fn get(&self, jwt: &str, now: i64) -> Option<SessionClaims> {
+        let map = self.0.lock().ok()?;
+        map.get(jwt).filter(|c| now < c.exp).cloned()
+    }
+
+    fn put(&self, jwt: &str, claims: &SessionClaims, now: i64) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= VERIFIED_MAX {
+                map.retain(|_, c| now < c.exp);
+                if map.len() >= VERIFIED_MAX {
+                    map.clear();
+                }
+            }
+            map.insert(Arc::from(jwt), claims.clone());
+        }
+    }
 }
 
 /// The audit record of a refused session token.
@@ -191,11 +222,19 @@ impl Auth {
             issuer: &self.issuer,
             audience: &self.audience,
         };
-        let claims = self
-            .keys
-            .verify(jwt, &expect)
-            .await
-            .map_err(|e| e.to_string())?;
+        let now = token::now_secs();
+        let claims = match self.verified.get(jwt, now) {
+            Some(c) => c,
+            None => {
+                let c = self
+                    .keys
+                    .verify(jwt, &expect)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.verified.put(jwt, &c, now);
+                c
+            }
+        };
         if self.revoked.contains(&claims.sid) {
             return Err(token::TokenError::Revoked.to_string());
         }
@@ -395,6 +434,7 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         metadata_url: Arc::new(std::sync::OnceLock::new()),
         audit,
         revoked,
+        verified: Arc::default(),
     };
     Ok(Started {
         layout,
