@@ -143,7 +143,7 @@ impl Sealed {
 }
 
 /// Appends to one chain. Not thread-safe by itself: the store serializes appends.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChainWriter {
     chain: String,
     key: KeyPair,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{self, ChainWriter, Finding, Kind, Problem, Record, Sealed, Verified};
 use crate::keys::{KeyPair, PublicKey};
@@ -33,6 +33,12 @@ pub enum StoreError {
     /// The entry could not be encoded.
     #[error("audit entry could not be encoded: {0}")]
     Encode(String),
+    /// The batch holding the entry could not be written.
+    #[error("audit database: {0}")]
+    Batch(String),
+    /// The writer task has stopped.
+    #[error("audit writer stopped")]
+    Closed,
 }
 
 const SCHEMA: &[&str] = &[
@@ -85,11 +91,27 @@ pub async fn open_pool(path: &Path) -> Result<SqlitePool, StoreError> {
     Ok(pool)
 }
 
+/// Most entries written in one group commit.
+pub const MAX_BATCH: usize = 64;
+
 /// One writer's chain in the store.
+///
+/// Appends are group-committed: a single writer task takes every append
+/// queued while the previous batch was being written, seals them in order,
+/// writes them as one multi-row `INSERT` (one transaction, one fsync), and
+/// only then answers each caller. Every entry is durable before its
+/// `append` returns; concurrent callers share the fsync.
 #[derive(Debug)]
 pub struct AuditLog {
     pool: SqlitePool,
-    writer: Mutex<ChainWriter>,
+    jobs: mpsc::Sender<Job>,
+}
+
+#[derive(Debug)]
+struct Job {
+    kind: Kind,
+    record: Record,
+    reply: oneshot::Sender<Result<Sealed, StoreError>>,
 }
 
 impl AuditLog {
@@ -128,10 +150,13 @@ impl AuditLog {
             (u64::try_from(seq).unwrap_or(0), row.get::<String, _>(1))
         });
         let fresh = last.is_none();
-        let log = AuditLog {
-            pool,
-            writer: Mutex::new(ChainWriter::new(chain.to_owned(), key, last)),
-        };
+        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(write_batches(
+            pool.clone(),
+            ChainWriter::new(chain.to_owned(), key, last),
+            rx,
+        ));
+        let log = AuditLog { pool, jobs };
         if fresh {
             log.append(
                 Kind::ChainStart,
@@ -153,23 +178,93 @@ impl AuditLog {
 
     /// Appends one entry and returns it once it is durably stored.
     pub async fn append(&self, kind: Kind, record: Record) -> Result<Sealed, StoreError> {
-        let mut writer = self.writer.lock().await;
-        let sealed = writer
-            .seal(kind, record, crate::now_ms())
-            .map_err(|e| StoreError::Encode(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO audit_entries (chain, seq, body, hash, sig) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&sealed.chain)
-        .bind(i64::try_from(sealed.seq).unwrap_or(i64::MAX))
-        .bind(&sealed.body)
-        .bind(&sealed.hash)
-        .bind(&sealed.sig)
-        .execute(&self.pool)
-        .await?;
-        writer.advance(&sealed);
-        Ok(sealed)
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                kind,
+                record,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
+}
+
+/// The writer task: group commit, in chain order.
+async fn write_batches(pool: SqlitePool, mut writer: ChainWriter, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        // Seal in order; an entry that cannot be encoded is answered at once
+        // and takes no place in the chain.
+        let before = writer.clone();
+        let now = crate::now_ms();
+        let mut batch: Vec<(Sealed, oneshot::Sender<Result<Sealed, StoreError>>)> = Vec::new();
+        for job in jobs {
+            match writer.seal(job.kind, job.record, now) {
+                Ok(sealed) => {
+                    writer.advance(&sealed);
+                    batch.push((sealed, job.reply));
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(StoreError::Encode(e.to_string())));
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        match insert(&pool, batch.iter().map(|(s, _)| s)).await {
+            Ok(()) => {
+                for (sealed, reply) in batch {
+                    let _ = reply.send(Ok(sealed));
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch is stored: the chain continues from
+                // where it was, and every caller learns its entry failed.
+                writer = before;
+                let why = e.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::Batch(why.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Writes sealed entries as one multi-row statement (one transaction).
+async fn insert<'a>(
+    pool: &SqlitePool,
+    entries: impl Iterator<Item = &'a Sealed>,
+) -> Result<(), sqlx::Error> {
+    let entries: Vec<&Sealed> = entries.collect();
+    let mut sql = String::from("INSERT INTO audit_entries (chain, seq, body, hash, sig) VALUES ");
+    for i in 0..entries.len() {
+        sql.push_str(if i == 0 {
+            "(?, ?, ?, ?, ?)"
+        } else {
+            ", (?, ?, ?, ?, ?)"
+        });
+    }
+    // Only placeholders are formatted into the statement.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for e in entries {
+        query = query
+            .bind(e.chain.clone())
+            .bind(i64::try_from(e.seq).unwrap_or(i64::MAX))
+            .bind(e.body.clone())
+            .bind(e.hash.clone())
+            .bind(e.sig.clone());
+    }
+    query.execute(pool).await?;
+    Ok(())
 }
 
 /// The chains recorded in the store, with the key each was started with.
@@ -326,4 +421,71 @@ pub async fn open_read_only(path: &Path) -> Result<SqlitePool, StoreError> {
         .max_connections(2)
         .connect_with(opts)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_form_one_verifiable_chain() {
+        let dir = std::env::temp_dir().join(crate::random_id("zt-store-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pool = open_pool(&dir.join("audit.db")).await.unwrap();
+        let key = KeyPair::from_seed(&[3; 32]);
+        let log = Arc::new(
+            AuditLog::open(pool.clone(), "w", key.clone())
+                .await
+                .unwrap(),
+        );
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let rec = Record {
+                        detail: i.to_string(),
+                        ..Record::default()
+                    };
+                    log.append(Kind::Decision, rec).await.map(|s| s.seq)
+                })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap().unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (2..=201).collect::<Vec<u64>>(),
+            "entry 1 starts the chain"
+        );
+
+        // An entry that cannot be encoded fails alone and leaves no gap.
+        let bad = Record {
+            args: serde_json::json!({"amount": 1.5}),
+            ..Record::default()
+        };
+        assert!(matches!(
+            log.append(Kind::Decision, bad).await,
+            Err(StoreError::Encode(_))
+        ));
+
+        let pinned: BTreeMap<String, PublicKey> = [("w".to_owned(), key.public())].into();
+        let report = verify(&pool, Some(&pinned)).await.unwrap();
+        assert!(report.intact(), "{report:?}");
+        assert_eq!(report.entries(), 201);
+
+        // A reopened writer continues the same chain.
+        drop(log);
+        let again = AuditLog::open(pool.clone(), "w", key).await.unwrap();
+        let next = again
+            .append(Kind::Decision, Record::default())
+            .await
+            .unwrap();
+        assert_eq!(next.seq, 202);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
