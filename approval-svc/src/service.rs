@@ -15,9 +15,9 @@ use zt_proto::audit::{Kind, Record};
 use zt_proto::grant::{Grant, MAX_GRANT_TTL_MS};
 use zt_proto::pb::approval_server::{Approval, ApprovalServer};
 use zt_proto::pb::{
-    ApprovalRequest, DecideRequest, EscalateRequest, Event, GetRequestRequest, ListPendingRequest,
-    ListPendingResponse, Operator, PublishAck, ReportExecutionRequest, WaitDecisionRequest,
-    WatchEventsRequest, WhoAmIRequest,
+    ApprovalRequest, DecideRequest, EscalateRequest, Event, EventBatch, GetRequestRequest,
+    ListPendingRequest, ListPendingResponse, Operator, PublishAck, ReportExecutionRequest,
+    WaitDecisionRequest, WatchEventsRequest, WhoAmIRequest,
 };
 use zt_proto::pb::{
     IssueSessionRequest, ListRevokedRequest, RefreshSessionRequest, RevokeSessionRequest, Revoked,
@@ -34,6 +34,8 @@ use crate::setup::{self, AUDIT_CHAIN, Keys};
 
 /// Longest a broker may block in `WaitDecision` per call.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Most events accepted in one `PublishBatch`.
+pub const MAX_EVENT_BATCH: usize = 1024;
 /// Longest free-text field accepted (reasons, justifications).
 pub const MAX_TEXT: usize = 1000;
 
@@ -455,6 +457,26 @@ impl Approval for Service {
         event.seq = 0;
         event.time_ms = 0;
         let seq = self.0.hub.publish(event);
+        Ok(Response::new(PublishAck { seq }))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<EventBatch>,
+    ) -> Result<Response<PublishAck>, Status> {
+        self.service(&request)?;
+        let events = request.into_inner().events;
+        if events.len() > MAX_EVENT_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_EVENT_BATCH} events per batch"
+            )));
+        }
+        let mut seq = 0;
+        for mut event in events {
+            event.seq = 0;
+            event.time_ms = 0;
+            seq = self.0.hub.publish(event);
+        }
         Ok(Response::new(PublishAck { seq }))
     }
 

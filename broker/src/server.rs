@@ -390,9 +390,12 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let (events, mut events_rx) = mpsc::channel(1024);
     let publisher = upstream.clone();
     tokio::spawn(async move {
-        while let Some(ev) = events_rx.recv().await {
-            if let Err(e) = publisher.publish(ev).await {
-                tracing::debug!(error = %e, "live event dropped");
+        // One RPC carries every event queued meanwhile, so a busy broker
+        // does not make one call to the approval service per tool call.
+        let mut batch = Vec::new();
+        while events_rx.recv_many(&mut batch, 256).await > 0 {
+            if let Err(e) = publisher.publish(std::mem::take(&mut batch)).await {
+                tracing::debug!(error = %e, "live events dropped");
             }
         }
     });

@@ -9,8 +9,8 @@ use tonic::transport::{Channel, Endpoint};
 use zt_proto::keys::KeyPair;
 use zt_proto::pb::approval_client::ApprovalClient;
 use zt_proto::pb::{
-    ApprovalRequest, EscalateRequest, Event, ListRevokedRequest, ReportExecutionRequest,
-    RevokedSessions, WaitDecisionRequest,
+    ApprovalRequest, EscalateRequest, Event, EventBatch, ListRevokedRequest,
+    ReportExecutionRequest, RevokedSessions, WaitDecisionRequest,
 };
 use zt_proto::stack::StackInfo;
 use zt_proto::token::{self, SERVICE_TTL_SECS, ServiceClaims, TokenType};
@@ -133,10 +133,10 @@ impl Upstream {
         Ok(())
     }
 
-    /// Publishes a live event for operators (best effort).
-    pub async fn publish(&self, event: Event) -> Result<(), UpstreamError> {
-        let r = self.request(event, Duration::from_secs(3))?;
-        self.client()?.publish(r).await.map_err(Self::map)?;
+    /// Publishes live events for operators, in order (best effort).
+    pub async fn publish(&self, events: Vec<Event>) -> Result<(), UpstreamError> {
+        let r = self.request(EventBatch { events }, Duration::from_secs(3))?;
+        self.client()?.publish_batch(r).await.map_err(Self::map)?;
         Ok(())
     }
 
