@@ -166,24 +166,13 @@ async fn bad_inputs_are_refused_audited_and_have_no_effect() {
         "no bad input reached the backend"
     );
 
-    // Rate limit: issue_refund allows a burst of 5 per session.
+    // Rate limit: issue_refund allows a burst of 5 per session; the sixth is refused.
+    let tiny = json!({"order_id": "ord_1001", "amount": 1});
     for i in 0..5 {
-        let r = call(
-            &agent,
-            "issue_refund",
-            json!({"order_id": "ord_1001", "amount": 1}),
-        )
-        .await
-        .unwrap();
+        let r = call(&agent, "issue_refund", tiny.clone()).await.unwrap();
         assert_eq!(status(&r), "ok", "refund {i}: {}", text(&r));
     }
-    let r = call(
-        &agent,
-        "issue_refund",
-        json!({"order_id": "ord_1001", "amount": 1}),
-    )
-    .await
-    .unwrap();
+    let r = call(&agent, "issue_refund", tiny).await.unwrap();
     assert_eq!(status(&r), "denied");
     assert!(text(&r).contains("rate limit"), "{}", text(&r));
     assert!(audited(&stack, "rate limit exceeded").await);
