@@ -21,8 +21,24 @@ fn shipped() -> PolicyBundle {
     }
 }
 
+/// A copy of the data directory, removed when dropped.
+struct TempCopy(PathBuf);
+
+impl std::ops::Deref for TempCopy {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A fresh copy of the shipped data directory in the temp dir.
-fn temp_copy(name: &str) -> PathBuf {
+fn temp_copy(name: &str) -> TempCopy {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "zt-policies-{}-{}-{name}",
@@ -39,7 +55,7 @@ fn temp_copy(name: &str) -> PathBuf {
     ] {
         std::fs::copy(data_dir().join(f), dir.join(f)).unwrap();
     }
-    dir
+    TempCopy(dir)
 }
 
 fn edit(dir: &Path, file: &str, f: impl FnOnce(String) -> String) {
@@ -987,7 +1003,7 @@ fn load_errors_name_the_file() {
 #[test]
 fn store_reload_swaps_or_keeps() {
     let dir = temp_copy("reload");
-    let store = PolicyStore::open(&dir).unwrap();
+    let store = PolicyStore::open(dir.to_path_buf()).unwrap();
     let r = refund(
         "alice",
         json!(6000),
@@ -1007,7 +1023,7 @@ fn store_reload_swaps_or_keeps() {
     store.reload().unwrap();
     assert_eq!(store.current().decide(&r).effect, Effect::Allow);
     assert_eq!(before.decide(&r).effect, Effect::Escalate);
-    assert_eq!(store.dir(), dir.as_path());
+    assert_eq!(store.dir(), &*dir);
 }
 
 // ------------------------------------------------------------------ the binary
