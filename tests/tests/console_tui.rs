@@ -13,6 +13,15 @@ fn tmux(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Kills the tmux session when the test ends, pass or fail.
+struct Session(String);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = tmux(&["kill-session", "-t", &self.0]);
+    }
+}
+
 fn screen(session: &str) -> String {
     tmux(&["capture-pane", "-t", session, "-p"])
 }
@@ -56,6 +65,7 @@ fn operator_approves_an_escalated_refund_with_keystrokes() {
         "45",
         &cmd,
     ]);
+    let _guard = Session(session.clone());
 
     let s = wait_for(
         &session,
@@ -75,7 +85,6 @@ fn operator_approves_an_escalated_refund_with_keystrokes() {
 
     tmux(&["send-keys", "-t", &session, "q"]);
     let end = wait_for(&session, &["DEMO-EXIT="]);
-    let _ = tmux(&["kill-session", "-t", &session]);
     assert!(end.contains("DEMO-EXIT=0"), "{end}");
 
     let out = run(
