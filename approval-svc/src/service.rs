@@ -239,6 +239,20 @@ impl Service {
             .ok_or_else(|| Status::not_found("no such request"))
     }
 
+    /// Publishes events a broker sent; the hub, not the sender, numbers and
+    /// timestamps them. Returns the last sequence number.
+    fn publish_from_broker(&self, events: Vec<Event>) -> u64 {
+        events
+            .into_iter()
+            .map(|mut event| {
+                event.seq = 0;
+                event.time_ms = 0;
+                self.0.hub.publish(event)
+            })
+            .last()
+            .unwrap_or(0)
+    }
+
     fn notify(&self) {
         self.0.changed.send_modify(|v| *v += 1);
     }
@@ -453,10 +467,7 @@ impl Approval for Service {
 
     async fn publish(&self, request: Request<Event>) -> Result<Response<PublishAck>, Status> {
         self.service(&request)?;
-        let mut event = request.into_inner();
-        event.seq = 0;
-        event.time_ms = 0;
-        let seq = self.0.hub.publish(event);
+        let seq = self.publish_from_broker(vec![request.into_inner()]);
         Ok(Response::new(PublishAck { seq }))
     }
 
@@ -471,12 +482,7 @@ impl Approval for Service {
                 "at most {MAX_EVENT_BATCH} events per batch"
             )));
         }
-        let mut seq = 0;
-        for mut event in events {
-            event.seq = 0;
-            event.time_ms = 0;
-            seq = self.0.hub.publish(event);
-        }
+        let seq = self.publish_from_broker(events);
         Ok(Response::new(PublishAck { seq }))
     }
 

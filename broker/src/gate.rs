@@ -155,6 +155,19 @@ impl Broker {
         let _ = self.events.try_send(event);
     }
 
+    /// Durably records an entry that must exist before anything further
+    /// happens; if it cannot be written, the call is refused (fail closed).
+    async fn record_first(&self, kind: Kind, rec: Record) -> Result<(), CallToolResult> {
+        self.audit.append(kind, rec).await.map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "audit write failed; refusing the call");
+            error_result(
+                "the action could not be recorded, so it was not run",
+                "error",
+                json!({}),
+            )
+        })
+    }
+
     /// Audits a refusal and turns it into the model's error result.
     async fn refuse(
         &self,
@@ -242,13 +255,8 @@ impl Broker {
                 rec.decision = "replay".into();
                 rec.status = "ok".into();
                 rec.detail = "idempotent retry: returned the first result, nothing executed".into();
-                if let Err(e) = self.audit.append(Kind::Decision, rec).await {
-                    tracing::error!(error = %e, "audit write failed; refusing the call");
-                    return error_result(
-                        "the action could not be recorded, so it was not run",
-                        "error",
-                        json!({}),
-                    );
+                if let Err(refused) = self.record_first(Kind::Decision, rec).await {
+                    return refused;
                 }
                 self.publish(claims, tool, &args, "replay", "idempotent retry".into(), "");
                 return ok_result(first);
@@ -347,13 +355,8 @@ impl Broker {
             rec.grant_id = g.id.clone();
             rec.request_id = req.id.clone();
         }
-        if let Err(e) = self.audit.append(Kind::Decision, rec.clone()).await {
-            tracing::error!(error = %e, "audit write failed; refusing the call");
-            return error_result(
-                "the action could not be recorded, so it was not run",
-                "error",
-                json!({}),
-            );
+        if let Err(refused) = self.record_first(Kind::Decision, rec.clone()).await {
+            return refused;
         }
         let actor = backend::Actor {
             session: &claims.sid,
@@ -466,13 +469,8 @@ impl Broker {
         rec.request_id = req.id.clone();
         rec.status = req.status.clone();
         rec.detail = decision.reason.clone();
-        if let Err(e) = self.audit.append(Kind::Escalation, rec).await {
-            tracing::error!(error = %e, "audit write failed; refusing the call");
-            return error_result(
-                "the action could not be recorded, so it was not run",
-                "error",
-                json!({}),
-            );
+        if let Err(refused) = self.record_first(Kind::Escalation, rec).await {
+            return refused;
         }
         self.publish(
             claims,
@@ -619,13 +617,8 @@ impl Broker {
         rec.request_id = req.id.clone();
         rec.status = "accepted".into();
         rec.detail = format!("approved by {}", grant.approvers.join(", "));
-        if let Err(e) = self.audit.append(Kind::GrantUse, rec).await {
-            tracing::error!(error = %e, "audit write failed; refusing the call");
-            return error_result(
-                "the action could not be recorded, so it was not run",
-                "error",
-                json!({}),
-            );
+        if let Err(refused) = self.record_first(Kind::GrantUse, rec).await {
+            return refused;
         }
         self.run(claims, tool, args, decision, Some((&grant, req)))
             .await
