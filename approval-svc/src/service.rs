@@ -242,15 +242,13 @@ impl Service {
     /// Publishes events a broker sent; the hub, not the sender, numbers and
     /// timestamps them. Returns the last sequence number.
     fn publish_from_broker(&self, events: Vec<Event>) -> u64 {
-        events
-            .into_iter()
-            .map(|mut event| {
-                event.seq = 0;
-                event.time_ms = 0;
-                self.0.hub.publish(event)
-            })
-            .last()
-            .unwrap_or(0)
+        let mut seq = 0;
+        for mut event in events {
+            event.seq = 0;
+            event.time_ms = 0;
+            seq = self.0.hub.publish(event);
+        }
+        seq
     }
 
     fn notify(&self) {
