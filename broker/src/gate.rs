@@ -276,8 +276,8 @@ impl Broker {
                 return self.refuse(claims, tool, &args, r).await;
             }
         }
-        let resource = match self.backend.resource(tool, &args).await {
-            Ok(r) => r,
+        let fetched = match self.backend.resource(tool, &args).await {
+            Ok(f) => f,
             Err(BackendError::NotFound(what)) => {
                 let r = Refusal::new(
                     "deny",
@@ -303,7 +303,7 @@ impl Broker {
             args: args.clone(),
             agent: claims.agent().to_owned(),
             human: claims.sub.clone(),
-            resource: resource.clone(),
+            resource: fetched.resource,
         };
         let decision = bundle.decide(&request);
         match decision.effect {
@@ -317,10 +317,76 @@ impl Broker {
                 self.refuse(claims, tool, &args, r).await
             }
             Effect::Allow | Effect::Constrain => {
-                self.run(claims, tool, &args, &decision, None).await
+                let read_only = bundle.tool(tool).is_some_and(|t| t.read_only);
+                if read_only {
+                    self.read(claims, tool, &args, &decision, fetched.snapshot)
+                        .await
+                } else {
+                    self.run(claims, tool, &args, &decision, None).await
+                }
             }
             Effect::Escalate => self.escalate(claims, tool, &decision, &request).await,
         }
+    }
+
+    /// An allowed read-only call. A read has no side effect to precede, so
+    /// the decision entry is not awaited before the read; instead the
+    /// decision and the result are queued together (one group commit) and
+    /// the result is released only once both are durable. If either fails,
+    /// the model gets an error and no data (fail closed).
+    async fn read(
+        &self,
+        claims: &SessionClaims,
+        tool: &str,
+        original: &Value,
+        decision: &Decision,
+        snapshot: Option<Value>,
+    ) -> CallToolResult {
+        let args = &decision.args;
+        let effect = effect_name(decision.effect);
+        let mut rec = self.record(claims, tool, args);
+        rec.decision = effect.to_owned();
+        rec.rules = decision.rules.clone();
+        rec.status = "executing".into();
+        rec.detail = if args != original {
+            format!(
+                "{} (arguments rewritten from {})",
+                decision.reason, original
+            )
+        } else {
+            decision.reason.clone()
+        };
+        let intent = self.audit.submit(Kind::Decision, rec.clone()).await;
+        let outcome = match snapshot {
+            // The row read for the policy is the result, unless the policy
+            // rewrote the arguments.
+            Some(value) if args == original => Ok(value),
+            _ => {
+                let actor = backend::Actor {
+                    session: &claims.sid,
+                    human: &claims.sub,
+                    grant_id: None,
+                };
+                self.backend.execute(tool, args, &actor).await
+            }
+        };
+        rec.status = if outcome.is_ok() { "ok" } else { "error" }.into();
+        rec.detail = match &outcome {
+            Ok(v) => summarize(tool, v),
+            Err(e) => format!("{e:?}"),
+        };
+        rec.decision = "executed".into();
+        let result = self.audit.submit(Kind::Result, rec).await;
+        let (intent, result) = (intent.durable().await, result.durable().await);
+        if let Err(e) = intent.and(result) {
+            tracing::error!(error = %e, "audit write failed; withholding a read result");
+            return error_result(
+                "the action could not be recorded, so its result is withheld",
+                "error",
+                json!({}),
+            );
+        }
+        self.finish(claims, tool, args, decision, effect, outcome)
     }
 
     /// Audits the decision (durably, before any side effect), executes, and
@@ -389,11 +455,23 @@ impl Broker {
                 tracing::warn!(error = %e, request = %req.id, "could not report execution");
             }
         }
+        let label = if grant.is_some() { "executed" } else { effect };
+        self.finish(claims, tool, args, decision, label, outcome)
+    }
+
+    /// Publishes the outcome to the live view and shapes the model's result.
+    fn finish(
+        &self,
+        claims: &SessionClaims,
+        tool: &str,
+        args: &Value,
+        decision: &Decision,
+        label: &str,
+        outcome: Result<Value, backend::BackendError>,
+    ) -> CallToolResult {
         match outcome {
-            Ok(value) => {
-                let label = if grant.is_some() { "executed" } else { effect };
+            Ok(mut value) => {
                 self.publish(claims, tool, args, label, summarize(tool, &value), "");
-                let mut value = value;
                 if let (Effect::Constrain, Value::Object(m)) = (decision.effect, &mut value) {
                     m.insert(
                         "constrained".into(),
@@ -403,6 +481,9 @@ impl Broker {
                 ok_result(value)
             }
             Err(e) => {
+                if let backend::BackendError::Unavailable(why) = &e {
+                    tracing::error!(tool, why, "backend unavailable");
+                }
                 self.publish(claims, tool, args, "error", e.to_string(), "");
                 error_result(&e.to_string(), "error", json!({}))
             }

@@ -33,6 +33,9 @@ enum Command {
         /// The approval service (default: the one running for DIR).
         #[arg(long)]
         approval: Option<String>,
+        /// The billing API (default: broker.toml's, else the one running for DIR).
+        #[arg(long)]
+        billing: Option<String>,
     },
     /// Serve MCP over Streamable HTTP at /mcp.
     Serve {
@@ -45,6 +48,9 @@ enum Command {
         /// The approval service (default: the one running for DIR).
         #[arg(long)]
         approval: Option<String>,
+        /// The billing API (default: broker.toml's, else the one running for DIR).
+        #[arg(long)]
+        billing: Option<String>,
     },
 }
 
@@ -60,12 +66,17 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init { data_dir } => zt_broker::setup::init(&Layout::new(data_dir)),
-        Command::Stdio { data_dir, approval } => match std::env::var("BROKER_SESSION_TOKEN") {
+        Command::Stdio {
+            data_dir,
+            approval,
+            billing,
+        } => match std::env::var("BROKER_SESSION_TOKEN") {
             Ok(token) => {
                 let opts = zt_broker::Options {
                     data_dir,
                     listen: ([127, 0, 0, 1], 0).into(),
                     approval_url: approval,
+                    billing_url: billing,
                 };
                 zt_broker::server::serve_stdio(opts, token.trim().to_owned()).await
             }
@@ -77,12 +88,14 @@ async fn main() -> std::process::ExitCode {
             data_dir,
             listen,
             approval,
+            billing,
         } => match zt_broker::setup::init(&Layout::new(&data_dir)) {
             Ok(()) => {
                 let opts = zt_broker::Options {
                     data_dir,
                     listen,
                     approval_url: approval,
+                    billing_url: billing,
                 };
                 zt_broker::serve(opts, async {
                     let _ = tokio::signal::ctrl_c().await;

@@ -30,7 +30,7 @@ use zt_proto::stack::Layout;
 use zt_proto::store::AuditLog;
 use zt_proto::token::{self, Expect, SessionClaims, TokenType};
 
-use crate::backend::Backend;
+use crate::backend::{Adapter, Backend, Billing, Records};
 use crate::gate::{Broker, Revocations, SharedBroker};
 use crate::setup::{self, AUDIT_CHAIN};
 use crate::upstream::Upstream;
@@ -44,6 +44,9 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The approval service's URL (default: the one recorded in the data dir).
     pub approval_url: Option<String>,
+    /// The billing API's URL (default: the config's, else the one recorded
+    /// in the data dir).
+    pub billing_url: Option<String>,
 }
 
 /// The MCP server handler; one per MCP session, all sharing the broker.
@@ -367,9 +370,30 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let m = setup::load(&layout)?;
     let policy = PolicyStore::open(layout.policies())
         .with_context(|| format!("loading policies from {}", layout.policies().display()))?;
-    let backend = Backend::open(&m.config.backend_database)
+    let records = Records::open(&m.config.backend_database)
         .await
-        .context("opening the backend")?;
+        .context("opening the backend records database")?;
+    let mut adapters: Vec<Arc<dyn Adapter>> = Vec::new();
+    let billing_url = opts
+        .billing_url
+        .clone()
+        .or_else(|| m.config.billing.as_ref().and_then(|b| b.url.clone()))
+        .or_else(|| layout.endpoint("billing"));
+    match (billing_url, &m.billing_key) {
+        (Some(url), Some(key)) => {
+            adapters.push(Arc::new(
+                Billing::new(&url, key).context("configuring the billing adapter")?,
+            ));
+            tracing::info!(%url, "billing adapter configured");
+        }
+        (None, _) => tracing::warn!(
+            "no billing API configured or running: refunds and plan changes will fail closed"
+        ),
+        (Some(_), None) => tracing::warn!(
+            "no billing API key issued (zt-billing init --key-out): refunds and plan changes will fail closed"
+        ),
+    }
+    let backend = Backend::new(records, adapters);
     let state = crate::state::open(&layout.private("broker").join("broker.db")).await?;
     let audit_pool = zt_proto::store::open_pool(&layout.audit_db()).await?;
     if chain != AUDIT_CHAIN {

@@ -32,6 +32,27 @@ pub struct Config {
     /// the stack's own issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// The billing API (refunds, plan changes). Without it those tools fail
+    /// closed with "the backend could not complete the request".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<BillingConfig>,
+}
+
+/// Where the billing API is and the file holding its API key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    /// The file holding the API key (`0600`, in the broker's directory).
+    pub api_key_file: PathBuf,
+    /// The API's base URL; when absent, `--billing URL` or the billing
+    /// service recorded as running for the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// The file the billing API key is issued into by default.
+pub fn billing_key_path(layout: &Layout) -> PathBuf {
+    layout.private("broker").join("billing.key")
 }
 
 /// An external identity provider for session tokens.
@@ -69,6 +90,8 @@ pub struct Material {
     pub session_keys: Arc<PinnedKeys>,
     /// Pinned keys that sign grants (current and retired).
     pub grant_keys: Arc<PinnedKeys>,
+    /// The billing API key, if configured and issued.
+    pub billing_key: Option<String>,
 }
 
 fn config_path(layout: &Layout) -> PathBuf {
@@ -99,6 +122,10 @@ pub fn init(layout: &Layout) -> anyhow::Result<()> {
             approval_wait_secs: default_wait(),
             max_args_bytes: default_max_args(),
             identity: None,
+            billing: Some(BillingConfig {
+                api_key_file: billing_key_path(layout),
+                url: None,
+            }),
         };
         let text = format!(
             "# The broker's private configuration. Backend credentials live here and\n\
@@ -123,9 +150,20 @@ pub fn load(layout: &Layout) -> anyhow::Result<Material> {
             .with_context(|| format!("pinned key {}", layout.public_key(name).display()))?;
         Ok(Arc::new(keys))
     };
+    let config = read_config(&config_path(layout))?;
+    let billing_key = match &config.billing {
+        Some(b) if b.api_key_file.exists() => Some(
+            std::fs::read_to_string(&b.api_key_file)
+                .with_context(|| format!("reading {}", b.api_key_file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        _ => None,
+    };
     Ok(Material {
         stack: layout.stack()?,
-        config: read_config(&config_path(layout))?,
+        config,
+        billing_key,
         service_key: KeyPair::read(&key_path(layout, "service"))?,
         audit_key: KeyPair::read(&key_path(layout, "audit"))?,
         session_keys: pinned("approval-token")?,

@@ -1,5 +1,6 @@
-//! Runs a local stack: the approval service and the broker (with its example
-//! backend), each as its own process with its own keys, in one data directory.
+//! Runs a local stack: the example backend's billing API, the approval
+//! service and the broker, each as its own process with its own keys, in one
+//! data directory.
 //!
 //! The console only starts and stops them; it never reads their private
 //! keys. Each child gets `PR_SET_PDEATHSIG`, so a console killed outright
@@ -12,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use zt_proto::stack::Layout;
 
 /// Where to find the other binaries: `ZT_BIN_DIR`, else beside this
 /// executable, else `PATH`.
@@ -145,8 +147,27 @@ impl Stack {
         let dir = data_dir.to_string_lossy().into_owned();
         run_to_end("zt-approval", &["init", "--data-dir", &dir]).await?;
         run_to_end("zt-broker", &["init", "--data-dir", &dir]).await?;
+        // The billing API issues its key straight into the broker's private
+        // directory: the broker is the only holder.
+        let key_out = Layout::new(&data_dir)
+            .private("broker")
+            .join("billing.key")
+            .to_string_lossy()
+            .into_owned();
+        run_to_end(
+            "zt-billing",
+            &["init", "--data-dir", &dir, "--key-out", &key_out],
+        )
+        .await?;
         let run = data_dir.join("run");
         std::fs::create_dir_all(&run)?;
+        let (billing, billing_url) = spawn_ready(
+            "zt-billing",
+            &["serve", "--data-dir", &dir, "--listen", "127.0.0.1:0"],
+            "billing_url",
+            &run.join("billing.log"),
+        )
+        .await?;
         let (approval, approval_url) = spawn_ready(
             "zt-approval",
             &["serve", "--data-dir", &dir, "--listen", "127.0.0.1:0"],
@@ -158,7 +179,7 @@ impl Stack {
             data_dir,
             approval_url: approval_url.clone(),
             broker_url: String::new(),
-            children: vec![("zt-approval", approval)],
+            children: vec![("zt-billing", billing), ("zt-approval", approval)],
         };
         let (broker, broker_url) = spawn_ready(
             "zt-broker",
@@ -170,6 +191,8 @@ impl Stack {
                 "127.0.0.1:0",
                 "--approval",
                 &approval_url,
+                "--billing",
+                &billing_url,
             ],
             "broker_url",
             &run.join("broker.log"),

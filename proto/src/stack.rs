@@ -6,8 +6,8 @@
 //! DIR/policies/              policy data (tools, humans, rules), reloadable
 //! DIR/audit.db               audit chains of every writer (SQLite)
 //! DIR/approval/              approval service only: its private keys, its database
-//! DIR/broker/                broker only: its private keys, backend credentials, its database
-//! DIR/backend/               the example backend's database (only the broker opens it)
+//! DIR/broker/                broker only: its private keys, backend credentials (incl. billing.key), its database
+//! DIR/backend/               the example backend: records database, billing API config
 //! DIR/run/                   endpoints of running services
 //! ```
 //!

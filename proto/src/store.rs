@@ -178,16 +178,43 @@ impl AuditLog {
 
     /// Appends one entry and returns it once it is durably stored.
     pub async fn append(&self, kind: Kind, record: Record) -> Result<Sealed, StoreError> {
+        self.submit(kind, record).await.durable().await
+    }
+
+    /// Queues one entry in chain order and returns at once; the entry is
+    /// stored only when [`Pending::durable`] says so. Entries submitted one
+    /// after another are sealed in that order and usually share one commit,
+    /// so a caller that needs two entries durable waits for one commit.
+    pub async fn submit(&self, kind: Kind, record: Record) -> Pending {
         let (reply, answer) = oneshot::channel();
-        self.jobs
+        let queued = self
+            .jobs
             .send(Job {
                 kind,
                 record,
                 reply,
             })
             .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+            .is_ok();
+        Pending { answer, queued }
+    }
+}
+
+/// An entry handed to the writer, not yet known to be stored.
+#[derive(Debug)]
+#[must_use = "an audit entry is not stored until `durable` says so"]
+pub struct Pending {
+    answer: oneshot::Receiver<Result<Sealed, StoreError>>,
+    queued: bool,
+}
+
+impl Pending {
+    /// Waits until the entry is durably stored (or failed to be).
+    pub async fn durable(self) -> Result<Sealed, StoreError> {
+        if !self.queued {
+            return Err(StoreError::Closed);
+        }
+        self.answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 

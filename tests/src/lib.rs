@@ -20,7 +20,13 @@ pub fn bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    for name in ["zt-console", "zt-approval", "zt-broker", "zt-policy"] {
+    for name in [
+        "zt-console",
+        "zt-approval",
+        "zt-broker",
+        "zt-billing",
+        "zt-policy",
+    ] {
         assert!(
             dir.join(name).exists(),
             "{} not found in {}: build the binaries first (`cargo build --workspace --bins`, which ./scripts/test does)",

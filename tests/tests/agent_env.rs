@@ -1,6 +1,7 @@
 //! The agent holds no backend credential: the demo's agent process, caught
 //! while it waits on an escalated refund, has a cleared environment with its
-//! session token and nothing of the stack's secrets or the parent's.
+//! session token and nothing of the stack's secrets or the parent's: not the
+//! billing API key, not the database location, no key material.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -73,7 +74,12 @@ fn the_agent_process_environment_holds_no_backend_credential() {
             .find_map(|l| l.strip_prefix("backend_database = "))
             .map(|v| v.trim_matches('"').to_owned())
             .expect("the broker's config names its backend");
+        let billing_key = std::fs::read_to_string(stack.data_dir.join("broker").join("billing.key"))
+            .expect("the broker holds the billing API key");
+        let billing_key = billing_key.trim();
+        assert!(billing_key.starts_with("ztb_"), "an issued key");
         for (k, v) in &env {
+            assert!(!v.contains(billing_key), "{k} carries the billing API key");
             assert!(!v.contains(&backend), "{k} reveals the backend location");
             assert!(!v.contains("PRIVATE KEY"), "{k} carries key material");
             assert!(!v.contains(&stack.dir()), "{k} points into the stack's data directory");
@@ -86,6 +92,7 @@ fn the_agent_process_environment_holds_no_backend_credential() {
             .expect("agent finishes")
             .unwrap();
         let outcomes: Value = serde_json::from_slice(&done.stdout).expect("agent JSON");
+        // The approved refund ran through the billing API, with the broker's key.
         assert_eq!(outcomes[0]["status"], "ok", "{outcomes}");
     });
 }

@@ -233,7 +233,13 @@ fn headless_demo_completes_and_verifies() {
 
 #[test]
 fn every_binary_has_help() {
-    for name in ["zt-console", "zt-approval", "zt-broker", "zt-policy"] {
+    for name in [
+        "zt-console",
+        "zt-approval",
+        "zt-broker",
+        "zt-billing",
+        "zt-policy",
+    ] {
         let out = run(name, &["--help"]);
         assert!(out.status.success(), "{name} --help");
         assert!(stdout(&out).contains("Usage"), "{name} --help prints usage");

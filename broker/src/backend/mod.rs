@@ -1,0 +1,137 @@
+//! Backends, as adapters behind one small trait.
+//!
+//! - [`Records`]: the example business's records database (SQLite through
+//!   sqlx): the read-only tools, and the attributes the policy needs about
+//!   every object a call acts on.
+//! - [`Billing`]: the billing API (HTTP), which moves money and changes
+//!   plans; it needs an API key that only the broker holds.
+//!
+//! The broker asks [`Backend`] for resource attributes and idempotent
+//! replays (from the records), and routes each authorized call to the one
+//! adapter that owns its tool. A tool no adapter owns fails closed.
+
+mod billing;
+mod records;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use zt_policies::Resource;
+
+pub use billing::Billing;
+pub use records::Records;
+
+/// Backend failures. `Display` is safe to show an agent: `Unavailable` and
+/// `Db` show a generic message and keep their cause for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A business rule refused the action.
+    #[error("{0}")]
+    Refused(String),
+    /// A backend service failed or could not be reached.
+    #[error("the backend could not complete the request")]
+    Unavailable(String),
+    /// The database failed.
+    #[error("the backend could not complete the request")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Who is acting, passed with every write.
+#[derive(Debug, Clone)]
+pub struct Actor<'a> {
+    /// Session id.
+    pub session: &'a str,
+    /// Human acted for.
+    pub human: &'a str,
+    /// Grant redeemed, if the call was approved by operators.
+    pub grant_id: Option<&'a str>,
+}
+
+/// What the broker learned about a call's object before deciding.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// The attributes the policy needs (`None`: the tool acts on no object).
+    pub resource: Option<Resource>,
+    /// For a read-only tool whose result is the very row read for the
+    /// attributes: that result, so an allowed read costs one query.
+    pub snapshot: Option<Value>,
+}
+
+/// A backend that executes some of the registry's tools.
+pub trait Adapter: Send + Sync + std::fmt::Debug {
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+    /// The tools it executes.
+    fn tools(&self) -> &'static [&'static str];
+    /// Executes a call whose arguments were validated and authorized.
+    fn execute<'a>(
+        &'a self,
+        tool: &'a str,
+        args: &'a Value,
+        actor: &'a Actor<'a>,
+    ) -> BoxFuture<'a, Result<Value, BackendError>>;
+}
+
+/// The broker's backends.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    records: Records,
+    owners: HashMap<&'static str, Arc<dyn Adapter>>,
+}
+
+impl Backend {
+    /// The records database plus the given adapters; a later adapter takes
+    /// over a tool an earlier one also lists.
+    pub fn new(records: Records, adapters: Vec<Arc<dyn Adapter>>) -> Backend {
+        let mut owners: HashMap<&'static str, Arc<dyn Adapter>> = HashMap::new();
+        let first: Arc<dyn Adapter> = Arc::new(records.clone());
+        for adapter in std::iter::once(first).chain(adapters) {
+            for tool in adapter.tools() {
+                owners.insert(tool, adapter.clone());
+            }
+        }
+        Backend { records, owners }
+    }
+
+    /// The attributes the policy needs about the object a call acts on.
+    pub async fn resource(&self, tool: &str, args: &Value) -> Result<Fetched, BackendError> {
+        self.records.resource(tool, args).await
+    }
+
+    /// The result of an earlier call this one repeats (same human, same
+    /// idempotency key, same arguments), if any; a key reused with other
+    /// arguments is refused.
+    pub async fn replay(
+        &self,
+        tool: &str,
+        args: &Value,
+        human: &str,
+    ) -> Result<Option<Value>, BackendError> {
+        self.records.replay(tool, args, human).await
+    }
+
+    /// Executes an authorized call on the adapter that owns its tool.
+    pub async fn execute(
+        &self,
+        tool: &str,
+        args: &Value,
+        actor: &Actor<'_>,
+    ) -> Result<Value, BackendError> {
+        match self.owners.get(tool) {
+            Some(adapter) => adapter.execute(tool, args, actor).await,
+            None => Err(BackendError::Unavailable(format!(
+                "no backend adapter executes `{tool}`"
+            ))),
+        }
+    }
+
+    /// Which adapter executes `tool`, if any.
+    pub fn owner(&self, tool: &str) -> Option<&'static str> {
+        self.owners.get(tool).map(|a| a.name())
+    }
+}
