@@ -853,10 +853,13 @@ pub async fn serve(
 
     println!("approval_url={url}");
     tracing::info!(%url, "approval service listening");
-    tonic::transport::Server::builder()
+    let audit = service.clone();
+    let served = tonic::transport::Server::builder()
         .add_service(ApprovalServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
-        .context("serving gRPC")?;
-    Ok(())
+        .context("serving gRPC");
+    // Sign the audit chain's head before exiting.
+    audit.0.audit.close().await;
+    served
 }

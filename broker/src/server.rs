@@ -530,7 +530,10 @@ pub async fn serve(
     layout.write_endpoint("broker", &url)?;
     println!("broker_url={url}");
     tracing::info!(%url, "broker listening");
-    serve_nodelay(listener, app, shutdown).await
+    let served = serve_nodelay(listener, app, shutdown).await;
+    // Sign the audit chain's head before exiting.
+    broker.audit.close().await;
+    served
 }
 
 /// Serves MCP over stdin/stdout for one agent, whose session token comes
@@ -547,18 +550,25 @@ pub async fn serve_stdio(opts: Options, token: String) -> anyhow::Result<()> {
         auth.audit
             .append(Kind::Decision, refused_token(&why))
             .await?;
+        auth.audit.close().await;
         anyhow::bail!("session token refused: {why}");
     }
+    let audit = broker.audit.clone();
     let mcp = Mcp {
         broker,
         stdio: Some((Arc::from(token), auth)),
     };
-    let running = mcp
-        .serve(rmcp::transport::stdio())
-        .await
-        .context("starting MCP over stdio")?;
-    running.waiting().await.context("serving MCP over stdio")?;
-    Ok(())
+    let served = match mcp.serve(rmcp::transport::stdio()).await {
+        Ok(running) => running
+            .waiting()
+            .await
+            .map(|_| ())
+            .context("serving MCP over stdio"),
+        Err(e) => Err(anyhow::Error::from(e).context("starting MCP over stdio")),
+    };
+    // Sign the audit chain's head before exiting.
+    audit.close().await;
+    served
 }
 
 /// Keeps the revocation set current. Revocations reach this broker within

@@ -1,17 +1,20 @@
 //! `zt-console audit verify`: one command that proves every audit chain
 //! intact or names the first bad entry.
 //!
-//! The verifier opens the log read-only, recomputes every chain, and checks
-//! each entry's signature against the writers' public keys pinned in the
+//! The verifier opens the log read-only, recomputes every chain, checks
+//! every signed checkpoint against the writers' public keys pinned in the
 //! stack's `public/` directory (not the keys recorded in the database, which
-//! whoever edits the database could replace).
+//! whoever edits the database could replace), and compares each chain with
+//! the checkpoint it trusted on its previous run, kept in a small state file
+//! outside the data directory, so a log rolled back to an older copy or cut
+//! back below what was seen before is caught even when it is consistent.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
-use zt_proto::audit::{Entry, Kind};
+use zt_proto::audit::{Entry, Kind, Trusted};
 use zt_proto::keys::PublicKey;
 use zt_proto::stack::Layout;
 use zt_proto::store::{self, Report};
@@ -61,8 +64,87 @@ fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
     bail!("unsupported database URL (expected sqlite://PATH)")
 }
 
-/// Verifies the log. `Err` means it could not be checked at all.
-pub async fn verify(source: &Source) -> anyhow::Result<Report> {
+/// Where the verifier keeps the checkpoints it trusted.
+#[derive(Debug, Clone)]
+pub enum StateFile {
+    /// The default: `$XDG_STATE_HOME/zt-console/` (or `~/.local/state/...`),
+    /// one file per log.
+    Default,
+    /// This file.
+    At(PathBuf),
+    /// Neither read nor written.
+    Off,
+}
+
+/// What the verifier remembers of one log.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    /// The log it is about.
+    pub log: String,
+    /// Per chain, the latest checkpoint that verified.
+    pub chains: BTreeMap<String, Trusted>,
+    /// When it was last updated (ms since the epoch).
+    pub updated_ms: i64,
+}
+
+fn state_path(choice: &StateFile, log: &Path) -> Option<PathBuf> {
+    match choice {
+        StateFile::Off => None,
+        StateFile::At(p) => Some(p.clone()),
+        StateFile::Default => {
+            let base = std::env::var_os("XDG_STATE_HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state"))
+                })?;
+            let id = zt_proto::canonical::digest_hex(
+                zt_proto::canonical::Domain::Id,
+                log.to_string_lossy().as_bytes(),
+            );
+            Some(
+                base.join("zt-console")
+                    .join(format!("audit-{}.json", &id[..16])),
+            )
+        }
+    }
+}
+
+fn read_state(path: &Path) -> anyhow::Result<State> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("verifier state {} is not valid", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(e).with_context(|| format!("reading verifier state {}", path.display())),
+    }
+}
+
+fn write_state(path: &Path, state: &State) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.new");
+    let _ = std::fs::remove_file(&tmp);
+    zt_proto::keys::write_private(&tmp, &serde_json::to_string_pretty(state)?)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A verification's outcome with where its trust came from.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The findings and verified chains.
+    pub report: Report,
+    /// The state file used, if any.
+    pub state: Option<PathBuf>,
+}
+
+/// Verifies the log. `Err` means it could not be checked at all. When the
+/// log is intact, the state file is advanced to its latest checkpoints.
+pub async fn verify(
+    source: &Source,
+    state: &StateFile,
+    progress: store::Progress<'_>,
+) -> anyhow::Result<Outcome> {
     let (path, pinned) = match source {
         Source::DataDir(dir) => {
             let layout = Layout::new(dir);
@@ -73,14 +155,35 @@ pub async fn verify(source: &Source) -> anyhow::Result<Report> {
     if !path.exists() {
         bail!("no audit log at {}", path.display());
     }
+    let log = path.canonicalize().unwrap_or_else(|_| path.clone());
+    let state_file = state_path(state, &log);
+    let mut remembered = match &state_file {
+        Some(p) => read_state(p)?,
+        None => State::default(),
+    };
     let pool = store::open_read_only(&path)
         .await
         .with_context(|| format!("opening {}", path.display()))?;
-    let report = store::verify(&pool, pinned.as_ref())
+    let report = store::verify(&pool, pinned.as_ref(), &remembered.chains, progress)
         .await
         .with_context(|| format!("reading {}", path.display()))?;
     pool.close().await;
-    Ok(report)
+    if let Some(p) = &state_file
+        && report.intact()
+    {
+        remembered.log = log.to_string_lossy().into_owned();
+        for v in &report.verified {
+            if let Some(latest) = &v.latest {
+                remembered.chains.insert(v.chain.clone(), latest.clone());
+            }
+        }
+        remembered.updated_ms = zt_proto::now_ms();
+        write_state(p, &remembered)?;
+    }
+    Ok(Outcome {
+        report,
+        state: state_file,
+    })
 }
 
 /// The report as JSON.
@@ -105,22 +208,39 @@ pub fn report_text(report: &Report) -> String {
         store::KeySource::Pinned => "keys pinned",
         store::KeySource::Database => "keys from the database only (not pinned)",
     };
+    let checkpoints: u64 = report.verified.iter().map(|v| v.checkpoints).sum();
     if report.intact() {
-        format!(
-            "audit chain: verified {} entries ({} chains: {}; {keys})",
+        let mut out = format!(
+            "audit chain: verified {} entries ({} chains: {}; {checkpoints} signed checkpoints; {keys})",
             report.entries(),
             report.verified.len(),
             chains.join(", ")
-        )
+        );
+        for v in report.verified.iter().filter(|v| v.unsigned_tail > 0) {
+            out.push_str(&format!(
+                "\n  note: chain {}: the last {} entries are not yet covered by a signed checkpoint \
+                 (normal while its writer runs; after it stops, suspect an appended tail)",
+                v.chain, v.unsigned_tail
+            ));
+        }
+        out
     } else {
         let mut out = String::from("audit chain: TAMPERED");
         for f in &report.findings {
             if f.seq == 0 {
-                out.push_str(&format!("\n  chain {}: {}", f.chain, f.detail));
+                out.push_str(&format!(
+                    "\n  chain {} ({}): {}",
+                    f.chain,
+                    f.problem.as_str(),
+                    f.detail
+                ));
             } else {
                 out.push_str(&format!(
-                    "\n  chain {}, first bad entry #{}: {}",
-                    f.chain, f.seq, f.detail
+                    "\n  chain {}, first bad entry #{} ({}): {}",
+                    f.chain,
+                    f.seq,
+                    f.problem.as_str(),
+                    f.detail
                 ));
             }
         }
@@ -175,4 +295,63 @@ pub async fn tally(dir: &Path) -> anyhow::Result<Tally> {
     }
     pool.close().await;
     Ok(t)
+}
+
+/// A one-line progress bar on stderr for long verifications: shown only on
+/// a terminal, only after the first half second, redrawn at most every
+/// 100 ms.
+#[derive(Debug)]
+pub struct ProgressBar {
+    enabled: bool,
+    started: std::time::Instant,
+    drawn: Option<std::time::Instant>,
+}
+
+impl ProgressBar {
+    /// A bar that draws when `wanted` and stderr is a terminal.
+    pub fn new(wanted: bool) -> ProgressBar {
+        use std::io::IsTerminal;
+        ProgressBar {
+            enabled: wanted && std::io::stderr().is_terminal(),
+            started: std::time::Instant::now(),
+            drawn: None,
+        }
+    }
+
+    /// Shows `done` of `total` entries.
+    pub fn show(&mut self, done: u64, total: u64) {
+        use std::io::Write;
+        if !self.enabled || total == 0 || self.started.elapsed().as_millis() < 500 {
+            return;
+        }
+        if self
+            .drawn
+            .is_some_and(|t| t.elapsed().as_millis() < 100 && done < total)
+        {
+            return;
+        }
+        self.drawn = Some(std::time::Instant::now());
+        let width = 30u64;
+        let filled = (done.min(total) * width / total) as usize;
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\rverifying [{}{}] {done}/{total} entries ({:.0}/s)",
+            "#".repeat(filled),
+            "-".repeat(width as usize - filled),
+            rate
+        );
+        let _ = err.flush();
+    }
+
+    /// Erases the bar.
+    pub fn clear(&mut self) {
+        use std::io::Write;
+        if self.drawn.is_some() {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r{}\r", " ".repeat(79));
+            let _ = err.flush();
+        }
+    }
 }

@@ -232,7 +232,13 @@ async fn summarize(
     println!("approved: {}", t.approved);
     println!("denied by operators: {}", t.operator_denied);
     println!("executed: {}", t.executed);
-    let report = audit::verify(&Source::DataDir(stack.data_dir.clone())).await?;
+    let report = audit::verify(
+        &Source::DataDir(stack.data_dir.clone()),
+        &audit::StateFile::Off,
+        &mut |_, _| {},
+    )
+    .await?
+    .report;
     println!("{}", audit::report_text(&report));
     let all = held == scenario.steps.len() && outcomes.len() == scenario.steps.len();
     println!("expectations: {held} of {} held", scenario.steps.len());

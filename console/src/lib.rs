@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod audit_query;
 pub mod client;
 pub mod demo;
 pub mod stack;

@@ -1,5 +1,6 @@
 //! `zt-console`: the operator console, the local stack launcher and the demo.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ use zt_console::client::{self, OperatorClient, dollars};
 use zt_console::demo::{self, DemoOptions};
 use zt_console::stack::{self, Stack};
 use zt_proto::pb::ApprovalRequest;
+use zt_proto::stack::Layout;
 
 /// Operator console of the zero-trust agent control plane: approve or deny
 /// escalated agent actions, watch live activity, verify the audit log; run a
@@ -126,6 +128,32 @@ enum AuditCommand {
         /// As JSON.
         #[arg(long)]
         json: bool,
+        /// Where this verifier keeps the checkpoints it trusted (default:
+        /// $XDG_STATE_HOME/zt-console/, one file per log).
+        #[arg(long, value_name = "FILE", conflicts_with = "no_state")]
+        state: Option<PathBuf>,
+        /// Neither read nor update the verifier's state (no rollback check).
+        #[arg(long)]
+        no_state: bool,
+    },
+    /// List entries by session, human, agent, tool, decision, kind and time.
+    Query {
+        #[command(flatten)]
+        filter: zt_console::audit_query::Filter,
+        /// As JSON Lines (the export format).
+        #[arg(long)]
+        json: bool,
+        /// At most this many entries (the oldest first).
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
+    },
+    /// Export entries as JSON Lines (one entry a line) for a SIEM.
+    Export {
+        #[command(flatten)]
+        filter: zt_console::audit_query::Filter,
+        /// Write to FILE instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -253,7 +281,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Approve { id, reason } => decide(&conn, &id, true, &reason).await,
         Command::Deny { id, reason } => decide(&conn, &id, false, &reason).await,
         Command::Audit {
-            command: AuditCommand::Verify { database, json },
+            command:
+                AuditCommand::Verify {
+                    database,
+                    json,
+                    state,
+                    no_state,
+                },
         } => {
             let source = match (database, conn.data_dir) {
                 (Some(url), _) => Source::Database(url),
@@ -263,8 +297,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            match audit::verify(&source).await {
-                Ok(report) => {
+            let state = match (state, no_state) {
+                (_, true) => audit::StateFile::Off,
+                (Some(p), false) => audit::StateFile::At(p),
+                (None, false) => audit::StateFile::Default,
+            };
+            let mut bar = audit::ProgressBar::new(!json);
+            let outcome =
+                audit::verify(&source, &state, &mut |done, total| bar.show(done, total)).await;
+            bar.clear();
+            match outcome {
+                Ok(audit::Outcome { report, .. }) => {
                     if json {
                         println!("{}", audit::report_json(&report));
                     } else {
@@ -287,6 +330,85 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(2))
                 }
             }
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Query {
+                    filter,
+                    json,
+                    limit,
+                },
+        } => {
+            let Some(dir) = conn.data_dir else {
+                eprintln!("zt-console: say which log: --data-dir DIR");
+                return Ok(ExitCode::from(2));
+            };
+            let db = Layout::new(&dir).audit_db();
+            let mut shown = 0u64;
+            let mut out = std::io::stdout().lock();
+            if !json {
+                writeln!(
+                    out,
+                    "{:<24}  {:<10} {:<13} {:<8} {:<18} {:<15} {:<10} {:<8} DETAIL",
+                    "TIME", "ENTRY", "KIND", "HUMAN", "AGENT", "TOOL", "DECISION", "STATUS"
+                )?;
+            }
+            let (matched, skipped) = zt_console::audit_query::select(&db, &filter, |line| {
+                if shown < limit {
+                    shown += 1;
+                    if json {
+                        writeln!(out, "{line}")?;
+                    } else {
+                        writeln!(out, "{}", zt_console::audit_query::table_line(&line))?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            if !json {
+                eprintln!(
+                    "{matched} matching entries{}",
+                    if matched > shown {
+                        format!(" ({shown} shown; raise --limit)")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if skipped > 0 {
+                eprintln!("zt-console: {skipped} entries could not be read; run `audit verify`");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Export { filter, out },
+        } => {
+            let Some(dir) = conn.data_dir else {
+                eprintln!("zt-console: say which log: --data-dir DIR");
+                return Ok(ExitCode::from(2));
+            };
+            let db = Layout::new(&dir).audit_db();
+            let (matched, skipped) = match &out {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let mut w = std::io::BufWriter::new(file);
+                    let n = zt_console::audit_query::export(&db, &filter, &mut w).await?;
+                    w.flush()?;
+                    n
+                }
+                None => {
+                    let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+                    let n = zt_console::audit_query::export(&db, &filter, &mut w).await?;
+                    w.flush()?;
+                    n
+                }
+            };
+            eprintln!("exported {matched} entries");
+            if skipped > 0 {
+                eprintln!("zt-console: {skipped} entries could not be read; run `audit verify`");
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -2,11 +2,17 @@
 //!
 //! Each writer (a broker, an approval service) appends to its own chain with
 //! its own Ed25519 key, so writers never contend. An entry's hash is SHA-256
-//! over its canonical JSON in the `zt/audit-leaf/v1` domain; the entry
-//! carries the previous entry's hash, and the writer signs every entry hash.
-//! Editing, deleting, inserting or reordering entries therefore breaks the
-//! recomputation, and re-signing needs the writer's private key, which only
-//! the writer holds.
+//! over its canonical JSON in the `zt/audit-leaf/v1` domain, and the entry
+//! carries the previous entry's hash: editing, deleting, inserting or
+//! reordering entries breaks the recomputation.
+//!
+//! The writer signs [`Checkpoint`]s (`zt/checkpoint/v1` domain): `{chain,
+//! seq, head, time}` every so many entries or so much time, a heartbeat when
+//! idle, and one when it stops. A checkpoint pins everything before it (the
+//! head hash commits to the whole chain), so re-hashing a rewritten chain
+//! contradicts a signature only the writer's private key could make, and a
+//! checkpoint the log no longer reaches proves a truncated tail. Verifying
+//! costs one SHA-256 per entry and one signature check per checkpoint.
 //!
 //! This module is pure: [`ChainWriter`] seals entries, [`verify_chain`]
 //! checks a stored chain. Storage lives with the services.
@@ -142,6 +148,52 @@ impl Sealed {
     }
 }
 
+/// A signed statement by a chain's writer: "my chain had `seq` entries,
+/// the last with hash `head`, at `time_ms`". Checkpoints link to the
+/// previous checkpoint, so deleting one breaks the links; a checkpoint the
+/// log no longer reaches proves the tail was truncated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Format version, 1.
+    pub v: u32,
+    /// Writer (chain) id.
+    pub chain: String,
+    /// Entries in the chain when signed (the head's sequence number).
+    pub seq: u64,
+    /// Hash of entry `seq`.
+    pub head: String,
+    /// Unix ms when signed.
+    pub time_ms: i64,
+    /// Hash of the previous checkpoint of the chain, or [`GENESIS`].
+    pub prev: String,
+}
+
+/// A checkpoint as stored: its canonical text, hash and signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedCheckpoint {
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+    /// Canonical JSON of the checkpoint.
+    pub body: String,
+    /// Hex hash of `body` in the `zt/checkpoint/v1` domain.
+    pub hash: String,
+    /// Hex Ed25519 signature of the hash by the chain's key.
+    pub sig: String,
+}
+
+impl SignedCheckpoint {
+    /// Parses a stored checkpoint (without verifying anything).
+    pub fn parse(body: &str, hash: &str, sig: &str) -> Result<SignedCheckpoint, serde_json::Error> {
+        Ok(SignedCheckpoint {
+            checkpoint: serde_json::from_str(body)?,
+            body: body.to_owned(),
+            hash: hash.to_owned(),
+            sig: sig.to_owned(),
+        })
+    }
+}
+
 /// Appends to one chain. Not thread-safe by itself: the store serializes appends.
 #[derive(Debug, Clone)]
 pub struct ChainWriter {
@@ -149,20 +201,31 @@ pub struct ChainWriter {
     key: KeyPair,
     next_seq: u64,
     head: String,
+    last_checkpoint: String,
+    covered: u64,
 }
 
 impl ChainWriter {
-    /// A writer continuing `chain` after `last` (seq and hash), or from the start.
-    pub fn new(chain: String, key: KeyPair, last: Option<(u64, String)>) -> ChainWriter {
+    /// A writer continuing `chain` after `last` (seq and hash), or from the
+    /// start, whose latest checkpoint is `checkpoint` (its hash and seq).
+    pub fn new(
+        chain: String,
+        key: KeyPair,
+        last: Option<(u64, String)>,
+        checkpoint: Option<(String, u64)>,
+    ) -> ChainWriter {
         let (next_seq, head) = match last {
             Some((seq, hash)) => (seq + 1, hash),
             None => (1, GENESIS.to_owned()),
         };
+        let (last_checkpoint, covered) = checkpoint.unwrap_or_else(|| (GENESIS.to_owned(), 0));
         ChainWriter {
             chain,
             key,
             next_seq,
             head,
+            last_checkpoint,
+            covered,
         }
     }
 
@@ -171,9 +234,14 @@ impl ChainWriter {
         &self.chain
     }
 
-    /// The public key entries are signed with.
+    /// The public key checkpoints are signed with.
     pub fn public(&self) -> PublicKey {
         self.key.public()
+    }
+
+    /// Entries written after the latest checkpoint.
+    pub fn uncovered(&self) -> u64 {
+        (self.next_seq - 1).saturating_sub(self.covered)
     }
 
     /// Seals the next entry. The writer advances only through [`ChainWriter::advance`],
@@ -190,13 +258,12 @@ impl ChainWriter {
         };
         let body = canonical::canonical_of(&entry)?;
         let hash = canonical::digest(Domain::AuditLeaf, body.as_bytes());
-        let sig = self.key.sign(Domain::AuditLeaf, &hash);
         Ok(Sealed {
             chain: self.chain.clone(),
             seq: entry.seq,
             body,
             hash: hex::encode(hash),
-            sig: hex::encode(sig),
+            sig: String::new(),
         })
     }
 
@@ -205,26 +272,91 @@ impl ChainWriter {
         self.next_seq = sealed.seq + 1;
         self.head = sealed.hash.clone();
     }
+
+    /// Signs a checkpoint over the current head. Like entries, it counts
+    /// only once stored: then call [`ChainWriter::advance_checkpoint`].
+    pub fn checkpoint(&self, time_ms: i64) -> Result<SignedCheckpoint, CanonError> {
+        let checkpoint = Checkpoint {
+            v: 1,
+            chain: self.chain.clone(),
+            seq: self.next_seq - 1,
+            head: self.head.clone(),
+            time_ms,
+            prev: self.last_checkpoint.clone(),
+        };
+        let body = canonical::canonical_of(&checkpoint)?;
+        let hash = canonical::digest(Domain::Checkpoint, body.as_bytes());
+        let sig = self.key.sign(Domain::Checkpoint, &hash);
+        Ok(SignedCheckpoint {
+            checkpoint,
+            body,
+            hash: hex::encode(hash),
+            sig: hex::encode(sig),
+        })
+    }
+
+    /// Records that `cp` is stored.
+    pub fn advance_checkpoint(&mut self, cp: &SignedCheckpoint) {
+        self.last_checkpoint = cp.hash.clone();
+        self.covered = cp.checkpoint.seq;
+    }
 }
 
 /// Why a chain failed verification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Problem {
     /// A sequence number is missing (deleted entry, or a reorder).
     Gap,
     /// Stored sequence numbers repeat or go backwards (inserted or reordered).
     Order,
-    /// The body is not the canonical text of a well-formed entry.
+    /// The body is not a well-formed entry or checkpoint.
     Malformed,
     /// The stored hash is not the hash of the body (edited).
     Hash,
     /// The entry does not link to the previous entry's hash.
     Link,
-    /// The signature does not verify with the pinned key.
+    /// A signature does not verify with the pinned key.
     Signature,
     /// The body names another chain or sequence than its row.
     Misplaced,
+    /// The entries do not match what a signed checkpoint says they were
+    /// (rewritten and re-hashed by someone without the key).
+    Checkpoint,
+    /// A checkpoint is missing between two others, or checkpoints go back.
+    CheckpointGap,
+    /// A signed checkpoint covers entries the log no longer has.
+    Truncated,
+    /// The log is behind, or contradicts, a checkpoint this verifier
+    /// trusted earlier (rolled back or replaced).
+    Rollback,
+    /// A chain that should be there is not.
+    Missing,
+    /// Entries older than a running writer would leave them were never
+    /// covered by a signed checkpoint (appended by someone else, or left by
+    /// a writer that crashed and never came back).
+    Unsigned,
+}
+
+impl Problem {
+    /// snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Problem::Gap => "gap",
+            Problem::Order => "order",
+            Problem::Malformed => "malformed",
+            Problem::Hash => "hash",
+            Problem::Link => "link",
+            Problem::Signature => "signature",
+            Problem::Misplaced => "misplaced",
+            Problem::Checkpoint => "checkpoint",
+            Problem::CheckpointGap => "checkpoint_gap",
+            Problem::Truncated => "truncated",
+            Problem::Rollback => "rollback",
+            Problem::Missing => "missing",
+            Problem::Unsigned => "unsigned",
+        }
+    }
 }
 
 /// The first bad entry of a chain.
@@ -240,6 +372,17 @@ pub struct Finding {
     pub detail: String,
 }
 
+/// A checkpoint a verifier accepted, kept to compare the next run against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trusted {
+    /// Entries covered.
+    pub seq: u64,
+    /// Hash of entry `seq`.
+    pub head: String,
+    /// When the writer signed it.
+    pub time_ms: i64,
+}
+
 /// A chain that verified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
@@ -249,103 +392,365 @@ pub struct Verified {
     pub entries: u64,
     /// Hash of the last entry.
     pub head: String,
+    /// Checkpoints whose signatures verified.
+    pub checkpoints: u64,
+    /// The latest verified checkpoint (what a verifier trusts next time).
+    pub latest: Option<Trusted>,
+    /// Entries after the latest checkpoint: protected by the hash chain
+    /// only until the writer's next checkpoint signs them (normally within
+    /// a second while the writer runs).
+    pub unsigned_tail: u64,
 }
 
-/// Verifies the stored entries of `chain`, in stored order, against its pinned `key`.
-pub fn verify_chain<'a>(
-    chain: &str,
-    entries: impl IntoIterator<Item = &'a Sealed>,
-    key: &PublicKey,
-) -> Result<Verified, Finding> {
-    let mut expected = 1u64;
-    let mut prev = GENESIS.to_owned();
-    let fail = |seq: u64, problem: Problem, detail: String| Finding {
-        chain: chain.to_owned(),
-        seq,
-        problem,
-        detail,
-    };
-    for s in entries {
+#[derive(Deserialize)]
+struct Link<'a> {
+    #[serde(borrow)]
+    chain: std::borrow::Cow<'a, str>,
+    seq: u64,
+    time_ms: i64,
+    #[serde(borrow)]
+    prev_hash: std::borrow::Cow<'a, str>,
+}
+
+/// Verifies one chain entry by entry, so a log of any length streams
+/// through in constant memory.
+///
+/// The checkpoints are verified first ([`ChainVerifier::new`]): signatures
+/// against the pinned key, links between checkpoints, and order. Then each
+/// entry is recomputed and linked, and compared with every checkpoint at
+/// its sequence number; [`ChainVerifier::finish`] checks that the log
+/// reaches every checkpoint and the verifier's trusted one.
+#[derive(Debug)]
+pub struct ChainVerifier<'k> {
+    chain: String,
+    key: &'k PublicKey,
+    expected: u64,
+    prev: String,
+    heads: std::collections::VecDeque<(u64, String)>,
+    latest: Option<Trusted>,
+    checkpoints: u64,
+    trusted: Option<Trusted>,
+    signed_through: u64,
+    first_unsigned_time: i64,
+}
+
+/// How long entries may wait for a checkpoint before the verifier calls
+/// them unsigned: a running writer signs within a second and heartbeats
+/// every 30 s, so two minutes leaves room for clock skew and slow disks.
+pub const UNSIGNED_GRACE_MS: i64 = 120_000;
+
+impl<'k> ChainVerifier<'k> {
+    /// Starts verifying `chain` with its stored checkpoints (in stored
+    /// order) and the checkpoint this verifier trusted last time, if any.
+    pub fn new(
+        chain: &str,
+        key: &'k PublicKey,
+        checkpoints: &[SignedCheckpoint],
+        trusted: Option<Trusted>,
+    ) -> Result<ChainVerifier<'k>, Finding> {
+        let fail = |seq: u64, problem: Problem, detail: String| Finding {
+            chain: chain.to_owned(),
+            seq,
+            problem,
+            detail,
+        };
+        let mut prev = GENESIS.to_owned();
+        let mut last: Option<&Checkpoint> = None;
+        let mut heads: Vec<(u64, String)> = Vec::new();
+        for cp in checkpoints {
+            let c = &cp.checkpoint;
+            let canonical = canonical::canonical_of(c).ok();
+            if canonical.as_deref() != Some(cp.body.as_str()) || c.v != 1 {
+                return Err(fail(
+                    c.seq,
+                    Problem::Malformed,
+                    "checkpoint body is not canonical (edited)".into(),
+                ));
+            }
+            if c.chain != chain {
+                return Err(fail(
+                    c.seq,
+                    Problem::Misplaced,
+                    format!("checkpoint names chain {}", c.chain),
+                ));
+            }
+            let hash = canonical::digest(Domain::Checkpoint, cp.body.as_bytes());
+            if hex::encode(hash) != cp.hash {
+                return Err(fail(
+                    c.seq,
+                    Problem::Hash,
+                    "stored checkpoint hash does not match its contents (edited)".into(),
+                ));
+            }
+            let sig = hex::decode(&cp.sig).unwrap_or_default();
+            if key.verify(Domain::Checkpoint, &hash, &sig).is_err() {
+                return Err(fail(
+                    c.seq,
+                    Problem::Signature,
+                    format!(
+                        "checkpoint at #{} is not signed by pinned key {} (forged or wrong key)",
+                        c.seq,
+                        key.kid()
+                    ),
+                ));
+            }
+            if c.prev != prev {
+                return Err(fail(
+                    c.seq,
+                    Problem::CheckpointGap,
+                    format!(
+                        "checkpoint at #{} does not follow the previous stored checkpoint (one was removed or reordered)",
+                        c.seq
+                    ),
+                ));
+            }
+            if let Some(l) = last
+                && (c.seq < l.seq || c.time_ms < l.time_ms)
+            {
+                return Err(fail(
+                    c.seq,
+                    Problem::CheckpointGap,
+                    format!("checkpoint at #{} goes back from #{}", c.seq, l.seq),
+                ));
+            }
+            if c.seq > 0 {
+                match heads.last() {
+                    Some((s, h)) if *s == c.seq && *h != c.head => {
+                        return Err(fail(
+                            c.seq,
+                            Problem::Checkpoint,
+                            format!("two signed checkpoints disagree about entry #{}", c.seq),
+                        ));
+                    }
+                    Some((s, _)) if *s == c.seq => {}
+                    _ => heads.push((c.seq, c.head.clone())),
+                }
+            }
+            prev = cp.hash.clone();
+            last = Some(c);
+        }
+        Ok(ChainVerifier {
+            chain: chain.to_owned(),
+            key,
+            expected: 1,
+            prev: GENESIS.to_owned(),
+            heads: heads.into(),
+            latest: last.map(|c| Trusted {
+                seq: c.seq,
+                head: c.head.clone(),
+                time_ms: c.time_ms,
+            }),
+            checkpoints: checkpoints.len() as u64,
+            trusted,
+            signed_through: last.map_or(0, |c| c.seq),
+            first_unsigned_time: 0,
+        })
+    }
+
+    fn fail(&self, seq: u64, problem: Problem, detail: String) -> Finding {
+        Finding {
+            chain: self.chain.clone(),
+            seq,
+            problem,
+            detail,
+        }
+    }
+
+    /// Checks the next stored entry.
+    pub fn push(&mut self, s: &Sealed) -> Result<(), Finding> {
+        let expected = self.expected;
         if s.seq != expected {
             return Err(if s.seq > expected {
-                fail(
+                self.fail(
                     expected,
                     Problem::Gap,
                     format!("entry #{expected} is missing (next stored is #{})", s.seq),
                 )
             } else {
-                fail(
+                self.fail(
                     s.seq,
                     Problem::Order,
                     format!("entry #{} appears again after #{}", s.seq, expected - 1),
                 )
             });
         }
-        let entry: Entry = serde_json::from_str(&s.body).map_err(|_| {
-            fail(
+        let link: Link<'_> = serde_json::from_str(&s.body).map_err(|_| {
+            self.fail(
                 s.seq,
                 Problem::Malformed,
                 "body is not a well-formed entry".into(),
             )
         })?;
-        match canonical::canonical_of(&entry) {
-            Ok(c) if c == s.body => {}
-            _ => {
-                return Err(fail(
-                    s.seq,
-                    Problem::Malformed,
-                    "body is not in canonical form (edited)".into(),
-                ));
-            }
-        }
-        if entry.chain != chain || entry.seq != s.seq || s.chain != chain {
-            return Err(fail(
+        if link.chain != self.chain || link.seq != s.seq || s.chain != self.chain {
+            return Err(self.fail(
                 s.seq,
                 Problem::Misplaced,
-                format!("body says chain {} #{}", entry.chain, entry.seq),
+                format!("body says chain {} #{}", link.chain, link.seq),
             ));
         }
         let hash = canonical::digest(Domain::AuditLeaf, s.body.as_bytes());
-        if hex::encode(hash) != s.hash {
-            return Err(fail(
+        let hash_hex = hex::encode(hash);
+        if hash_hex != s.hash {
+            return Err(self.fail(
                 s.seq,
                 Problem::Hash,
                 "stored hash does not match the entry's contents (edited)".into(),
             ));
         }
-        if entry.prev_hash != prev {
-            return Err(fail(
+        if link.prev_hash != self.prev {
+            return Err(self.fail(
                 s.seq,
                 Problem::Link,
-                "entry does not link to the previous entry's hash".into(),
+                "entry does not link to the previous entry's hash (edited, inserted or re-hashed)"
+                    .into(),
             ));
         }
-        let sig = hex::decode(&s.sig).unwrap_or_default();
-        if key.verify(Domain::AuditLeaf, &hash, &sig).is_err() {
-            return Err(fail(
+        // Entries of older logs carry their own signature.
+        if !s.sig.is_empty() {
+            let sig = hex::decode(&s.sig).unwrap_or_default();
+            if self.key.verify(Domain::AuditLeaf, &hash, &sig).is_err() {
+                return Err(self.fail(
+                    s.seq,
+                    Problem::Signature,
+                    format!(
+                        "signature does not verify with pinned key {}",
+                        self.key.kid()
+                    ),
+                ));
+            }
+            self.signed_through = self.signed_through.max(s.seq);
+        }
+        while let Some((seq, head)) = self.heads.front() {
+            if *seq > s.seq {
+                break;
+            }
+            if *head != hash_hex {
+                return Err(self.fail(
+                    s.seq,
+                    Problem::Checkpoint,
+                    format!(
+                        "entries up to #{} differ from what the writer signed in a checkpoint (rewritten)",
+                        s.seq
+                    ),
+                ));
+            }
+            self.heads.pop_front();
+        }
+        if let Some(t) = &self.trusted
+            && t.seq == s.seq
+            && t.head != hash_hex
+        {
+            return Err(self.fail(
                 s.seq,
-                Problem::Signature,
-                format!("signature does not verify with pinned key {}", key.kid()),
+                Problem::Rollback,
+                format!(
+                    "entry #{} differs from the checkpoint this verifier trusted earlier (the log was replaced)",
+                    s.seq
+                ),
             ));
         }
-        prev = s.hash.clone();
-        expected += 1;
+        if s.seq == self.signed_through + 1 {
+            self.first_unsigned_time = link.time_ms;
+        }
+        self.prev = hash_hex;
+        self.expected += 1;
+        Ok(())
     }
-    Ok(Verified {
-        chain: chain.to_owned(),
-        entries: expected - 1,
-        head: prev,
-    })
+
+    /// Ends the chain: every checkpoint and the trusted one must be
+    /// reached, and entries not covered by a checkpoint must be recent
+    /// (younger than [`UNSIGNED_GRACE_MS`] at `now_ms`).
+    pub fn finish(self, now_ms: i64) -> Result<Verified, Finding> {
+        let entries = self.expected - 1;
+        if let Some((seq, _)) = self.heads.front() {
+            return Err(self.fail(
+                entries + 1,
+                Problem::Truncated,
+                format!(
+                    "a signed checkpoint covers #{seq} but the log ends at #{entries}: its tail was truncated"
+                ),
+            ));
+        }
+        if let Some(t) = &self.trusted {
+            if t.seq > entries {
+                return Err(self.fail(
+                    entries + 1,
+                    Problem::Rollback,
+                    format!(
+                        "this verifier trusted #{} earlier but the log ends at #{entries}: rolled back or truncated",
+                        t.seq
+                    ),
+                ));
+            }
+            if let Some(l) = &self.latest
+                && l.time_ms < t.time_ms
+            {
+                return Err(self.fail(
+                    l.seq,
+                    Problem::Rollback,
+                    "the latest checkpoint is older than one this verifier trusted earlier: rolled back".into(),
+                ));
+            }
+        }
+        let unsigned_tail = entries.saturating_sub(self.signed_through);
+        if unsigned_tail > 0 && now_ms.saturating_sub(self.first_unsigned_time) > UNSIGNED_GRACE_MS
+        {
+            return Err(self.fail(
+                self.signed_through + 1,
+                Problem::Unsigned,
+                format!(
+                    "entries #{}..#{entries} were never covered by a signed checkpoint (appended by someone without the key, or left by a writer that stopped abnormally)",
+                    self.signed_through + 1
+                ),
+            ));
+        }
+        Ok(Verified {
+            chain: self.chain,
+            entries,
+            head: self.prev,
+            checkpoints: self.checkpoints,
+            latest: self.latest,
+            unsigned_tail,
+        })
+    }
+}
+
+/// Verifies the stored entries of `chain`, in stored order, against its
+/// pinned `key`, its stored checkpoints, and what this verifier trusted.
+pub fn verify_chain<'a>(
+    chain: &str,
+    entries: impl IntoIterator<Item = &'a Sealed>,
+    checkpoints: &[SignedCheckpoint],
+    key: &PublicKey,
+    trusted: Option<Trusted>,
+    now_ms: i64,
+) -> Result<Verified, Finding> {
+    let mut v = ChainVerifier::new(chain, key, checkpoints, trusted)?;
+    for s in entries {
+        v.push(s)?;
+    }
+    v.finish(now_ms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn chain(n: u64) -> (KeyPair, Vec<Sealed>) {
+    /// "Now" for the verifier: a little after the test entries were written.
+    const NOW: i64 = 1_700_000_060_000;
+
+    struct Log {
+        key: KeyPair,
+        entries: Vec<Sealed>,
+        checkpoints: Vec<SignedCheckpoint>,
+    }
+
+    /// `n` entries with a checkpoint after every `every`.
+    fn chain(n: u64, every: u64) -> Log {
         let key = KeyPair::from_seed(&[8; 32]);
-        let mut w = ChainWriter::new("broker-1".into(), key.clone(), None);
-        let mut out = Vec::new();
+        let mut w = ChainWriter::new("broker-1".into(), key.clone(), None, None);
+        let mut entries = Vec::new();
+        let mut checkpoints = Vec::new();
         for i in 0..n {
             let rec = Record {
                 session: "sess_1".into(),
@@ -358,52 +763,177 @@ mod tests {
                 .seal(Kind::Decision, rec, 1_700_000_000_000 + i as i64)
                 .unwrap();
             w.advance(&s);
-            out.push(s);
+            entries.push(s);
+            if (i + 1) % every == 0 {
+                let cp = w.checkpoint(1_700_000_000_000 + i as i64).unwrap();
+                w.advance_checkpoint(&cp);
+                checkpoints.push(cp);
+            }
         }
-        (key, out)
+        Log {
+            key,
+            entries,
+            checkpoints,
+        }
     }
 
-    fn problem(entries: &[Sealed], key: &KeyPair) -> Option<(u64, Problem)> {
-        verify_chain("broker-1", entries, &key.public())
-            .err()
-            .map(|f| (f.seq, f.problem))
+    fn problem(log: &Log, trusted: Option<Trusted>) -> Option<(u64, Problem)> {
+        verify_chain(
+            "broker-1",
+            &log.entries,
+            &log.checkpoints,
+            &log.key.public(),
+            trusted,
+            NOW,
+        )
+        .err()
+        .map(|f| (f.seq, f.problem))
+    }
+
+    fn rehash_from(entries: &mut [Sealed], from: usize) {
+        let mut prev = entries[from - 1].hash.clone();
+        for e in &mut entries[from..] {
+            let mut entry = e.entry().unwrap();
+            entry.prev_hash = prev;
+            e.body = canonical::canonical_of(&entry).unwrap();
+            e.hash = canonical::digest_hex(Domain::AuditLeaf, e.body.as_bytes());
+            prev = e.hash.clone();
+        }
     }
 
     #[test]
     fn intact_chain_verifies() {
-        let (key, entries) = chain(5);
-        let v = verify_chain("broker-1", &entries, &key.public()).unwrap();
-        assert_eq!(v.entries, 5);
-        assert_eq!(v.head, entries[4].hash);
+        let log = chain(10, 4);
+        let v = verify_chain(
+            "broker-1",
+            &log.entries,
+            &log.checkpoints,
+            &log.key.public(),
+            None,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(v.entries, 10);
+        assert_eq!(v.head, log.entries[9].hash);
+        assert_eq!(v.checkpoints, 2);
+        assert_eq!(v.unsigned_tail, 2);
+        assert_eq!(v.latest.as_ref().map(|t| t.seq), Some(8));
+
+        // The same uncovered tail long after: no running writer leaves that.
+        let later = NOW + UNSIGNED_GRACE_MS;
+        let f = verify_chain(
+            "broker-1",
+            &log.entries,
+            &log.checkpoints,
+            &log.key.public(),
+            None,
+            later,
+        )
+        .unwrap_err();
+        assert_eq!((f.seq, f.problem), (9, Problem::Unsigned));
     }
 
     #[test]
     fn each_tamper_is_named() {
-        let (key, entries) = chain(5);
+        let log = chain(10, 4);
+        let with = |f: &dyn Fn(&mut Log)| {
+            let mut l = Log {
+                key: log.key.clone(),
+                entries: log.entries.clone(),
+                checkpoints: log.checkpoints.clone(),
+            };
+            f(&mut l);
+            problem(&l, None)
+        };
 
-        let mut edited = entries.clone();
-        edited[2].body = edited[2].body.replace("\"amount\":102", "\"amount\":999");
-        assert_eq!(problem(&edited, &key), Some((3, Problem::Hash)));
+        let edited = with(&|l| {
+            l.entries[2].body = l.entries[2]
+                .body
+                .replace("\"amount\":102", "\"amount\":999");
+        });
+        assert_eq!(edited, Some((3, Problem::Hash)));
+        assert_eq!(
+            with(&|l| {
+                l.entries.remove(1);
+            }),
+            Some((2, Problem::Gap))
+        );
+        assert_eq!(with(&|l| l.entries.swap(1, 2)), Some((2, Problem::Gap)));
+        let dup = log.entries[1].clone();
+        assert_eq!(
+            with(&|l| l.entries.insert(2, dup.clone())),
+            Some((2, Problem::Order))
+        );
 
-        let mut deleted = entries.clone();
-        deleted.remove(1);
-        assert_eq!(problem(&deleted, &key), Some((2, Problem::Gap)));
+        // Rewritten and re-hashed by someone without the key: the chain
+        // recomputes, but the signed checkpoint at #4 says otherwise.
+        let rewritten = with(&|l| {
+            l.entries[2].body = l.entries[2]
+                .body
+                .replace("\"amount\":102", "\"amount\":999");
+            l.entries[2].hash =
+                canonical::digest_hex(Domain::AuditLeaf, l.entries[2].body.as_bytes());
+            rehash_from(&mut l.entries, 3);
+        });
+        assert_eq!(rewritten, Some((4, Problem::Checkpoint)));
 
-        let mut reordered = entries.clone();
-        reordered.swap(1, 2);
-        assert_eq!(problem(&reordered, &key), Some((2, Problem::Gap)));
+        // The tail cut back to #6: the checkpoint at #8 is not reached.
+        assert_eq!(
+            with(&|l| l.entries.truncate(6)),
+            Some((7, Problem::Truncated))
+        );
 
-        let mut inserted = entries.clone();
-        inserted.insert(2, entries[1].clone());
-        assert_eq!(problem(&inserted, &key), Some((2, Problem::Order)));
-
-        // Re-hashed by someone without the key: the link and signature catch it.
-        let mut rehashed = entries.clone();
-        rehashed[2].body = rehashed[2].body.replace("\"amount\":102", "\"amount\":999");
-        rehashed[2].hash = canonical::digest_hex(Domain::AuditLeaf, rehashed[2].body.as_bytes());
-        assert_eq!(problem(&rehashed, &key), Some((3, Problem::Signature)));
-
+        // A checkpoint removed, or signed by another key.
+        assert_eq!(
+            with(&|l| {
+                l.checkpoints.remove(0);
+            }),
+            Some((8, Problem::CheckpointGap))
+        );
         let other = KeyPair::from_seed(&[9; 32]);
-        assert_eq!(problem(&entries, &other), Some((1, Problem::Signature)));
+        let mut w = ChainWriter::new(
+            "broker-1".into(),
+            other,
+            Some((10, log.entries[9].hash.clone())),
+            None,
+        );
+        let forged = w.checkpoint(1_800_000_000_000).unwrap();
+        w.advance_checkpoint(&forged);
+        assert_eq!(
+            with(&|l| l.checkpoints.push(forged.clone())),
+            Some((10, Problem::Signature))
+        );
+    }
+
+    #[test]
+    fn a_verifier_remembers_what_it_trusted() {
+        let log = chain(12, 4);
+        let v = verify_chain(
+            "broker-1",
+            &log.entries,
+            &log.checkpoints,
+            &log.key.public(),
+            None,
+            NOW,
+        )
+        .unwrap();
+        let trusted = v.latest.clone();
+        assert_eq!(trusted.as_ref().map(|t| t.seq), Some(12));
+
+        // Rolled back to an older copy of the log (8 entries, 2 checkpoints),
+        // which is intact on its own.
+        let mut old = chain(8, 4);
+        assert_eq!(problem(&old, None), None);
+        assert_eq!(problem(&old, trusted.clone()), Some((9, Problem::Rollback)));
+
+        // Replaced by a different log of the same length: it contradicts.
+        old = chain(12, 4);
+        old.entries[11].body = old.entries[11]
+            .body
+            .replace("\"amount\":111", "\"amount\":1");
+        old.entries[11].hash =
+            canonical::digest_hex(Domain::AuditLeaf, old.entries[11].body.as_bytes());
+        old.checkpoints.pop();
+        assert_eq!(problem(&old, trusted), Some((12, Problem::Rollback)));
     }
 }

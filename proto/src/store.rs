@@ -17,7 +17,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{self, ChainWriter, Finding, Kind, Problem, Record, Sealed, Verified};
+use crate::audit::{
+    ChainVerifier, ChainWriter, Checkpoint, Finding, Kind, Problem, Record, Sealed,
+    SignedCheckpoint, Trusted, Verified,
+};
 use crate::keys::{KeyPair, PublicKey};
 
 /// Errors of the audit store. Callers on an authorization path must treat
@@ -39,6 +42,15 @@ pub enum StoreError {
     /// The writer task has stopped.
     #[error("audit writer stopped")]
     Closed,
+    /// The stored chain contradicts its own signed checkpoints; the writer
+    /// refuses to continue it.
+    #[error("audit chain `{chain}` contradicts its signed checkpoints: {why}")]
+    Tampered {
+        /// The chain.
+        chain: String,
+        /// What does not match.
+        why: String,
+    },
 }
 
 const SCHEMA: &[&str] = &[
@@ -58,6 +70,18 @@ const SCHEMA: &[&str] = &[
     "CREATE TRIGGER IF NOT EXISTS audit_entries_no_delete BEFORE DELETE ON audit_entries
         BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
     "CREATE TRIGGER IF NOT EXISTS audit_chains_no_update BEFORE UPDATE ON audit_chains
+        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
+    "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        chain TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        time_ms INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        sig TEXT NOT NULL,
+        PRIMARY KEY (chain, hash))",
+    "CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
         BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
 ];
 
@@ -94,31 +118,73 @@ pub async fn open_pool(path: &Path) -> Result<SqlitePool, StoreError> {
 /// Most entries written in one group commit.
 pub const MAX_BATCH: usize = 64;
 
+/// When a writer signs checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// After this many entries.
+    pub every: u64,
+    /// Or once this much time has passed with entries not yet covered.
+    pub after: Duration,
+    /// And this often when idle (a heartbeat: the log provably did not
+    /// just stop).
+    pub heartbeat: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> CheckpointPolicy {
+        CheckpointPolicy {
+            every: 1_000,
+            after: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(30),
+        }
+    }
+}
+
 /// One writer's chain in the store.
 ///
 /// Appends are group-committed: a single writer task takes every append
 /// queued while the previous batch was being written, seals them in order,
 /// writes them as one multi-row `INSERT` (one transaction, one fsync), and
 /// only then answers each caller. Every entry is durable before its
-/// `append` returns; concurrent callers share the fsync.
+/// `append` returns; concurrent callers share the fsync. The same task
+/// signs checkpoints per its [`CheckpointPolicy`], in the transaction of
+/// the batch that makes one due, on a timer when entries wait uncovered or
+/// the chain is idle, and on [`AuditLog::close`].
 #[derive(Debug)]
 pub struct AuditLog {
     pool: SqlitePool,
     jobs: mpsc::Sender<Job>,
 }
 
+// Nearly every job is an append; boxing its record would cost an
+// allocation per entry to shrink a variant sent once per writer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-struct Job {
-    kind: Kind,
-    record: Record,
-    reply: oneshot::Sender<Result<Sealed, StoreError>>,
+enum Job {
+    Append {
+        kind: Kind,
+        record: Record,
+        reply: oneshot::Sender<Result<Sealed, StoreError>>,
+    },
+    Close(oneshot::Sender<()>),
 }
 
 impl AuditLog {
-    /// Opens chain `chain` for appending with `key`. A new chain starts with a
-    /// `chain_start` entry; an existing chain must have been started with the
-    /// same key.
+    /// Opens chain `chain` for appending with `key` and the default
+    /// checkpoint policy. A new chain starts with a `chain_start` entry; an
+    /// existing chain must have been started with the same key and must
+    /// agree with its latest signed checkpoint.
     pub async fn open(pool: SqlitePool, chain: &str, key: KeyPair) -> Result<AuditLog, StoreError> {
+        AuditLog::open_with(pool, chain, key, CheckpointPolicy::default()).await
+    }
+
+    /// [`AuditLog::open`] with a checkpoint policy.
+    pub async fn open_with(
+        pool: SqlitePool,
+        chain: &str,
+        key: KeyPair,
+        policy: CheckpointPolicy,
+    ) -> Result<AuditLog, StoreError> {
         let public = key.public().to_hex();
         let existing: Option<String> =
             sqlx::query_scalar("SELECT public_key FROM audit_chains WHERE chain = ?")
@@ -149,13 +215,36 @@ impl AuditLog {
             let seq: i64 = row.get(0);
             (u64::try_from(seq).unwrap_or(0), row.get::<String, _>(1))
         });
+        let checkpoint = latest_checkpoint(&pool, chain).await?;
+        if let Some((_, cp)) = &checkpoint {
+            // Never continue a chain that was cut back or rewritten below
+            // its own signature: new entries would reuse signed positions.
+            let at: Option<String> =
+                sqlx::query_scalar("SELECT hash FROM audit_entries WHERE chain = ? AND seq = ?")
+                    .bind(chain)
+                    .bind(i64::try_from(cp.seq).unwrap_or(i64::MAX))
+                    .fetch_optional(&pool)
+                    .await?;
+            if cp.seq > 0 && at.as_deref() != Some(cp.head.as_str()) {
+                return Err(StoreError::Tampered {
+                    chain: chain.to_owned(),
+                    why: format!(
+                        "a checkpoint signed entry #{} but the stored entry is {}",
+                        cp.seq,
+                        if at.is_some() { "different" } else { "gone" }
+                    ),
+                });
+            }
+        }
         let fresh = last.is_none();
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(
-            pool.clone(),
-            ChainWriter::new(chain.to_owned(), key, last),
-            rx,
-        ));
+        let writer = ChainWriter::new(
+            chain.to_owned(),
+            key,
+            last,
+            checkpoint.map(|(hash, cp)| (hash, cp.seq)),
+        );
+        tokio::spawn(write_batches(pool.clone(), writer, policy, rx));
         let log = AuditLog { pool, jobs };
         if fresh {
             log.append(
@@ -189,7 +278,7 @@ impl AuditLog {
         let (reply, answer) = oneshot::channel();
         let queued = self
             .jobs
-            .send(Job {
+            .send(Job::Append {
                 kind,
                 record,
                 reply,
@@ -197,6 +286,15 @@ impl AuditLog {
             .await
             .is_ok();
         Pending { answer, queued }
+    }
+
+    /// Writes what is queued, signs a final checkpoint over the head, and
+    /// stops the writer; later appends fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.jobs.send(Job::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
     }
 }
 
@@ -218,9 +316,70 @@ impl Pending {
     }
 }
 
-/// The writer task: group commit, in chain order.
-async fn write_batches(pool: SqlitePool, mut writer: ChainWriter, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
+/// The latest stored checkpoint of `chain` with its hash.
+async fn latest_checkpoint(
+    pool: &SqlitePool,
+    chain: &str,
+) -> Result<Option<(String, Checkpoint)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT body, hash FROM audit_checkpoints WHERE chain = ? \
+         ORDER BY seq DESC, time_ms DESC, rowid DESC LIMIT 1",
+    )
+    .bind(chain)
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        None => Ok(None),
+        Some(r) => {
+            let body: String = r.get(0);
+            let cp: Checkpoint = serde_json::from_str(&body).map_err(|e| StoreError::Tampered {
+                chain: chain.to_owned(),
+                why: format!("its latest checkpoint is malformed: {e}"),
+            })?;
+            Ok(Some((r.get(1), cp)))
+        }
+    }
+}
+
+/// Signs and stores a checkpoint over the writer's head.
+async fn checkpoint_now(pool: &SqlitePool, writer: &mut ChainWriter) -> Result<(), StoreError> {
+    let cp = writer
+        .checkpoint(crate::now_ms())
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    insert_checkpoint(pool, &cp).await?;
+    writer.advance_checkpoint(&cp);
+    Ok(())
+}
+
+/// The writer task: group commit, in chain order, with checkpoints.
+async fn write_batches(
+    pool: SqlitePool,
+    mut writer: ChainWriter,
+    policy: CheckpointPolicy,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    // A chain reopened with entries not yet covered is checkpointed at once.
+    let mut last_cp = tokio::time::Instant::now()
+        .checked_sub(policy.after)
+        .unwrap_or_else(tokio::time::Instant::now);
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    'run: loop {
+        let wait = if writer.uncovered() > 0 {
+            policy.after
+        } else {
+            policy.heartbeat
+        };
+        let first = tokio::select! {
+            job = rx.recv() => job,
+            () = tokio::time::sleep_until(last_cp + wait) => {
+                if let Err(e) = checkpoint_now(&pool, &mut writer).await {
+                    tracing_error(writer.chain(), &e);
+                }
+                last_cp = tokio::time::Instant::now();
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -234,44 +393,112 @@ async fn write_batches(pool: SqlitePool, mut writer: ChainWriter, mut rx: mpsc::
         let now = crate::now_ms();
         let mut batch: Vec<(Sealed, oneshot::Sender<Result<Sealed, StoreError>>)> = Vec::new();
         for job in jobs {
-            match writer.seal(job.kind, job.record, now) {
-                Ok(sealed) => {
-                    writer.advance(&sealed);
-                    batch.push((sealed, job.reply));
+            match job {
+                Job::Append {
+                    kind,
+                    record,
+                    reply,
+                } => match writer.seal(kind, record, now) {
+                    Ok(sealed) => {
+                        writer.advance(&sealed);
+                        batch.push((sealed, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(StoreError::Encode(e.to_string())));
+                    }
+                },
+                Job::Close(done) => closing = Some(done),
+            }
+        }
+        if !batch.is_empty() {
+            let due = writer.uncovered() >= policy.every || last_cp.elapsed() >= policy.after;
+            let cp = if due {
+                writer.checkpoint(now).ok()
+            } else {
+                None
+            };
+            let entries: Vec<&Sealed> = batch.iter().map(|(s, _)| s).collect();
+            match write(&pool, &entries, cp.as_ref()).await {
+                Ok(()) => {
+                    if let Some(cp) = &cp {
+                        writer.advance_checkpoint(cp);
+                        last_cp = tokio::time::Instant::now();
+                    }
+                    for (sealed, reply) in batch {
+                        let _ = reply.send(Ok(sealed));
+                    }
                 }
                 Err(e) => {
-                    let _ = job.reply.send(Err(StoreError::Encode(e.to_string())));
+                    // Nothing of the batch is stored: the chain continues from
+                    // where it was, and every caller learns its entry failed.
+                    writer = before;
+                    let why = e.to_string();
+                    for (_, reply) in batch {
+                        let _ = reply.send(Err(StoreError::Batch(why.clone())));
+                    }
                 }
             }
         }
-        if batch.is_empty() {
-            continue;
+        if closing.is_some() {
+            break 'run;
         }
-        match insert(&pool, batch.iter().map(|(s, _)| s)).await {
-            Ok(()) => {
-                for (sealed, reply) in batch {
-                    let _ = reply.send(Ok(sealed));
-                }
-            }
-            Err(e) => {
-                // Nothing of the batch is stored: the chain continues from
-                // where it was, and every caller learns its entry failed.
-                writer = before;
-                let why = e.to_string();
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(StoreError::Batch(why.clone())));
-                }
-            }
+    }
+    // Stopping: sign the head, so what was written is covered.
+    if writer.uncovered() > 0
+        && let Err(e) = checkpoint_now(&pool, &mut writer).await
+    {
+        tracing_error(writer.chain(), &e);
+    }
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+fn tracing_error(chain: &str, e: &StoreError) {
+    tracing::error!(chain, error = %e, "audit checkpoint not written");
+}
+
+/// Writes a batch of entries, and a checkpoint over them if given, in one
+/// transaction.
+async fn write(
+    pool: &SqlitePool,
+    entries: &[&Sealed],
+    cp: Option<&SignedCheckpoint>,
+) -> Result<(), sqlx::Error> {
+    match cp {
+        None => insert(pool, entries).await,
+        Some(cp) => {
+            let mut tx = pool.begin().await?;
+            insert(&mut *tx, entries).await?;
+            insert_checkpoint(&mut *tx, cp).await?;
+            tx.commit().await
         }
     }
 }
 
-/// Writes sealed entries as one multi-row statement (one transaction).
-async fn insert<'a>(
-    pool: &SqlitePool,
-    entries: impl Iterator<Item = &'a Sealed>,
+async fn insert_checkpoint<'e, E: sqlx::SqliteExecutor<'e>>(
+    exec: E,
+    cp: &SignedCheckpoint,
 ) -> Result<(), sqlx::Error> {
-    let entries: Vec<&Sealed> = entries.collect();
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (chain, seq, time_ms, body, hash, sig) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&cp.checkpoint.chain)
+    .bind(i64::try_from(cp.checkpoint.seq).unwrap_or(i64::MAX))
+    .bind(cp.checkpoint.time_ms)
+    .bind(&cp.body)
+    .bind(&cp.hash)
+    .bind(&cp.sig)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+/// Writes sealed entries as one multi-row statement.
+async fn insert<'e, E: sqlx::SqliteExecutor<'e>>(
+    exec: E,
+    entries: &[&Sealed],
+) -> Result<(), sqlx::Error> {
     let mut sql = String::from("INSERT INTO audit_entries (chain, seq, body, hash, sig) VALUES ");
     for i in 0..entries.len() {
         sql.push_str(if i == 0 {
@@ -290,7 +517,7 @@ async fn insert<'a>(
             .bind(e.hash.clone())
             .bind(e.sig.clone());
     }
-    query.execute(pool).await?;
+    query.execute(exec).await?;
     Ok(())
 }
 
@@ -359,13 +586,44 @@ impl Report {
     }
 }
 
+/// The stored checkpoints of `chain`, in order.
+pub async fn checkpoints(
+    pool: &SqlitePool,
+    chain: &str,
+) -> Result<Vec<Result<SignedCheckpoint, (u64, String)>>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT seq, body, hash, sig FROM audit_checkpoints WHERE chain = ? \
+         ORDER BY seq, time_ms, rowid",
+    )
+    .bind(chain)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let seq = u64::try_from(r.get::<i64, _>(0)).unwrap_or(0);
+            SignedCheckpoint::parse(r.get(1), r.get(2), r.get(3)).map_err(|e| (seq, e.to_string()))
+        })
+        .collect())
+}
+
+/// Progress of a verification: entries checked so far, and in all.
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+
 /// Verifies every chain in the store. With `pinned` keys, a chain without a
 /// pinned key, a pinned chain missing from the store, or a stored key that
-/// differs from the pinned one is a finding; without, the stored keys are used.
+/// differs from the pinned one is a finding; without, the stored keys are
+/// used. `trusted` holds the checkpoint this verifier accepted last time for
+/// each chain: a chain that no longer reaches it, or contradicts it, is a
+/// rollback. Entries stream through; `progress` hears every 16,384.
 pub async fn verify(
     pool: &SqlitePool,
     pinned: Option<&BTreeMap<String, PublicKey>>,
+    trusted: &BTreeMap<String, Trusted>,
+    progress: Progress<'_>,
 ) -> Result<Report, StoreError> {
+    use futures::TryStreamExt;
+
     let stored = chains(pool).await?;
     let mut report = Report {
         verified: Vec::new(),
@@ -376,9 +634,9 @@ pub async fn verify(
             KeySource::Database
         },
     };
-    let finding = |chain: &str, problem: Problem, detail: String| Finding {
+    let finding = |chain: &str, seq: u64, problem: Problem, detail: String| Finding {
         chain: chain.to_owned(),
-        seq: 0,
+        seq,
         problem,
         detail,
     };
@@ -387,12 +645,32 @@ pub async fn verify(
             if !stored.contains_key(chain) {
                 report.findings.push(finding(
                     chain,
-                    Problem::Gap,
+                    0,
+                    Problem::Missing,
                     format!("chain `{chain}` has a pinned key but is missing from the log"),
                 ));
             }
         }
     }
+    for (chain, t) in trusted {
+        if !stored.contains_key(chain) && !pinned.is_some_and(|p| p.contains_key(chain)) {
+            report.findings.push(finding(
+                chain,
+                t.seq,
+                Problem::Missing,
+                format!(
+                    "this verifier trusted chain `{chain}` through #{} earlier, but it is gone",
+                    t.seq
+                ),
+            ));
+        }
+    }
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries")
+        .fetch_one(pool)
+        .await?;
+    let total = u64::try_from(total).unwrap_or(0);
+    let mut done = 0u64;
+    progress(0, total);
     for (chain, stored_key) in &stored {
         let key = match pinned {
             Some(p) => match p.get(chain) {
@@ -400,6 +678,7 @@ pub async fn verify(
                 Some(_) => {
                     report.findings.push(finding(
                         chain,
+                        0,
                         Problem::Signature,
                         format!("chain `{chain}` records a key that differs from the pinned key"),
                     ));
@@ -408,6 +687,7 @@ pub async fn verify(
                 None => {
                     report.findings.push(finding(
                         chain,
+                        0,
                         Problem::Misplaced,
                         format!(
                             "chain `{chain}` has no pinned key (not written by a known writer)"
@@ -421,6 +701,7 @@ pub async fn verify(
                 None => {
                     report.findings.push(finding(
                         chain,
+                        0,
                         Problem::Malformed,
                         format!("chain `{chain}` records a malformed key"),
                     ));
@@ -428,12 +709,64 @@ pub async fn verify(
                 }
             },
         };
-        let rows = entries(pool, chain).await?;
-        match audit::verify_chain(chain, &rows, &key) {
+        let mut cps = Vec::new();
+        let mut bad = None;
+        for cp in checkpoints(pool, chain).await? {
+            match cp {
+                Ok(cp) => cps.push(cp),
+                Err((seq, why)) => {
+                    bad = Some(finding(
+                        chain,
+                        seq,
+                        Problem::Malformed,
+                        format!("checkpoint at #{seq} is malformed: {why}"),
+                    ));
+                    break;
+                }
+            }
+        }
+        if let Some(f) = bad {
+            report.findings.push(f);
+            continue;
+        }
+        let mut verifier = match ChainVerifier::new(chain, &key, &cps, trusted.get(chain).cloned())
+        {
+            Ok(v) => v,
+            Err(f) => {
+                report.findings.push(f);
+                continue;
+            }
+        };
+        let mut rows = sqlx::query(
+            "SELECT chain, seq, body, hash, sig FROM audit_entries WHERE chain = ? ORDER BY seq, rowid",
+        )
+        .bind(chain)
+        .fetch(pool);
+        let mut failed = None;
+        while let Some(r) = rows.try_next().await? {
+            let sealed = Sealed {
+                chain: r.get(0),
+                seq: u64::try_from(r.get::<i64, _>(1)).unwrap_or(0),
+                body: r.get(2),
+                hash: r.get(3),
+                sig: r.get(4),
+            };
+            if let Err(f) = verifier.push(&sealed) {
+                failed = Some(f);
+                break;
+            }
+            done += 1;
+            if done.is_multiple_of(16_384) {
+                progress(done, total);
+            }
+        }
+        drop(rows);
+        match failed.map_or_else(|| verifier.finish(crate::now_ms()), Err) {
             Ok(v) => report.verified.push(v),
             Err(f) => report.findings.push(f),
         }
     }
+    progress(total, total);
     Ok(report)
 }
 
@@ -500,19 +833,84 @@ mod tests {
             Err(StoreError::Encode(_))
         ));
 
+        // Closing signs the head: nothing is left uncovered.
+        log.close().await;
+        assert!(matches!(
+            log.append(Kind::Decision, Record::default()).await,
+            Err(StoreError::Closed)
+        ));
         let pinned: BTreeMap<String, PublicKey> = [("w".to_owned(), key.public())].into();
-        let report = verify(&pool, Some(&pinned)).await.unwrap();
+        let report = verify(&pool, Some(&pinned), &BTreeMap::new(), &mut |_, _| {})
+            .await
+            .unwrap();
         assert!(report.intact(), "{report:?}");
         assert_eq!(report.entries(), 201);
+        let v = &report.verified[0];
+        assert_eq!(v.unsigned_tail, 0, "{v:?}");
+        assert_eq!(v.latest.as_ref().map(|t| t.seq), Some(201));
 
         // A reopened writer continues the same chain.
         drop(log);
-        let again = AuditLog::open(pool.clone(), "w", key).await.unwrap();
+        let again = AuditLog::open(pool.clone(), "w", key.clone())
+            .await
+            .unwrap();
         let next = again
             .append(Kind::Decision, Record::default())
             .await
             .unwrap();
         assert_eq!(next.seq, 202);
+        again.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkpoints_come_by_count_by_time_and_when_idle() {
+        let dir = std::env::temp_dir().join(crate::random_id("zt-store-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pool = open_pool(&dir.join("audit.db")).await.unwrap();
+        let key = KeyPair::from_seed(&[4; 32]);
+        let policy = CheckpointPolicy {
+            every: 10,
+            after: Duration::from_millis(200),
+            heartbeat: Duration::from_millis(400),
+        };
+        let log = AuditLog::open_with(pool.clone(), "c", key.clone(), policy)
+            .await
+            .unwrap();
+        for _ in 0..25 {
+            log.append(Kind::Decision, Record::default()).await.unwrap();
+        }
+        let count = |pool: SqlitePool| async move { checkpoints(&pool, "c").await.unwrap().len() };
+        let by_count = count(pool.clone()).await;
+        assert!(by_count >= 2, "every 10 entries: {by_count}");
+        // The 6 uncovered entries are signed within `after`; then heartbeats.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cps = checkpoints(&pool, "c").await.unwrap();
+        let last = cps.last().unwrap().as_ref().unwrap();
+        assert_eq!(last.checkpoint.seq, 26);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let idle = count(pool.clone()).await;
+        assert!(
+            idle >= cps.len() + 2,
+            "heartbeats while idle: {} -> {idle}",
+            cps.len()
+        );
+
+        // A chain whose tail was cut below a signed checkpoint is not continued.
+        drop(log);
+        let raw = open_sqlite(&dir.join("audit.db")).await.unwrap();
+        sqlx::query("DROP TRIGGER audit_entries_no_delete")
+            .execute(&raw)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM audit_entries WHERE chain = 'c' AND seq > 20")
+            .execute(&raw)
+            .await
+            .unwrap();
+        assert!(matches!(
+            AuditLog::open_with(raw.clone(), "c", key, policy).await,
+            Err(StoreError::Tampered { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

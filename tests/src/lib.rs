@@ -40,8 +40,11 @@ pub fn bin_dir() -> PathBuf {
 /// A command for one of the workspace binaries.
 pub fn bin(name: &str) -> Command {
     let mut cmd = Command::new(bin_dir().join(name));
+    // Verifier state (`audit verify`) goes to a scratch directory, not the
+    // user's home.
     cmd.env_remove("ZT_OPERATOR_TOKEN")
-        .env_remove("ZT_DATA_DIR");
+        .env_remove("ZT_DATA_DIR")
+        .env("XDG_STATE_HOME", std::env::temp_dir().join("zt-test-state"));
     cmd
 }
 
@@ -85,9 +88,17 @@ pub struct Stack {
     pub approval_url: String,
     /// Data directory.
     pub data_dir: PathBuf,
+    keep: bool,
 }
 
 impl Stack {
+    /// Stops the stack as an operator would (its services sign their audit
+    /// chains' heads on the way out) and keeps the data directory.
+    pub fn stop_keep(mut self) -> PathBuf {
+        self.keep = true;
+        self.data_dir.clone()
+    }
+
     /// Starts `zt-console up --data-dir <fresh dir>` and waits for its lines.
     pub fn up(tag: &str) -> anyhow::Result<Stack> {
         Stack::up_at(&temp_dir(tag))
@@ -133,6 +144,7 @@ impl Stack {
             broker_url: broker.unwrap_or_default(),
             approval_url: approval.unwrap_or_default(),
             data_dir: data.unwrap_or_default(),
+            keep: false,
         })
     }
 
@@ -196,7 +208,9 @@ impl Drop for Stack {
             .status();
         for _ in 0..100 {
             if let Ok(Some(_)) = self.child.try_wait() {
-                let _ = std::fs::remove_dir_all(&self.data_dir);
+                if !self.keep {
+                    let _ = std::fs::remove_dir_all(&self.data_dir);
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -1,0 +1,242 @@
+//! `zt-console audit query` and `audit export`: find entries by session,
+//! human, agent, tool, decision, kind and time range, and export them as
+//! JSON Lines for a SIEM.
+//!
+//! Both read the log read-only and never verify on their own: an auditor
+//! runs `audit verify` for integrity; every exported line carries the
+//! entry's `hash` and `prev_hash` so the export can be linked back to it.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+use sqlx::Row;
+use zt_proto::audit::Entry;
+
+/// What to select. Empty fields match everything.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Filter {
+    /// Agent session id.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// The human acted for (or the operator who acted).
+    #[arg(long)]
+    pub human: Option<String>,
+    /// An actor in the behalf-of chain, e.g. agent:support-bot.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Tool name.
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// Decision (allow, constrain, deny, escalate, executed, approve, ...).
+    #[arg(long)]
+    pub decision: Option<String>,
+    /// Entry kind (decision, result, escalation, approval, grant_use, alert, ...).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Writer chain (broker, approval, ...).
+    #[arg(long)]
+    pub chain: Option<String>,
+    /// From this time: RFC 3339 (2026-11-26T10:00:00Z), ms since the
+    /// epoch, or an age such as 15m, 2h, 7d.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Up to (excluding) this time, in the same forms.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+}
+
+/// A time bound in ms since the epoch.
+pub fn parse_time(text: &str, now_ms: i64) -> anyhow::Result<i64> {
+    let t = text.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(dt.timestamp_millis());
+    }
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        return t.parse().context("time out of range");
+    }
+    let (num, unit) = t.split_at(t.len().saturating_sub(1));
+    let n: i64 =
+        num.parse().ok().filter(|n| *n >= 0).with_context(|| {
+            format!("`{text}` is not a time (RFC 3339, ms, or an age like 15m)")
+        })?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("`{text}` is not a time (RFC 3339, ms, or an age like 15m, 2h, 7d)"),
+    };
+    Ok(now_ms.saturating_sub(n.saturating_mul(unit_ms)))
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn format_time(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|d| d.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// One entry as an auditor's tools expect it: flat, named fields, an
+/// RFC 3339 time, and the chain position and hashes.
+pub fn siem_line(chain: &str, seq: u64, hash: &str, entry: &Entry) -> Value {
+    let r = &entry.record;
+    // The acting agent is the first actor that is not the human.
+    let agent = r
+        .actors
+        .iter()
+        .find(|a| a.starts_with("agent:"))
+        .cloned()
+        .unwrap_or_default();
+    json!({
+        "time": format_time(entry.time_ms),
+        "time_ms": entry.time_ms,
+        "chain": chain,
+        "seq": seq,
+        "kind": entry.kind.as_str(),
+        "session": r.session,
+        "human": r.subject,
+        "agent": agent,
+        "actors": r.actors,
+        "tool": r.tool,
+        "args": r.args,
+        "args_hash": r.args_hash,
+        "decision": r.decision,
+        "rules": r.rules,
+        "request_id": r.request_id,
+        "grant_id": r.grant_id,
+        "status": r.status,
+        "detail": r.detail,
+        "hash": hash,
+        "prev_hash": entry.prev_hash,
+    })
+}
+
+fn matches(f: &Filter, chain: &str, e: &Entry, since: Option<i64>, until: Option<i64>) -> bool {
+    let r = &e.record;
+    let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+    eq(&f.chain, chain)
+        && eq(&f.session, &r.session)
+        && eq(&f.human, &r.subject)
+        && eq(&f.tool, &r.tool)
+        && eq(&f.decision, &r.decision)
+        && eq(&f.kind, e.kind.as_str())
+        && f.agent
+            .as_deref()
+            .is_none_or(|a| r.actors.iter().any(|x| x == a))
+        && since.is_none_or(|s| e.time_ms >= s)
+        && until.is_none_or(|u| e.time_ms < u)
+}
+
+/// Streams the matching entries of the log at `db` (in time order, then
+/// chain and position) to `each`; returns how many matched. Entries whose
+/// body does not parse are skipped and counted in the second number.
+pub async fn select(
+    db: &Path,
+    filter: &Filter,
+    mut each: impl FnMut(Value) -> anyhow::Result<()>,
+) -> anyhow::Result<(u64, u64)> {
+    if !db.exists() {
+        bail!("no audit log at {}", db.display());
+    }
+    let now = zt_proto::now_ms();
+    let since = filter
+        .since
+        .as_deref()
+        .map(|t| parse_time(t, now))
+        .transpose()?;
+    let until = filter
+        .until
+        .as_deref()
+        .map(|t| parse_time(t, now))
+        .transpose()?;
+    let pool = zt_proto::store::open_read_only(db)
+        .await
+        .with_context(|| format!("opening {}", db.display()))?;
+    // The coarse cut happens in SQL (time, chain); the exact match on the
+    // parsed entry, so a filter never depends on how JSON is laid out.
+    let mut rows = sqlx::query(
+        "SELECT chain, seq, body, hash FROM audit_entries \
+         WHERE (?1 IS NULL OR chain = ?1) \
+           AND (?2 IS NULL OR json_extract(body, '$.time_ms') >= ?2) \
+           AND (?3 IS NULL OR json_extract(body, '$.time_ms') < ?3) \
+         ORDER BY json_extract(body, '$.time_ms'), chain, seq",
+    )
+    .bind(filter.chain.as_deref())
+    .bind(since)
+    .bind(until)
+    .fetch(&pool);
+    let (mut matched, mut skipped) = (0u64, 0u64);
+    while let Some(row) = rows.try_next().await? {
+        let chain: String = row.get(0);
+        let seq = u64::try_from(row.get::<i64, _>(1)).unwrap_or(0);
+        let body: String = row.get(2);
+        let hash: String = row.get(3);
+        let Ok(entry) = serde_json::from_str::<Entry>(&body) else {
+            skipped += 1;
+            continue;
+        };
+        if matches(filter, &chain, &entry, since, until) {
+            matched += 1;
+            each(siem_line(&chain, seq, &hash, &entry))?;
+        }
+    }
+    drop(rows);
+    pool.close().await;
+    Ok((matched, skipped))
+}
+
+/// Writes the matching entries as JSON Lines to `out`.
+pub async fn export(db: &Path, filter: &Filter, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
+    select(db, filter, |line| {
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")?;
+        Ok(())
+    })
+    .await
+}
+
+/// One line of the human-readable table.
+pub fn table_line(v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let mut detail = s("detail");
+    if detail.chars().count() > 60 {
+        detail = detail.chars().take(59).collect::<String>() + "…";
+    }
+    format!(
+        "{}  {:<10} {:<13} {:<8} {:<18} {:<15} {:<10} {:<8} {}",
+        s("time"),
+        format!("{}#{}", s("chain"), v["seq"]),
+        s("kind"),
+        s("human"),
+        s("agent"),
+        s("tool"),
+        s("decision"),
+        s("status"),
+        detail
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_three_forms() {
+        let now = 1_800_000_000_000;
+        assert_eq!(parse_time("15m", now).unwrap(), now - 900_000);
+        assert_eq!(parse_time("2h", now).unwrap(), now - 7_200_000);
+        assert_eq!(parse_time("1700000000000", now).unwrap(), 1_700_000_000_000);
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20Z", now).unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(format_time(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        for bad in ["", "yesterday", "-5m", "5w", "2023-13-01T00:00:00Z"] {
+            assert!(parse_time(bad, now).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Every tamper class against a real audit database, each detected by
+//! `zt-console audit verify` with the exact finding: a modified, deleted,
+//! inserted or reordered entry; a truncated tail; a forged checkpoint
+//! signature and a wrong pinned key; a log rolled back to an older copy.
+//!
+//! A stack runs a few calls and stops (its writers sign their heads); each
+//! case copies the stopped data directory, tampers with the copy the way
+//! someone with write access to the file would (dropping the append-only
+//! triggers first), and runs the verifier on it.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+use zt_tests::{Stack, bin, call, connect, temp_dir};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let path = entry.path();
+        let target = to.join(entry.file_name());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// A copy of the stopped stack's data directory.
+fn copy_of(dir: &Path, tag: &str) -> PathBuf {
+    let to = temp_dir(tag);
+    copy_dir(dir, &to);
+    to
+}
+
+async fn sql(dir: &Path, statements: &[&str]) {
+    let url = format!("sqlite://{}", dir.join("audit.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    for trigger in [
+        "audit_entries_no_update",
+        "audit_entries_no_delete",
+        "audit_checkpoints_no_update",
+        "audit_checkpoints_no_delete",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP TRIGGER IF EXISTS {trigger}"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    for s in statements {
+        sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+    let _ = conn.close().await;
+}
+
+/// Runs `audit verify --json`; returns the exit code and the report.
+fn verify(dir: &Path, state: Option<&Path>) -> (i32, Value) {
+    let mut cmd = bin("zt-console");
+    cmd.args(["audit", "verify", "--json", "--data-dir"])
+        .arg(dir);
+    match state {
+        Some(s) => cmd.arg("--state").arg(s),
+        None => cmd.arg("--no-state"),
+    };
+    let out = cmd.output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("JSON: {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code().unwrap_or(-1), report)
+}
+
+/// The single finding of a tampered log: (chain, seq, problem).
+fn finding(dir: &Path) -> (String, u64, String) {
+    let (code, report) = verify(dir, None);
+    assert_eq!(code, 1, "tampered log exits 1: {report}");
+    assert_eq!(report["intact"], false);
+    let f = &report["findings"][0];
+    (
+        f["chain"].as_str().unwrap_or_default().to_owned(),
+        f["seq"].as_u64().unwrap_or_default(),
+        f["problem"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+async fn broker_entries(dir: &Path) -> u64 {
+    let url = format!("sqlite://{}?mode=ro", dir.join("audit.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_entries WHERE chain = 'broker'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    u64::try_from(n).unwrap()
+}
+
+async fn run_calls(stack: &Stack, n: usize) {
+    let agent = connect(&stack.broker_url, &stack.session_token("agent:t", "alice"))
+        .await
+        .unwrap();
+    for i in 0..n {
+        let id = if i % 2 == 0 { "acct_1001" } else { "acct_1002" };
+        call(&agent, "lookup_account", json!({ "account_id": id }))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tamper_class_is_detected_with_its_finding() {
+    let stack = Stack::up("tamper").expect("stack starts");
+    run_calls(&stack, 6).await;
+    let base = stack.stop_keep();
+
+    // Intact after a clean stop: every entry is covered by a checkpoint.
+    let (code, report) = verify(&base, None);
+    assert_eq!(code, 0, "{report}");
+    let broker = report["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["chain"] == "broker")
+        .cloned()
+        .unwrap();
+    assert_eq!(broker["unsigned_tail"], 0, "{broker}");
+    assert!(broker["checkpoints"].as_u64().unwrap() >= 1);
+    let last = broker_entries(&base).await;
+    assert!(last >= 12, "two entries per call: {last}");
+
+    // Modified: the tool of entry #5 edited in place.
+    let d = copy_of(&base, "t-edit");
+    sql(
+        &d,
+        &[
+            "UPDATE audit_entries SET body = replace(body, 'lookup_account', 'issue_refund') \
+               WHERE chain = 'broker' AND seq = 5",
+        ],
+    )
+    .await;
+    assert_eq!(finding(&d), ("broker".into(), 5, "hash".into()));
+
+    // Deleted.
+    let d = copy_of(&base, "t-delete");
+    sql(
+        &d,
+        &["DELETE FROM audit_entries WHERE chain = 'broker' AND seq = 5"],
+    )
+    .await;
+    assert_eq!(finding(&d), ("broker".into(), 5, "gap".into()));
+
+    // Inserted: a forged entry slipped in as #5, later entries renumbered.
+    let d = copy_of(&base, "t-insert");
+    sql(
+        &d,
+        &[
+            "UPDATE audit_entries SET seq = -seq WHERE chain = 'broker' AND seq >= 5",
+            "UPDATE audit_entries SET seq = 1 - seq WHERE chain = 'broker' AND seq < 0",
+            "INSERT INTO audit_entries (chain, seq, body, hash, sig) \
+         SELECT chain, 5, body, hash, sig FROM audit_entries WHERE chain = 'broker' AND seq = 4",
+        ],
+    )
+    .await;
+    assert_eq!(finding(&d), ("broker".into(), 5, "misplaced".into()));
+
+    // Reordered: #5 and #6 swapped.
+    let d = copy_of(&base, "t-reorder");
+    sql(
+        &d,
+        &[
+            "UPDATE audit_entries SET seq = 1000005 WHERE chain = 'broker' AND seq = 5",
+            "UPDATE audit_entries SET seq = 5 WHERE chain = 'broker' AND seq = 6",
+            "UPDATE audit_entries SET seq = 6 WHERE chain = 'broker' AND seq = 1000005",
+        ],
+    )
+    .await;
+    assert_eq!(finding(&d), ("broker".into(), 5, "misplaced".into()));
+
+    // Truncated tail: the last three entries gone, the checkpoints kept.
+    let d = copy_of(&base, "t-truncate");
+    let cut = format!(
+        "DELETE FROM audit_entries WHERE chain = 'broker' AND seq > {}",
+        last - 3
+    );
+    sql(&d, &[cut.as_str()]).await;
+    assert_eq!(finding(&d), ("broker".into(), last - 2, "truncated".into()));
+
+    // Forged signature on the latest checkpoint.
+    let d = copy_of(&base, "t-forge");
+    sql(&d, &["UPDATE audit_checkpoints SET sig = substr('00000000000000000000000000000000', 1, 32) || substr(sig, 33) \
+               WHERE chain = 'broker' AND rowid = (SELECT MAX(rowid) FROM audit_checkpoints WHERE chain = 'broker')"]).await;
+    let forged = finding(&d);
+    assert_eq!(
+        (forged.0.as_str(), forged.2.as_str()),
+        ("broker", "signature")
+    );
+
+    // A chain whose pinned key is not the one it was written with.
+    let d = copy_of(&base, "t-wrongkey");
+    std::fs::copy(
+        d.join("public").join("audit-approval.pem"),
+        d.join("public").join("audit-broker.pem"),
+    )
+    .unwrap();
+    let wrong = finding(&d);
+    assert_eq!(
+        (wrong.0.as_str(), wrong.2.as_str()),
+        ("broker", "signature")
+    );
+
+    // Truncated with its covering checkpoints, by someone careful: the log
+    // is consistent on its own, but a verifier that saw more before says so.
+    let d = copy_of(&base, "t-rollback");
+    let state = d.join("verifier-state.json");
+    let (code, _) = verify(&d, Some(&state));
+    assert_eq!(code, 0);
+    sql(
+        &d,
+        &[
+            "DELETE FROM audit_entries WHERE chain = 'broker' AND seq > 3",
+            "DELETE FROM audit_checkpoints WHERE chain = 'broker' AND seq > 3",
+        ],
+    )
+    .await;
+    let (code, report) = verify(&d, Some(&state));
+    assert_eq!(code, 1, "{report}");
+    let f = &report["findings"][0];
+    assert_eq!(f["chain"], "broker");
+    assert_eq!(f["problem"], "rollback", "{report}");
+    assert_eq!(f["seq"], 4);
+
+    // Rolled back to an older copy of the whole file.
+    let old = copy_of(&base, "t-old");
+    let stack = Stack::up_at(&base).expect("stack restarts");
+    let state = base.join("verifier-state.json");
+    run_calls(&stack, 2).await;
+    let base = stack.stop_keep();
+    let (code, report) = verify(&base, Some(&state));
+    assert_eq!(code, 0, "{report}");
+    for file in ["audit.db", "audit.db-wal", "audit.db-shm"] {
+        let _ = std::fs::remove_file(base.join(file));
+        if old.join(file).exists() {
+            std::fs::copy(old.join(file), base.join(file)).unwrap();
+        }
+    }
+    let (code, report) = verify(&base, Some(&state));
+    assert_eq!(code, 1, "{report}");
+    let rolled_back = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["chain"] == "broker" && f["problem"] == "rollback");
+    assert!(rolled_back, "{report}");
+    for dir in [&base, &old] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
