@@ -402,6 +402,16 @@ pub struct Verified {
     pub unsigned_tail: u64,
 }
 
+/// A 32-byte hash from its lowercase hex form (the only form a writer stores).
+fn hash_bytes(hex_text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex_text.len() != 64 || hex_text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    hex::decode_to_slice(hex_text, &mut out).ok()?;
+    Some(out)
+}
+
 #[derive(Deserialize)]
 struct Link<'a> {
     #[serde(borrow)]
@@ -425,8 +435,8 @@ pub struct ChainVerifier<'k> {
     chain: String,
     key: &'k PublicKey,
     expected: u64,
-    prev: String,
-    heads: std::collections::VecDeque<(u64, String)>,
+    prev: [u8; 32],
+    heads: std::collections::VecDeque<(u64, [u8; 32])>,
     latest: Option<Trusted>,
     checkpoints: u64,
     trusted: Option<Trusted>,
@@ -533,8 +543,11 @@ impl<'k> ChainVerifier<'k> {
             chain: chain.to_owned(),
             key,
             expected: 1,
-            prev: GENESIS.to_owned(),
-            heads: heads.into(),
+            prev: [0; 32],
+            heads: heads
+                .into_iter()
+                .map(|(seq, head)| (seq, hash_bytes(&head).unwrap_or([0xff; 32])))
+                .collect(),
             latest: last.map(|c| Trusted {
                 seq: c.seq,
                 head: c.head.clone(),
@@ -589,15 +602,14 @@ impl<'k> ChainVerifier<'k> {
             ));
         }
         let hash = canonical::digest(Domain::AuditLeaf, s.body.as_bytes());
-        let hash_hex = hex::encode(hash);
-        if hash_hex != s.hash {
+        if hash_bytes(&s.hash) != Some(hash) {
             return Err(self.fail(
                 s.seq,
                 Problem::Hash,
                 "stored hash does not match the entry's contents (edited)".into(),
             ));
         }
-        if link.prev_hash != self.prev {
+        if hash_bytes(&link.prev_hash) != Some(self.prev) {
             return Err(self.fail(
                 s.seq,
                 Problem::Link,
@@ -624,7 +636,7 @@ impl<'k> ChainVerifier<'k> {
             if *seq > s.seq {
                 break;
             }
-            if *head != hash_hex {
+            if *head != hash {
                 return Err(self.fail(
                     s.seq,
                     Problem::Checkpoint,
@@ -638,7 +650,7 @@ impl<'k> ChainVerifier<'k> {
         }
         if let Some(t) = &self.trusted
             && t.seq == s.seq
-            && t.head != hash_hex
+            && hash_bytes(&t.head) != Some(hash)
         {
             return Err(self.fail(
                 s.seq,
@@ -652,7 +664,7 @@ impl<'k> ChainVerifier<'k> {
         if s.seq == self.signed_through + 1 {
             self.first_unsigned_time = link.time_ms;
         }
-        self.prev = hash_hex;
+        self.prev = hash;
         self.expected += 1;
         Ok(())
     }
@@ -707,7 +719,7 @@ impl<'k> ChainVerifier<'k> {
         Ok(Verified {
             chain: self.chain,
             entries,
-            head: self.prev,
+            head: hex::encode(self.prev),
             checkpoints: self.checkpoints,
             latest: self.latest,
             unsigned_tail,
