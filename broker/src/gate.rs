@@ -356,29 +356,46 @@ impl Broker {
         } else {
             decision.reason.clone()
         };
-        let intent = self.audit.submit(Kind::Decision, rec.clone()).await;
-        let outcome = match snapshot {
+        let result = |rec: &Record, outcome: &Result<Value, backend::BackendError>| {
+            let mut rec = rec.clone();
+            rec.status = if outcome.is_ok() { "ok" } else { "error" }.into();
+            rec.detail = match outcome {
+                Ok(v) => summarize(tool, v),
+                Err(e) => format!("{e:?}"),
+            };
+            rec.decision = "executed".into();
+            rec
+        };
+        let (outcome, audited) = match snapshot {
             // The row read for the policy is the result, unless the policy
-            // rewrote the arguments.
-            Some(value) if args == original => Ok(value),
+            // rewrote the arguments: both entries go in one commit.
+            Some(value) if args == original => {
+                let outcome = Ok(value);
+                let done = result(&rec, &outcome);
+                let audited = self
+                    .audit
+                    .append_all(vec![(Kind::Decision, rec), (Kind::Result, done)])
+                    .await
+                    .map(|_| ());
+                (outcome, audited)
+            }
             _ => {
+                let intent = self.audit.submit(Kind::Decision, rec.clone()).await;
                 let actor = backend::Actor {
                     session: &claims.sid,
                     human: &claims.sub,
                     grant_id: None,
                 };
-                self.backend.execute(tool, args, &actor).await
+                let outcome = self.backend.execute(tool, args, &actor).await;
+                let done = self
+                    .audit
+                    .submit(Kind::Result, result(&rec, &outcome))
+                    .await;
+                let (intent, done) = (intent.durable().await, done.durable().await);
+                (outcome, intent.and(done).map(|_| ()))
             }
         };
-        rec.status = if outcome.is_ok() { "ok" } else { "error" }.into();
-        rec.detail = match &outcome {
-            Ok(v) => summarize(tool, v),
-            Err(e) => format!("{e:?}"),
-        };
-        rec.decision = "executed".into();
-        let result = self.audit.submit(Kind::Result, rec).await;
-        let (intent, result) = (intent.durable().await, result.durable().await);
-        if let Err(e) = intent.and(result) {
+        if let Err(e) = audited {
             tracing::error!(error = %e, "audit write failed; withholding a read result");
             return error_result(
                 "the action could not be recorded, so its result is withheld",

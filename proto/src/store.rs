@@ -167,6 +167,11 @@ enum Job {
         record: Record,
         reply: oneshot::Sender<Result<Sealed, StoreError>>,
     },
+    /// Entries that must land in one commit, in order.
+    Together(
+        Vec<(Kind, Record)>,
+        oneshot::Sender<Result<Vec<Sealed>, StoreError>>,
+    ),
     Close(oneshot::Sender<()>),
 }
 
@@ -289,6 +294,20 @@ impl AuditLog {
         Pending { answer, queued }
     }
 
+    /// Appends several entries in one commit (all or none), in order, and
+    /// returns them once durable.
+    pub async fn append_all(
+        &self,
+        entries: Vec<(Kind, Record)>,
+    ) -> Result<Vec<Sealed>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Together(entries, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Writes what is queued, signs a final checkpoint over the head, and
     /// stops the writer; later appends fail with [`StoreError::Closed`].
     pub async fn close(&self) {
@@ -315,6 +334,12 @@ impl Pending {
         }
         self.answer.await.map_err(|_| StoreError::Closed)?
     }
+}
+
+/// Where the writer answers once a batch is stored.
+enum Reply {
+    One(oneshot::Sender<Result<Sealed, StoreError>>),
+    Many(usize, oneshot::Sender<Result<Vec<Sealed>, StoreError>>),
 }
 
 /// The latest stored checkpoint of `chain` with its hash.
@@ -392,7 +417,8 @@ async fn write_batches(
         // and takes no place in the chain.
         let before = writer.clone();
         let now = crate::now_ms();
-        let mut batch: Vec<(Sealed, oneshot::Sender<Result<Sealed, StoreError>>)> = Vec::new();
+        let mut batch: Vec<Sealed> = Vec::new();
+        let mut replies: Vec<Reply> = Vec::new();
         for job in jobs {
             match job {
                 Job::Append {
@@ -402,12 +428,39 @@ async fn write_batches(
                 } => match writer.seal(kind, record, now) {
                     Ok(sealed) => {
                         writer.advance(&sealed);
-                        batch.push((sealed, reply));
+                        batch.push(sealed);
+                        replies.push(Reply::One(reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(StoreError::Encode(e.to_string())));
                     }
                 },
+                Job::Together(entries, reply) => {
+                    let mark = writer.clone();
+                    let mut sealed_all = Vec::with_capacity(entries.len());
+                    let mut failed = None;
+                    for (kind, record) in entries {
+                        match writer.seal(kind, record, now) {
+                            Ok(sealed) => {
+                                writer.advance(&sealed);
+                                sealed_all.push(sealed);
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(e) = failed {
+                        // All or none: the group takes no place in the chain.
+                        writer = mark;
+                        let _ = reply.send(Err(StoreError::Encode(e.to_string())));
+                    } else {
+                        let n = sealed_all.len();
+                        batch.extend(sealed_all);
+                        replies.push(Reply::Many(n, reply));
+                    }
+                }
                 Job::Close(done) => closing = Some(done),
             }
         }
@@ -418,15 +471,25 @@ async fn write_batches(
             } else {
                 None
             };
-            let entries: Vec<&Sealed> = batch.iter().map(|(s, _)| s).collect();
+            let entries: Vec<&Sealed> = batch.iter().collect();
             match write(&pool, &entries, cp.as_ref()).await {
                 Ok(()) => {
                     if let Some(cp) = &cp {
                         writer.advance_checkpoint(cp);
                         last_cp = tokio::time::Instant::now();
                     }
-                    for (sealed, reply) in batch {
-                        let _ = reply.send(Ok(sealed));
+                    let mut sealed = batch.into_iter();
+                    for reply in replies {
+                        match reply {
+                            Reply::One(r) => {
+                                if let Some(s) = sealed.next() {
+                                    let _ = r.send(Ok(s));
+                                }
+                            }
+                            Reply::Many(n, r) => {
+                                let _ = r.send(Ok(sealed.by_ref().take(n).collect()));
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -434,8 +497,15 @@ async fn write_batches(
                     // where it was, and every caller learns its entry failed.
                     writer = before;
                     let why = e.to_string();
-                    for (_, reply) in batch {
-                        let _ = reply.send(Err(StoreError::Batch(why.clone())));
+                    for reply in replies {
+                        match reply {
+                            Reply::One(r) => {
+                                let _ = r.send(Err(StoreError::Batch(why.clone())));
+                            }
+                            Reply::Many(_, r) => {
+                                let _ = r.send(Err(StoreError::Batch(why.clone())));
+                            }
+                        }
                     }
                 }
             }
