@@ -10,12 +10,15 @@
 //! - on approval signs a **one-time grant** bound to the exact call, which
 //!   only the broker receives and redeems;
 //! - fans **events** out to every watching console ([`hub`]);
+//! - runs **detection rules** over the broker's events and raises alerts
+//!   ([`detect`]);
 //! - writes its own signed **audit chain**: every escalation, vote, refusal,
-//!   expiry and reported execution.
+//!   expiry, reported execution and alert.
 //!
 //! It never holds backend credentials and never executes a tool call.
 
 pub mod db;
+pub mod detect;
 pub mod hub;
 pub mod service;
 pub mod setup;

@@ -1,10 +1,11 @@
 //! The gRPC service: escalations in, decisions and grants out, events to
 //! every watching console.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use sqlx::SqlitePool;
@@ -29,6 +30,7 @@ use zt_proto::store::AuditLog;
 use zt_proto::token::{self, Expect, OperatorClaims, ServiceClaims, TokenType};
 
 use crate::db::{self, VoteOutcome, status};
+use crate::detect::{Alert, By, Detector, Rules};
 use crate::hub::Hub;
 use crate::setup::{self, AUDIT_CHAIN, Keys};
 
@@ -57,6 +59,12 @@ struct State {
     db: SqlitePool,
     audit: AuditLog,
     hub: Hub,
+    /// Detection rules over the broker's events; held only while feeding
+    /// events, never across an await.
+    detector: Mutex<Detector>,
+    /// Whether a rule needs the humans' refund limits (then they follow
+    /// `humans.toml`).
+    detector_needs_caps: bool,
     /// Keys of this stack's token issuer (current and retired): operators, launchers, sessions.
     operator_keys: PinnedKeys,
     /// The brokers' service keys.
@@ -106,6 +114,13 @@ impl Service {
         let audit_pool = zt_proto::store::open_pool(&layout.audit_db()).await?;
         let audit = AuditLog::open(audit_pool, AUDIT_CHAIN, keys.audit.clone()).await?;
         let operator_keys = PinnedKeys::load(&layout, "approval-token")?;
+        let rules = load_detections(&layout.policies())?;
+        let detector_needs_caps = rules.need_caps();
+        let caps = if detector_needs_caps {
+            refund_limits(&layout.policies())?
+        } else {
+            HashMap::new()
+        };
         let state = State {
             broker_keys: PinnedKeys::lazy(&layout, "broker-service"),
             stack,
@@ -114,6 +129,8 @@ impl Service {
             db,
             audit,
             hub: Hub::new(),
+            detector: Mutex::new(Detector::new(rules, caps)),
+            detector_needs_caps,
             operator_keys,
             changed: watch::channel(0).0,
             request_ttl_ms: i64::try_from(opts.request_ttl.as_millis()).unwrap_or(i64::MAX),
@@ -239,16 +256,71 @@ impl Service {
             .ok_or_else(|| Status::not_found("no such request"))
     }
 
-    /// Publishes events a broker sent; the hub, not the sender, numbers and
-    /// timestamps them. Returns the last sequence number.
-    fn publish_from_broker(&self, events: Vec<Event>) -> u64 {
+    /// Publishes events a broker sent; this service, not the sender, numbers
+    /// and timestamps them. The detection rules see each event, and every
+    /// alert they raise is audited and published after the batch. Returns
+    /// the last sequence number of the broker's events.
+    async fn publish_from_broker(&self, events: Vec<Event>) -> u64 {
         let mut seq = 0;
-        for mut event in events {
-            event.seq = 0;
-            event.time_ms = 0;
-            seq = self.0.hub.publish(event);
+        let mut alerts = Vec::new();
+        {
+            let mut detector = lock(&self.0.detector);
+            for mut event in events {
+                event.seq = 0;
+                event.time_ms = zt_proto::now_ms();
+                alerts.extend(detector.observe(event.time_ms, &event));
+                seq = self.0.hub.publish(event);
+            }
+        }
+        for alert in alerts {
+            self.raise(alert).await;
         }
         seq
+    }
+
+    /// Records an alert in the audit chain, then shows it to operators.
+    async fn raise(&self, alert: Alert) {
+        tracing::warn!(
+            rule = %alert.rule,
+            by = alert.by.as_str(),
+            subject = %alert.subject,
+            count = alert.count,
+            "{}",
+            alert.summary
+        );
+        if self.audit(Kind::Alert, alert_record(&alert)).await.is_err() {
+            tracing::error!(rule = %alert.rule, "an alert could not be audited");
+        }
+        self.0.hub.publish(alert_event(&alert));
+    }
+
+    /// Follows `humans.toml`: when it changes, the detection rules get the
+    /// new refund limits; a file that does not load keeps the previous ones.
+    async fn follow_refund_limits(self) {
+        let dir = self.0.layout.policies();
+        let humans = dir.join(zt_policies::files::HUMANS);
+        let mut seen = modified(&humans);
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let now = modified(&humans);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let from = dir.clone();
+            match tokio::task::spawn_blocking(move || refund_limits(&from)).await {
+                Ok(Ok(caps)) => {
+                    lock(&self.0.detector).set_caps(caps);
+                    tracing::info!("detection rules use the new refund limits");
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "detection rules keep the previous refund limits"
+                ),
+                Err(e) => tracing::warn!(error = %e, "reloading refund limits failed"),
+            }
+        }
     }
 
     fn notify(&self) {
@@ -316,6 +388,89 @@ impl Service {
         };
         let sealed = grant.seal(&self.0.keys.grant).map_err(internal)?;
         Ok((grant.id, sealed))
+    }
+}
+
+fn lock(detector: &Mutex<Detector>) -> MutexGuard<'_, Detector> {
+    match detector.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The detection rules of a policy directory (`detections.toml`): a missing
+/// file means the shipped rules; an unreadable or invalid one is an error
+/// naming the file and the problem.
+pub fn load_detections(dir: &Path) -> anyhow::Result<Rules> {
+    let path = dir.join(zt_policies::files::DETECTIONS);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(path = %path.display(), "no detection rules file; using the shipped rules");
+            zt_policies::shipped::file(zt_policies::files::DETECTIONS)
+                .unwrap_or_default()
+                .to_owned()
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("{}: cannot read", path.display()));
+        }
+    };
+    Rules::from_toml(&text).with_context(|| format!("{}: invalid detection rules", path.display()))
+}
+
+/// Each human's refund limit in cents (`rep_limit` in `humans.toml`), read
+/// through the policy engine so the directory means what it means there.
+fn refund_limits(dir: &Path) -> anyhow::Result<HashMap<String, i64>> {
+    let bundle = zt_policies::PolicyBundle::load(dir).with_context(|| {
+        format!(
+            "loading the humans' refund limits for detection rules from {}",
+            dir.display()
+        )
+    })?;
+    Ok(bundle
+        .humans()
+        .map(|h| (h.id.clone(), h.rep_limit))
+        .collect())
+}
+
+/// An alert as an audit entry: the rule in `rules`, the subject in
+/// `session` (a session) or `subject` (an agent or a human).
+fn alert_record(a: &Alert) -> Record {
+    Record {
+        session: a.session.clone(),
+        subject: match a.by {
+            By::Agent => a.agent.clone(),
+            By::Session | By::Human => a.human.clone(),
+        },
+        actors: if a.agent.is_empty() {
+            Vec::new()
+        } else {
+            vec![a.agent.clone()]
+        },
+        decision: "alert".into(),
+        rules: vec![a.rule.clone()],
+        status: "raised".into(),
+        detail: a.summary.clone(),
+        ..Record::default()
+    }
+}
+
+/// An alert as an event for operators' live view.
+fn alert_event(a: &Alert) -> Event {
+    Event {
+        kind: "alert".into(),
+        time_ms: a.at_ms,
+        session_id: a.session.clone(),
+        human: a.human.clone(),
+        agent: a.agent.clone(),
+        decision: "alert".into(),
+        summary: a.summary.clone(),
+        rules: vec![a.rule.clone()],
+        ..Event::default()
     }
 }
 
@@ -465,7 +620,7 @@ impl Approval for Service {
 
     async fn publish(&self, request: Request<Event>) -> Result<Response<PublishAck>, Status> {
         self.service(&request)?;
-        let seq = self.publish_from_broker(vec![request.into_inner()]);
+        let seq = self.publish_from_broker(vec![request.into_inner()]).await;
         Ok(Response::new(PublishAck { seq }))
     }
 
@@ -480,7 +635,7 @@ impl Approval for Service {
                 "at most {MAX_EVENT_BATCH} events per batch"
             )));
         }
-        let seq = self.publish_from_broker(events);
+        let seq = self.publish_from_broker(events).await;
         Ok(Response::new(PublishAck { seq }))
     }
 
@@ -851,6 +1006,10 @@ pub async fn serve(
         }
     });
 
+    if service.0.detector_needs_caps {
+        tokio::spawn(service.clone().follow_refund_limits());
+    }
+
     println!("approval_url={url}");
     tracing::info!(%url, "approval service listening");
     let audit = service.clone();
@@ -862,4 +1021,73 @@ pub async fn serve(
     // Sign the audit chain's head before exiting.
     audit.0.audit.close().await;
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "zt-approval-{tag}-{}-{}",
+            std::process::id(),
+            zt_proto::random_id("")
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn a_missing_rule_file_means_the_shipped_rules() {
+        let dir = temp_dir("no-detections");
+        let rules = load_detections(&dir).expect("shipped rules");
+        assert_eq!(rules.rule.len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_invalid_rule_file_is_an_error_naming_it_and_the_problem() {
+        let dir = temp_dir("bad-detections");
+        let path = dir.join(zt_policies::files::DETECTIONS);
+        std::fs::write(
+            &path,
+            "[[rule]]\nid = \"x\"\nkind = \"denial_spike\"\nseverity = \"urgent\"\n",
+        )
+        .expect("write");
+        let err = format!("{:#}", load_detections(&dir).expect_err("invalid"));
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("unknown variant `urgent`"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn alerts_become_audit_entries_and_events() {
+        let alert = Alert {
+            rule: "denial-spike".into(),
+            kind: crate::detect::RuleKind::DenialSpike,
+            severity: crate::detect::Severity::High,
+            by: By::Session,
+            subject: "sess_1".into(),
+            count: 10,
+            window_secs: 60,
+            at_ms: 42,
+            agent: "agent:x".into(),
+            session: "sess_1".into(),
+            human: "alice".into(),
+            summary: "high denial-spike: session sess_1 had 10 denials within 1m".into(),
+        };
+        let rec = alert_record(&alert);
+        assert_eq!(
+            (rec.session.as_str(), rec.subject.as_str()),
+            ("sess_1", "alice")
+        );
+        assert_eq!(rec.actors, ["agent:x"]);
+        assert_eq!(rec.rules, ["denial-spike"]);
+        assert_eq!(rec.decision, "alert");
+        assert_eq!(rec.detail, alert.summary);
+        let ev = alert_event(&alert);
+        assert_eq!(ev.kind, "alert");
+        assert_eq!((ev.time_ms, ev.agent.as_str()), (42, "agent:x"));
+        assert_eq!(ev.rules, ["denial-spike"]);
+    }
 }

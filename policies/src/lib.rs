@@ -112,6 +112,9 @@ pub mod files {
     pub const SCHEMA: &str = "schema.cedarschema";
     /// Rate limits (optional).
     pub const LIMITS: &str = "limits.toml";
+    /// Detection rules over the live event stream (optional; read by the
+    /// approval service, not by the policy engine).
+    pub const DETECTIONS: &str = "detections.toml";
 }
 
 /// Risk level of a tool, as declared in the registry.

@@ -11,9 +11,15 @@ pub const FILES: &[(&str, &str)] = &[
     (files::POLICY, include_str!("../data/policy.cedar")),
     (files::SCHEMA, include_str!("../data/schema.cedarschema")),
     (files::LIMITS, include_str!("../data/limits.toml")),
+    (files::DETECTIONS, include_str!("../data/detections.toml")),
 ];
 
 use crate::files;
+
+/// The shipped contents of data file `name`, if it is one.
+pub fn file(name: &str) -> Option<&'static str> {
+    FILES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+}
 
 /// Writes the shipped data files into `dir`, creating it. Existing files are
 /// left alone, so an operator's edits survive a restart.

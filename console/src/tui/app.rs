@@ -13,7 +13,7 @@ use crate::client::dollars;
 
 /// Events kept in memory for the Live view (a ring: the oldest go first).
 pub const EVENT_CAP: usize = 20_000;
-/// Denial events kept for the Denials view.
+/// Denial and alert events kept for the Denials view.
 pub const DENIAL_CAP: usize = 5_000;
 /// How long a toast stays on the status line.
 pub const TOAST_MS: i64 = 6_000;
@@ -135,9 +135,11 @@ pub struct App {
     pub events_total: u64,
     pub last_seq: u64,
     pub live: LiveState,
-    /// Denial events, oldest first.
+    /// Denial and alert events, oldest first.
     pub denials: VecDeque<Event>,
     pub denials_total: u64,
+    /// Alerts raised by the approval service's detection rules.
+    pub alerts_total: u64,
     pub denials_by_agent: BTreeMap<String, u64>,
     pub denial_scroll: usize,
     /// Substring filter of the Live and Denials views (case-insensitive).
@@ -169,6 +171,7 @@ impl App {
             live: LiveState::default(),
             denials: VecDeque::new(),
             denials_total: 0,
+            alerts_total: 0,
             denials_by_agent: BTreeMap::new(),
             denial_scroll: 0,
             filter: String::new(),
@@ -200,12 +203,18 @@ impl App {
         }
         self.last_seq = self.last_seq.max(ev.seq);
         self.events_total += 1;
-        if is_denial(&ev.decision) {
-            self.denials_total += 1;
-            *self
-                .denials_by_agent
-                .entry(agent_of(&ev).to_owned())
-                .or_default() += 1;
+        let alert = is_alert(&ev);
+        if alert {
+            self.alerts_total += 1;
+        }
+        if alert || is_denial(&ev.decision) {
+            if !alert {
+                self.denials_total += 1;
+                *self
+                    .denials_by_agent
+                    .entry(agent_of(&ev).to_owned())
+                    .or_default() += 1;
+            }
             if self.denials.len() == DENIAL_CAP {
                 self.denials.pop_front();
             }
@@ -609,6 +618,11 @@ pub fn is_denial(decision: &str) -> bool {
     matches!(decision, "deny" | "denied")
 }
 
+/// An alert raised by a detection rule (shown among the denials).
+pub fn is_alert(ev: &Event) -> bool {
+    ev.kind == "alert"
+}
+
 /// The agent of an event ("?" when the event names none).
 pub fn agent_of(ev: &Event) -> &str {
     if ev.agent.is_empty() { "?" } else { &ev.agent }
@@ -955,6 +969,33 @@ pub(crate) mod tests {
         assert_eq!(app.denials_total, 2);
         assert_eq!(app.denials_by_agent.get("rogue-agent"), Some(&2));
         assert_eq!(app.events.len(), 5);
+    }
+
+    /// An alert as the approval service publishes it.
+    pub fn alert(seq: u64, agent: &str, summary: &str) -> Event {
+        let mut ev = event(seq, "alert", agent, "", summary);
+        ev.kind = "alert".into();
+        ev.rules = vec!["denial-spike".into()];
+        ev
+    }
+
+    #[test]
+    fn alerts_join_the_denials_without_counting_as_denials() {
+        let mut app = sample(false);
+        app.push_event(alert(
+            6,
+            "rogue-agent",
+            "high denial-spike: agent rogue-agent had 10 denials within 1m",
+        ));
+        assert_eq!(app.alerts_total, 1);
+        assert_eq!(app.denials_total, 2);
+        assert_eq!(app.denials_by_agent.get("rogue-agent"), Some(&2));
+        assert_eq!(app.denial_rows(10).first().map(|e| e.seq), Some(6));
+        assert!(
+            app.toast
+                .as_ref()
+                .is_some_and(|t| t.error && t.text.starts_with("alert: high denial-spike"))
+        );
     }
 
     #[test]

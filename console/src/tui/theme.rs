@@ -36,8 +36,16 @@ impl Theme {
             "approved" => self.fg(Color::Blue, Modifier::BOLD),
             "executed" => self.fg(Color::Magenta, Modifier::empty()),
             "expired" => self.fg(Color::DarkGray, Modifier::DIM),
+            "alert" => self.alert(),
             _ => Style::new(),
         }
+    }
+
+    /// An alert from a detection rule: reversed and bold (red when in
+    /// colour), unlike any decision.
+    pub fn alert(self) -> Style {
+        self.fg(Color::Red, Modifier::empty())
+            .add_modifier(Modifier::BOLD | Modifier::REVERSED)
     }
 
     pub fn selected(self) -> Style {

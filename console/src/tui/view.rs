@@ -10,7 +10,9 @@ use ratatui::widgets::{
 };
 use zt_proto::pb::{ApprovalRequest, Event};
 
-use super::app::{self, App, Conn, Mode, View, agent_of, amount, commands, request_agent};
+use super::app::{
+    self, App, Conn, Mode, View, agent_of, amount, commands, is_alert, request_agent,
+};
 use super::theme::Theme;
 use crate::client::dollars;
 
@@ -69,6 +71,13 @@ fn status_bar(app: &App, theme: Theme) -> Paragraph<'static> {
         app.events_total,
         app.denials_total
     )));
+    if app.alerts_total > 0 {
+        spans.push(Span::raw(" · "));
+        spans.push(Span::styled(
+            format!("alerts {}", app.alerts_total),
+            theme.alert(),
+        ));
+    }
     if app.readonly {
         spans.push(sep());
         spans.push(Span::styled("read-only", theme.warn()));
@@ -427,6 +436,18 @@ fn pretty_json(s: &str) -> String {
 }
 
 fn event_row(e: &Event, theme: Theme) -> Row<'static> {
+    if is_alert(e) {
+        // Labelled in words too, so it reads the same without colour.
+        return Row::new(vec![
+            Cell::from(clock(e.time_ms)),
+            Cell::from("▲ ALERT"),
+            Cell::from(e.agent.clone()),
+            Cell::from(e.human.clone()),
+            Cell::from(e.tool.clone()),
+            Cell::from(e.summary.clone()),
+        ])
+        .style(theme.alert());
+    }
     Row::new(vec![
         Cell::from(clock(e.time_ms)),
         Cell::from(e.decision.clone()),
@@ -487,7 +508,11 @@ fn draw_denials(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Layout::horizontal([Constraint::Min(40), Constraint::Length(32)]).areas(area);
     let height = list.height.saturating_sub(3) as usize;
     let rows = app.denial_rows(height);
-    let mut title = format!(" Denials ({}) — newest first ", app.denials_total);
+    let mut title = format!(" Denials ({}) ", app.denials_total);
+    if app.alerts_total > 0 {
+        title.push_str(&format!("· alerts {} ", app.alerts_total));
+    }
+    title.push_str("— newest first ");
     if !app.filter.is_empty() {
         title.push_str(&format!("— filter “{}” ", app.filter));
     }
@@ -496,7 +521,7 @@ fn draw_denials(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let table = Table::new(
         rows.into_iter().map(|e| {
             let mut e = e.clone();
-            if !e.rules.is_empty() {
+            if !e.rules.is_empty() && !is_alert(&e) {
                 e.summary = format!("{} [{}]", e.summary, e.rules.join(", "));
             }
             event_row(&e, theme)
@@ -859,6 +884,47 @@ mod tests {
         let (_, y5) = find(&buf, "plan not allowed").unwrap();
         let (_, y3) = find(&buf, "refund to another region").unwrap();
         assert!(y5 < y3);
+    }
+
+    #[test]
+    fn alerts_stand_out_in_the_live_and_denials_views() {
+        let mut app = sample(false);
+        app.push_event(crate::tui::app::tests::alert(
+            6,
+            "rogue-agent",
+            "high denial-spike: agent rogue-agent had 10 denials within 1m",
+        ));
+        for (view, title) in [('2', "Live"), ('3', "Denials (2) · alerts 1")] {
+            press(&mut app, view);
+            let buf = render(&app, COLOR, 180, 20);
+            let t = text(&buf);
+            assert!(t.contains(title), "{t}");
+            assert!(
+                t.contains("pending 2 · events 6 · denials 2 · alerts 1"),
+                "{t}"
+            );
+            let (x, y) = find(&buf, "▲ ALERT").unwrap_or_else(|| panic!("no alert row:\n{t}"));
+            let row: String = t.lines().nth(y as usize).unwrap_or("").into();
+            assert!(
+                row.contains("rogue-agent had 10 denials within 1m"),
+                "{row}"
+            );
+            assert!(
+                !row.contains("[denial-spike]"),
+                "the rule is in the summary once: {row}"
+            );
+            assert_eq!(buf[(x, y)].fg, Color::Red);
+            assert!(buf[(x, y)].modifier.contains(Modifier::REVERSED));
+            // Without colour: the same words, reversed and bold.
+            let buf = render(&app, Theme { color: false }, 180, 20);
+            let (x, y) = find(&buf, "▲ ALERT").unwrap_or_else(|| panic!("no alert row"));
+            assert_eq!(buf[(x, y)].fg, Color::Reset);
+            assert!(
+                buf[(x, y)]
+                    .modifier
+                    .contains(Modifier::REVERSED | Modifier::BOLD)
+            );
+        }
     }
 
     #[test]
