@@ -993,6 +993,29 @@ mod tests {
             Err(StoreError::Encode(_))
         ));
 
+        // Entries that must go together land in one commit, in order, or not at all.
+        let pair = log
+            .append_all(vec![
+                (Kind::Decision, Record::default()),
+                (Kind::Result, Record::default()),
+            ])
+            .await
+            .unwrap();
+        assert_eq!((pair[0].seq, pair[1].seq), (202, 203));
+        let half_bad = log
+            .append_all(vec![
+                (Kind::Decision, Record::default()),
+                (
+                    Kind::Result,
+                    Record {
+                        args: serde_json::json!({"amount": 0.5}),
+                        ..Record::default()
+                    },
+                ),
+            ])
+            .await;
+        assert!(matches!(half_bad, Err(StoreError::Encode(_))));
+
         // Closing signs the head: nothing is left uncovered.
         log.close().await;
         assert!(matches!(
@@ -1004,10 +1027,10 @@ mod tests {
             .await
             .unwrap();
         assert!(report.intact(), "{report:?}");
-        assert_eq!(report.entries(), 201);
+        assert_eq!(report.entries(), 203);
         let v = &report.verified[0];
         assert_eq!(v.unsigned_tail, 0, "{v:?}");
-        assert_eq!(v.latest.as_ref().map(|t| t.seq), Some(201));
+        assert_eq!(v.latest.as_ref().map(|t| t.seq), Some(203));
 
         // A reopened writer continues the same chain.
         drop(log);
@@ -1018,7 +1041,7 @@ mod tests {
             .append(Kind::Decision, Record::default())
             .await
             .unwrap();
-        assert_eq!(next.seq, 202);
+        assert_eq!(next.seq, 204);
         again.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
