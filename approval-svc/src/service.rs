@@ -1015,12 +1015,27 @@ pub async fn serve(
     let audit = service.clone();
     let served = tonic::transport::Server::builder()
         .add_service(ApprovalServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming_nodelay(listener), shutdown)
         .await
         .context("serving gRPC");
     // Sign the audit chain's head before exiting.
     audit.0.audit.close().await;
     served
+}
+
+/// Accepted connections with TCP_NODELAY: without it a small response
+/// written in two segments waits for the peer's delayed ACK (~40 ms).
+fn incoming_nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        })
+    })
 }
 
 #[cfg(test)]

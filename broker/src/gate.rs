@@ -19,14 +19,15 @@ use tokio::sync::mpsc;
 use zt_policies::{Decision, DecisionRequest, Effect, PolicyStore};
 use zt_proto::audit::{Kind, Record};
 use zt_proto::canonical;
-use zt_proto::grant::{Call, Grant};
-use zt_proto::pb::{ApprovalRequest, EscalateRequest, Event};
+use zt_proto::grant::Grant;
+use zt_proto::pb::{ApprovalRequest, Event};
 use zt_proto::pinned::PinnedKeys;
 use zt_proto::store::AuditLog;
 use zt_proto::token::SessionClaims;
 
+use crate::approval::Progress;
 use crate::backend::{self, Backend, BackendError};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::Upstream;
 
 /// Everything the call path needs; shared by every MCP session.
 pub struct Broker {
@@ -73,15 +74,15 @@ impl Revocations {
 }
 
 /// Why the call path refused, internally; the model sees only `message`.
-struct Refusal {
-    decision: &'static str,
-    rules: Vec<String>,
-    message: String,
-    detail: String,
+pub(crate) struct Refusal {
+    pub(crate) decision: &'static str,
+    pub(crate) rules: Vec<String>,
+    pub(crate) message: String,
+    pub(crate) detail: String,
 }
 
 impl Refusal {
-    fn new(
+    pub(crate) fn new(
         decision: &'static str,
         rule: &str,
         message: impl Into<String>,
@@ -100,7 +101,7 @@ impl Refusal {
     }
 }
 
-fn error_result(message: &str, status: &str, extra: Value) -> CallToolResult {
+pub(crate) fn error_result(message: &str, status: &str, extra: Value) -> CallToolResult {
     let mut r = CallToolResult::error(vec![ContentBlock::text(message.to_owned())]);
     let mut body = json!({ "status": status, "message": message });
     if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
@@ -110,12 +111,22 @@ fn error_result(message: &str, status: &str, extra: Value) -> CallToolResult {
     r
 }
 
-fn ok_result(value: Value) -> CallToolResult {
+/// The text blocks of a result, joined.
+pub(crate) fn result_text(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub(crate) fn ok_result(value: Value) -> CallToolResult {
     CallToolResult::structured(value)
 }
 
 impl Broker {
-    fn record(&self, claims: &SessionClaims, tool: &str, args: &Value) -> Record {
+    pub(crate) fn record(&self, claims: &SessionClaims, tool: &str, args: &Value) -> Record {
         let mut actors = claims.chain();
         actors.pop(); // the human is `subject`
         Record {
@@ -129,7 +140,7 @@ impl Broker {
         }
     }
 
-    fn publish(
+    pub(crate) fn publish(
         &self,
         claims: &SessionClaims,
         tool: &str,
@@ -157,7 +168,7 @@ impl Broker {
 
     /// Durably records an entry that must exist before anything further
     /// happens; if it cannot be written, the call is refused (fail closed).
-    async fn record_first(&self, kind: Kind, rec: Record) -> Result<(), CallToolResult> {
+    pub(crate) async fn record_first(&self, kind: Kind, rec: Record) -> Result<(), CallToolResult> {
         self.audit.append(kind, rec).await.map(|_| ()).map_err(|e| {
             tracing::error!(error = %e, "audit write failed; refusing the call");
             error_result(
@@ -169,7 +180,7 @@ impl Broker {
     }
 
     /// Audits a refusal and turns it into the model's error result.
-    async fn refuse(
+    pub(crate) async fn refuse(
         &self,
         claims: &SessionClaims,
         tool: &str,
@@ -189,7 +200,15 @@ impl Broker {
     }
 
     /// Runs one tool call for an authenticated session.
-    pub async fn call(&self, claims: &SessionClaims, tool: &str, args: Value) -> CallToolResult {
+    /// Runs one `tools/call` through the gate. `progress`, when the client
+    /// asked for it, hears about a call waiting for a human.
+    pub async fn call(
+        &self,
+        claims: &SessionClaims,
+        tool: &str,
+        args: Value,
+        progress: Option<Progress>,
+    ) -> CallToolResult {
         let bundle = self.policy.current();
         if bundle.tool(tool).is_none() {
             let shown = printable(tool);
@@ -325,7 +344,10 @@ impl Broker {
                     self.run(claims, tool, &args, &decision, None).await
                 }
             }
-            Effect::Escalate => self.escalate(claims, tool, &decision, &request).await,
+            Effect::Escalate => {
+                self.escalate(claims, tool, &decision, &request, progress)
+                    .await
+            }
         }
     }
 
@@ -408,7 +430,7 @@ impl Broker {
 
     /// Audits the decision (durably, before any side effect), executes, and
     /// audits the result.
-    async fn run(
+    pub(crate) async fn run(
         &self,
         claims: &SessionClaims,
         tool: &str,
@@ -506,252 +528,6 @@ impl Broker {
             }
         }
     }
-
-    async fn escalate(
-        &self,
-        claims: &SessionClaims,
-        tool: &str,
-        decision: &Decision,
-        request: &DecisionRequest,
-    ) -> CallToolResult {
-        let args = &decision.args;
-        let (Ok(args_json), Ok(args_hash)) = (
-            canonical::to_canonical_string(args),
-            canonical::args_hash(tool, args),
-        ) else {
-            let r = Refusal::new(
-                "deny",
-                "schema",
-                "arguments cannot be encoded",
-                "non-canonical arguments",
-            );
-            return self.refuse(claims, tool, args, r).await;
-        };
-        let bundle = self.policy.current();
-        let risk = bundle
-            .tool(tool)
-            .map(|t| format!("{:?}", t.risk).to_lowercase())
-            .unwrap_or_default();
-        let mut actors = claims.chain();
-        actors.pop();
-        let esc = EscalateRequest {
-            tool: tool.to_owned(),
-            args_json,
-            args_hash: args_hash.clone(),
-            session_id: claims.sid.clone(),
-            human: claims.sub.clone(),
-            actors,
-            rules: decision.rules.clone(),
-            reason: decision.reason.clone(),
-            risk,
-            amount_cents: args.get("amount").and_then(Value::as_i64).unwrap_or(0),
-            justification: String::new(),
-        };
-        let mut req = match self.upstream.escalate(esc).await {
-            Ok(r) => r,
-            Err(e) => {
-                let r = Refusal {
-                    decision: "escalate",
-                    rules: decision.rules.clone(),
-                    message: "this action needs a human's approval, but the approval service is unavailable; \
-                              it was not run"
-                        .into(),
-                    detail: format!("escalation failed: {e}"),
-                };
-                return self.refuse(claims, tool, args, r).await;
-            }
-        };
-        let mut rec = self.record(claims, tool, args);
-        rec.decision = "escalate".into();
-        rec.rules = decision.rules.clone();
-        rec.request_id = req.id.clone();
-        rec.status = req.status.clone();
-        rec.detail = decision.reason.clone();
-        if let Err(refused) = self.record_first(Kind::Escalation, rec).await {
-            return refused;
-        }
-        self.publish(
-            claims,
-            tool,
-            args,
-            "escalate",
-            decision.reason.clone(),
-            &req.id,
-        );
-
-        let deadline = tokio::time::Instant::now() + self.approval_wait;
-        while req.status == "pending" {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match self
-                .upstream
-                .wait(&req.id, left.min(Duration::from_secs(30)))
-                .await
-            {
-                Ok(r) => req = r,
-                Err(UpstreamError::Unavailable) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "waiting for a decision failed");
-                    break;
-                }
-            }
-        }
-        match req.status.as_str() {
-            "approved" => {
-                self.redeem(claims, tool, &args_hash, decision, request, &req)
-                    .await
-            }
-            "pending" => error_result(
-                &format!(
-                    "awaiting approval {}: a human must approve this action before it runs; it has NOT been run. \
-                     Call the same tool with the same arguments later to complete it once approved.",
-                    req.id
-                ),
-                "awaiting_approval",
-                json!({ "request_id": req.id }),
-            ),
-            "denied" => {
-                let why = req
-                    .votes
-                    .last()
-                    .map(|v| v.reason.clone())
-                    .unwrap_or_default();
-                error_result(
-                    &format!("an operator denied this action ({}): {why}", req.id),
-                    "denied",
-                    json!({ "request_id": req.id }),
-                )
-            }
-            other => error_result(
-                &format!(
-                    "approval request {} is {other}; the action was not run",
-                    req.id
-                ),
-                other,
-                json!({ "request_id": req.id }),
-            ),
-        }
-    }
-
-    /// Verifies and consumes the grant, re-checks the policy, then runs the call.
-    async fn redeem(
-        &self,
-        claims: &SessionClaims,
-        tool: &str,
-        args_hash: &str,
-        decision: &Decision,
-        request: &DecisionRequest,
-        req: &ApprovalRequest,
-    ) -> CallToolResult {
-        let args = &decision.args;
-        let call = Call {
-            request_id: &req.id,
-            tool,
-            args_hash,
-            session_id: &claims.sid,
-            human: &claims.sub,
-        };
-        let grant = match self.grant_keys.open_grant(&req.grant).and_then(|g| {
-            g.check(&call, zt_proto::now_ms())?;
-            Ok(g)
-        }) {
-            Ok(g) => g,
-            Err(e) => {
-                return self
-                    .refuse_grant(claims, tool, args, req, &e.to_string())
-                    .await;
-            }
-        };
-        // The session may have been revoked while the request waited.
-        if self.revoked.contains(&claims.sid) {
-            return self
-                .refuse_grant(claims, tool, args, req, "the session has been revoked")
-                .await;
-        }
-        // Explicit deny rules still apply at execution time (policy may have
-        // changed while the request waited).
-        let again = self.policy.current().decide(request);
-        if again.effect == Effect::Deny {
-            return self
-                .refuse_grant(
-                    claims,
-                    tool,
-                    args,
-                    req,
-                    &format!("policy now denies: {}", again.reason),
-                )
-                .await;
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO grant_redemptions (nonce, grant_id, request_id, session_id, redeemed_at_ms) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (nonce) DO NOTHING",
-        )
-        .bind(&grant.nonce)
-        .bind(&grant.id)
-        .bind(&req.id)
-        .bind(&claims.sid)
-        .bind(zt_proto::now_ms())
-        .execute(&self.state)
-        .await;
-        match inserted {
-            Ok(r) if r.rows_affected() == 1 => {}
-            Ok(_) => {
-                return self
-                    .refuse_grant(claims, tool, args, req, "grant was already redeemed")
-                    .await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "recording a grant redemption failed");
-                return self
-                    .refuse_grant(claims, tool, args, req, "grant could not be recorded")
-                    .await;
-            }
-        }
-        let mut rec = self.record(claims, tool, args);
-        rec.decision = "redeem".into();
-        rec.grant_id = grant.id.clone();
-        rec.request_id = req.id.clone();
-        rec.status = "accepted".into();
-        rec.detail = format!("approved by {}", grant.approvers.join(", "));
-        if let Err(refused) = self.record_first(Kind::GrantUse, rec).await {
-            return refused;
-        }
-        self.run(claims, tool, args, decision, Some((&grant, req)))
-            .await
-    }
-
-    async fn refuse_grant(
-        &self,
-        claims: &SessionClaims,
-        tool: &str,
-        args: &Value,
-        req: &ApprovalRequest,
-        why: &str,
-    ) -> CallToolResult {
-        let mut rec = self.record(claims, tool, args);
-        rec.decision = "redeem".into();
-        rec.request_id = req.id.clone();
-        rec.status = "refused".into();
-        rec.detail = why.to_owned();
-        if let Err(e) = self.audit.append(Kind::GrantUse, rec).await {
-            tracing::error!(error = %e, "audit write failed");
-        }
-        self.publish(
-            claims,
-            tool,
-            args,
-            "deny",
-            format!("grant refused: {why}"),
-            &req.id,
-        );
-        error_result(
-            &format!("the approval for this action could not be used ({why}); it was not run"),
-            "denied",
-            json!({ "request_id": req.id }),
-        )
-    }
 }
 
 /// An attacker-chosen name, bounded and printable, for messages and the audit trail.
@@ -759,7 +535,7 @@ pub fn printable(name: &str) -> String {
     name.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
-fn effect_name(effect: Effect) -> &'static str {
+pub(crate) fn effect_name(effect: Effect) -> &'static str {
     match effect {
         Effect::Allow => "allow",
         Effect::Constrain => "constrain",
@@ -769,7 +545,7 @@ fn effect_name(effect: Effect) -> &'static str {
 }
 
 /// A one-line summary of a result for the audit trail and live view.
-fn summarize(tool: &str, v: &Value) -> String {
+pub(crate) fn summarize(tool: &str, v: &Value) -> String {
     let s = |k: &str| v.get(k).map(|x| x.to_string()).unwrap_or_default();
     match tool {
         "issue_refund" => format!(

@@ -6,7 +6,7 @@
 //! validates the arguments against the tool's strict schema, fetches the
 //! attributes the policy needs from the backend, asks the policy engine,
 //! escalates to a human when the policy says so, redeems the one-time grant
-//! that comes back, executes, and writes its own signed audit chain.
+//! that comes back, executes, and writes its own audit chain.
 //!
 //! Why a separate process: the agent's own pre-tool hook runs inside the
 //! agent's process, and a compromised agent can skip it. The broker is a
@@ -15,11 +15,15 @@
 //!
 //! - [`server`]: HTTP, bearer authentication, MCP handler.
 //! - [`gate`]: the call path.
-//! - [`backend`]: the example backend (SQLite through sqlx).
+//! - [`approval`]: escalation, waiting with progress notifications, grant
+//!   redemption (exactly once), and the built-in `approval_status` tool.
+//! - [`backend`]: backends as adapters: the records database (sqlx) and the
+//!   billing API (HTTP, with the API key).
 //! - [`upstream`]: the approval-service client (service token, never the agent's).
 //! - [`setup`]: keys and private config.
 //! - [`jwks`]: session-token keys from an external identity provider.
 
+pub mod approval;
 pub mod backend;
 pub mod gate;
 pub mod jwks;

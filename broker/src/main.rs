@@ -51,6 +51,11 @@ enum Command {
         /// The billing API (default: broker.toml's, else the one running for DIR).
         #[arg(long)]
         billing: Option<String>,
+        /// Run as replica NAME beside other brokers of the same data
+        /// directory (its own audit chain `broker-NAME`; grants are still
+        /// redeemed at most once across replicas).
+        #[arg(long, value_name = "NAME")]
+        replica: Option<String>,
     },
 }
 
@@ -77,6 +82,7 @@ async fn main() -> std::process::ExitCode {
                     listen: ([127, 0, 0, 1], 0).into(),
                     approval_url: approval,
                     billing_url: billing,
+                    replica: None,
                 };
                 zt_broker::server::serve_stdio(opts, token.trim().to_owned()).await
             }
@@ -89,6 +95,7 @@ async fn main() -> std::process::ExitCode {
             listen,
             approval,
             billing,
+            replica,
         } => match zt_broker::setup::init(&Layout::new(&data_dir)) {
             Ok(()) => {
                 let opts = zt_broker::Options {
@@ -96,6 +103,7 @@ async fn main() -> std::process::ExitCode {
                     listen,
                     approval_url: approval,
                     billing_url: billing,
+                    replica,
                 };
                 zt_broker::serve(opts, async {
                     let _ = tokio::signal::ctrl_c().await;

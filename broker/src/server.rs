@@ -15,7 +15,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool,
+    ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -30,6 +31,7 @@ use zt_proto::stack::Layout;
 use zt_proto::store::AuditLog;
 use zt_proto::token::{self, Expect, SessionClaims, TokenType};
 
+use crate::approval::{APPROVAL_STATUS, Progress, approval_status_schema};
 use crate::backend::{Adapter, Backend, Billing, Records};
 use crate::gate::{Broker, Revocations, SharedBroker};
 use crate::setup::{self, AUDIT_CHAIN};
@@ -47,6 +49,18 @@ pub struct Options {
     /// The billing API's URL (default: the config's, else the one recorded
     /// in the data dir).
     pub billing_url: Option<String>,
+    /// This broker's replica name when several serve one data directory:
+    /// its audit chain is `broker-NAME` and its endpoint `run/broker-NAME.url`.
+    pub replica: Option<String>,
+}
+
+/// A replica name: short, lowercase letters, digits and dashes.
+pub fn valid_replica(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// The MCP server handler; one per MCP session, all sharing the broker.
@@ -117,6 +131,23 @@ impl ServerHandler for Mcp {
                             .open_world(false),
                     )
             })
+            .chain(std::iter::once(
+                Tool::new(
+                    APPROVAL_STATUS,
+                    "Check an approval request this session made (the request_id from an \
+                     \"awaiting approval\" result). If it was approved, the action runs now, once, \
+                     and its result is returned; if it already ran, its result is returned again.",
+                    approval_status_schema(),
+                )
+                .with_title("Check an approval request")
+                .with_annotations(
+                    ToolAnnotations::new()
+                        .read_only(false)
+                        .destructive(false)
+                        .idempotent(true)
+                        .open_world(false),
+                ),
+            ))
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
     }
@@ -127,11 +158,20 @@ impl ServerHandler for Mcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let claims = self.claims(&context).await?;
+        let progress = progress_of(&context);
+        if request.name == APPROVAL_STATUS {
+            let args = serde_json::Value::Object(request.arguments.unwrap_or_default());
+            return Ok(self
+                .broker
+                .approval_status(&claims, args, progress)
+                .await
+                .into());
+        }
         if self.broker.policy.current().tool(&request.name).is_none() {
             // Unknown tools are a protocol error; still audited.
             let _ = self
                 .broker
-                .call(&claims, &request.name, serde_json::Value::Null)
+                .call(&claims, &request.name, serde_json::Value::Null, None)
                 .await;
             return Err(ErrorData::invalid_params(
                 format!("unknown tool `{}`", crate::gate::printable(&request.name)),
@@ -139,8 +179,30 @@ impl ServerHandler for Mcp {
             ));
         }
         let args = serde_json::Value::Object(request.arguments.unwrap_or_default());
-        Ok(self.broker.call(&claims, &request.name, args).await.into())
+        Ok(self
+            .broker
+            .call(&claims, &request.name, args, progress)
+            .await
+            .into())
     }
+}
+
+/// Progress notifications for a call whose client sent a progress token.
+fn progress_of(context: &RequestContext<RoleServer>) -> Option<Progress> {
+    let token = context.meta.get_progress_token()?;
+    let peer = context.peer.clone();
+    Some(Arc::new(move |message: String, done: f64, total: f64| {
+        let peer = peer.clone();
+        let token = token.clone();
+        Box::pin(async move {
+            let note = ProgressNotificationParam::new(token, done)
+                .with_total(total)
+                .with_message(message);
+            if let Err(e) = peer.notify_progress(note).await {
+                tracing::debug!(error = %e, "progress notification not delivered");
+            }
+        })
+    }))
 }
 
 /// Where session-token keys come from.
@@ -480,7 +542,16 @@ pub async fn serve(
         layout,
         broker,
         auth,
-    } = start(&opts, AUDIT_CHAIN).await?;
+    } = match &opts.replica {
+        None => start(&opts, AUDIT_CHAIN).await?,
+        Some(name) => {
+            anyhow::ensure!(
+                valid_replica(name),
+                "replica name `{name}` must be 1-32 lowercase letters, digits or dashes"
+            );
+            start(&opts, &format!("{AUDIT_CHAIN}-{name}")).await?
+        }
+    };
 
     let mut config = StreamableHttpServerConfig::default();
     config.legacy_session_mode = false;
@@ -527,7 +598,10 @@ pub async fn serve(
         .route("/healthz", axum::routing::get(|| async { "ok" }));
 
     let url = format!("{base}/mcp");
-    layout.write_endpoint("broker", &url)?;
+    match &opts.replica {
+        None => layout.write_endpoint("broker", &url)?,
+        Some(name) => layout.write_endpoint(&format!("broker-{name}"), &url)?,
+    }
     println!("broker_url={url}");
     tracing::info!(%url, "broker listening");
     let served = serve_nodelay(listener, app, shutdown).await;
