@@ -3,9 +3,12 @@
 use std::path::Path;
 
 use sqlx::{Row, SqlitePool};
+use zt_proto::grant::GrantError;
 use zt_proto::pb::{ApprovalRequest, EscalateRequest, Vote};
 
-/// Request states. Terminal: denied, expired, executed, failed.
+use crate::rules::Requirements;
+
+/// Request states. Terminal: denied, expired, executed, failed, cancelled.
 pub mod status {
     /// Awaiting operators.
     pub const PENDING: &str = "pending";
@@ -19,6 +22,19 @@ pub mod status {
     pub const EXECUTED: &str = "executed";
     /// The broker tried and the backend failed.
     pub const FAILED: &str = "failed";
+    /// An admin cancelled it, or its session was revoked.
+    pub const CANCELLED: &str = "cancelled";
+}
+
+/// Why recording a vote failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VoteError {
+    /// The database refused or failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The grant could not be sealed; nothing was recorded.
+    #[error("sealing the grant: {0}")]
+    Seal(#[from] GrantError),
 }
 
 /// Opens (creating and migrating) the approval database.
@@ -29,7 +45,8 @@ pub async fn open(path: &Path) -> Result<SqlitePool, sqlx::Error> {
 }
 
 const COLUMNS: &str = "id, status, tool, args_json, args_hash, session_id, human, actors_json, rules_json, \
-     reason, risk, amount_cents, justification, created_at_ms, expires_at_ms, grant_token, outcome";
+     reason, risk, amount_cents, justification, created_at_ms, expires_at_ms, grant_token, outcome, \
+     approvals_required, approve_reason_required";
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> ApprovalRequest {
     let list = |col: &str| -> Vec<String> {
@@ -56,6 +73,11 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> ApprovalRequest {
             .get::<Option<String>, _>("grant_token")
             .unwrap_or_default(),
         outcome: row.get("outcome"),
+        // The column is at least 1; anything unreadable reads as unreachable.
+        approvals_required: u32::try_from(row.get::<i64, _>("approvals_required"))
+            .unwrap_or(u32::MAX),
+        approvers: Vec::new(),
+        approve_reason_required: row.get::<i64, _>("approve_reason_required") != 0,
     }
 }
 
@@ -64,7 +86,7 @@ async fn with_votes(
     mut req: ApprovalRequest,
 ) -> Result<ApprovalRequest, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT operator, decision, reason, at_ms FROM votes WHERE request_id = ? ORDER BY at_ms",
+        "SELECT operator, decision, reason, at_ms FROM votes WHERE request_id = ? ORDER BY at_ms, rowid",
     )
     .bind(&req.id)
     .fetch_all(pool)
@@ -77,6 +99,12 @@ async fn with_votes(
             reason: r.get(2),
             at_ms: r.get(3),
         })
+        .collect();
+    req.approvers = req
+        .votes
+        .iter()
+        .filter(|v| v.decision == "approve")
+        .map(|v| v.operator.clone())
         .collect();
     Ok(req)
 }
@@ -118,18 +146,20 @@ pub async fn find_open(
     }
 }
 
-/// Inserts a new pending request.
+/// Inserts a new pending request with what the rules require of it.
 pub async fn insert(
     pool: &SqlitePool,
     id: &str,
     req: &EscalateRequest,
     now_ms: i64,
     ttl_ms: i64,
+    needs: Requirements,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO requests (id, status, tool, args_json, args_hash, session_id, human, actors_json, \
-         rules_json, reason, risk, amount_cents, justification, created_at_ms, expires_at_ms) \
-         VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         rules_json, reason, risk, amount_cents, justification, created_at_ms, expires_at_ms, \
+         approvals_required, approve_reason_required) \
+         VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id)
     .bind(&req.tool)
@@ -144,7 +174,9 @@ pub async fn insert(
     .bind(req.amount_cents)
     .bind(&req.justification)
     .bind(now_ms)
-    .bind(now_ms + ttl_ms)
+    .bind(now_ms.saturating_add(ttl_ms))
+    .bind(i64::from(needs.approvals.max(1)))
+    .bind(i64::from(needs.approve_reason))
     .execute(pool)
     .await?;
     Ok(())
@@ -167,26 +199,46 @@ pub async fn pending(pool: &SqlitePool) -> Result<Vec<ApprovalRequest>, sqlx::Er
 /// Outcome of recording a vote.
 #[derive(Debug, PartialEq, Eq)]
 pub enum VoteOutcome {
-    /// Recorded and the request moved to `status`.
-    Recorded,
-    /// The request was no longer pending (someone else decided, or it expired).
+    /// An approval was recorded and the request stays pending: fewer
+    /// distinct approvals than it requires so far.
+    Counted,
+    /// The vote decided the request: approved (with the grant's id) or
+    /// denied (no grant).
+    Decided {
+        /// The grant issued, when approved.
+        grant_id: Option<String>,
+    },
+    /// The request was no longer pending (someone else decided, it was
+    /// cancelled, or it expired). Nothing was recorded.
     NotPending,
-    /// This operator already voted.
+    /// This operator already voted on the request. Nothing was recorded.
     AlreadyVoted,
 }
 
-/// Records a decisive vote and moves a pending request to approved (with its
-/// grant) or denied, atomically: the status changes only if it was pending.
-pub async fn decide(
+/// Records an operator's vote on a pending request, in one `BEGIN
+/// IMMEDIATE` transaction (so votes on a request are serialized):
+///
+/// - a deny denies the request (a veto);
+/// - an approval counts toward the request's `approvals_required`; the one
+///   that reaches it approves the request with the grant `seal` returns for
+///   the approvers so far, in voting order.
+///
+/// A status changes only from `pending`, together with the vote, so two
+/// concurrent deciding votes cannot both yield a grant. When `seal` fails,
+/// nothing is recorded.
+pub async fn vote<F>(
     pool: &SqlitePool,
     id: &str,
     operator: &str,
     approve: bool,
     reason: &str,
     now_ms: i64,
-    grant: Option<(&str, &str)>,
-) -> Result<VoteOutcome, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    seal: F,
+) -> Result<VoteOutcome, VoteError>
+where
+    F: FnOnce(&[String]) -> Result<(String, String), GrantError>,
+{
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let voted: Option<i64> =
         sqlx::query_scalar("SELECT 1 FROM votes WHERE request_id = ? AND operator = ?")
             .bind(id)
@@ -196,31 +248,17 @@ pub async fn decide(
     if voted.is_some() {
         return Ok(VoteOutcome::AlreadyVoted);
     }
-    let new_status = if approve {
-        status::APPROVED
-    } else {
-        status::DENIED
-    };
-    let (grant_id, grant_token) = match grant {
-        Some((gid, tok)) => (Some(gid), Some(tok)),
-        None => (None, None),
-    };
-    let changed = sqlx::query(
-        "UPDATE requests SET status = ?, decided_at_ms = ?, grant_id = ?, grant_token = ? \
+    let required: Option<i64> = sqlx::query_scalar(
+        "SELECT approvals_required FROM requests \
          WHERE id = ? AND status = 'pending' AND expires_at_ms > ?",
     )
-    .bind(new_status)
-    .bind(now_ms)
-    .bind(grant_id)
-    .bind(grant_token)
     .bind(id)
     .bind(now_ms)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changed != 1 {
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(required) = required else {
         return Ok(VoteOutcome::NotPending);
-    }
+    };
     sqlx::query(
         "INSERT INTO votes (request_id, operator, decision, reason, at_ms) VALUES (?, ?, ?, ?, ?)",
     )
@@ -231,8 +269,92 @@ pub async fn decide(
     .bind(now_ms)
     .execute(&mut *tx)
     .await?;
+
+    let (new_status, grant) = if approve {
+        let approvers: Vec<String> = sqlx::query_scalar(
+            "SELECT operator FROM votes WHERE request_id = ? AND decision = 'approve' \
+             ORDER BY at_ms, rowid",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if i64::try_from(approvers.len()).unwrap_or(i64::MAX) < required.max(1) {
+            tx.commit().await?;
+            return Ok(VoteOutcome::Counted);
+        }
+        (status::APPROVED, Some(seal(&approvers)?))
+    } else {
+        (status::DENIED, None)
+    };
+    let (grant_id, grant_token) = match &grant {
+        Some((gid, tok)) => (Some(gid.as_str()), Some(tok.as_str())),
+        None => (None, None),
+    };
+    let changed = sqlx::query(
+        "UPDATE requests SET status = ?, decided_at_ms = ?, grant_id = ?, grant_token = ? \
+         WHERE id = ? AND status = 'pending'",
+    )
+    .bind(new_status)
+    .bind(now_ms)
+    .bind(grant_id)
+    .bind(grant_token)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed != 1 {
+        // Unreachable under the write lock; roll back rather than trust it.
+        return Ok(VoteOutcome::NotPending);
+    }
     tx.commit().await?;
-    Ok(VoteOutcome::Recorded)
+    Ok(VoteOutcome::Decided {
+        grant_id: grant.map(|(gid, _)| gid),
+    })
+}
+
+/// Cancels a pending request; `outcome` says by whom and why. Returns
+/// whether it moved (it was pending and not past its expiry).
+pub async fn cancel(
+    pool: &SqlitePool,
+    id: &str,
+    outcome: &str,
+    now_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE requests SET status = 'cancelled', decided_at_ms = ?, outcome = ? \
+         WHERE id = ? AND status = 'pending' AND expires_at_ms > ?",
+    )
+    .bind(now_ms)
+    .bind(outcome)
+    .bind(id)
+    .bind(now_ms)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+/// Cancels every pending request of a session; returns them.
+pub async fn cancel_session(
+    pool: &SqlitePool,
+    session_id: &str,
+    outcome: &str,
+    now_ms: i64,
+) -> Result<Vec<ApprovalRequest>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE requests SET status = 'cancelled', decided_at_ms = ?, outcome = ? \
+         WHERE session_id = ? AND status = 'pending' RETURNING {COLUMNS}"
+    )))
+    .bind(now_ms)
+    .bind(outcome)
+    .bind(session_id)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(with_votes(pool, from_row(r)).await?);
+    }
+    Ok(out)
 }
 
 /// Marks every pending request past its expiry as expired; returns them.
@@ -248,7 +370,11 @@ pub async fn expire_due(
     .bind(now_ms)
     .fetch_all(pool)
     .await?;
-    Ok(rows.iter().map(from_row).collect())
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(with_votes(pool, from_row(r)).await?);
+    }
+    Ok(out)
 }
 
 /// Records the broker's report that an approved request ran (or failed).
@@ -313,4 +439,267 @@ pub async fn revoked_since(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn temp_db(tag: &str) -> (SqlitePool, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "zt-approval-db-{tag}-{}-{}",
+            std::process::id(),
+            zt_proto::random_id("")
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pool = open(&dir.join("approval.db")).await.expect("database");
+        (pool, dir)
+    }
+
+    fn escalation(session: &str, amount_cents: i64) -> EscalateRequest {
+        EscalateRequest {
+            tool: "issue_refund".into(),
+            args_json: format!(r#"{{"amount":{amount_cents},"order_id":"ord_1003"}}"#),
+            args_hash: zt_proto::random_id(""),
+            session_id: session.into(),
+            human: "alice".into(),
+            actors: vec!["agent:x".into()],
+            amount_cents,
+            ..EscalateRequest::default()
+        }
+    }
+
+    const QUORUM: Requirements = Requirements {
+        approvals: 2,
+        approve_reason: true,
+    };
+
+    fn seal(approvers: &[String]) -> Result<(String, String), GrantError> {
+        Ok((
+            zt_proto::random_id("grant_"),
+            format!("grant-for:{}", approvers.join(",")),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_quorum_needs_distinct_approvers_and_one_grant_lists_them() {
+        let (pool, dir) = temp_db("quorum").await;
+        let now = zt_proto::now_ms();
+        insert(
+            &pool,
+            "req_q",
+            &escalation("s1", 80_000),
+            now,
+            60_000,
+            QUORUM,
+        )
+        .await
+        .unwrap();
+        let v = |op: &'static str, approve: bool| {
+            let pool = pool.clone();
+            async move { vote(&pool, "req_q", op, approve, "ok", now + 1, seal).await }
+        };
+        assert_eq!(v("carol", true).await.unwrap(), VoteOutcome::Counted);
+        let req = get(&pool, "req_q").await.unwrap().unwrap();
+        assert_eq!(
+            (req.status.as_str(), req.approvals_required),
+            ("pending", 2)
+        );
+        assert_eq!(req.approvers, ["carol"]);
+        assert!(req.approve_reason_required);
+        assert!(req.grant.is_empty());
+        assert_eq!(v("carol", true).await.unwrap(), VoteOutcome::AlreadyVoted);
+        assert_eq!(
+            get(&pool, "req_q").await.unwrap().unwrap().votes.len(),
+            1,
+            "a repeated vote does not count twice"
+        );
+        assert!(matches!(
+            v("erin", true).await.unwrap(),
+            VoteOutcome::Decided { grant_id: Some(_) }
+        ));
+        let req = get(&pool, "req_q").await.unwrap().unwrap();
+        assert_eq!(req.status, "approved");
+        assert_eq!(req.approvers, ["carol", "erin"]);
+        assert_eq!(req.grant, "grant-for:carol,erin");
+        assert_eq!(v("frank", false).await.unwrap(), VoteOutcome::NotPending);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_deny_vetoes_a_half_approved_request() {
+        let (pool, dir) = temp_db("veto").await;
+        let now = zt_proto::now_ms();
+        insert(
+            &pool,
+            "req_v",
+            &escalation("s1", 80_000),
+            now,
+            60_000,
+            QUORUM,
+        )
+        .await
+        .unwrap();
+        let out = vote(&pool, "req_v", "carol", true, "ok", now, seal).await;
+        assert_eq!(out.unwrap(), VoteOutcome::Counted);
+        let out = vote(&pool, "req_v", "erin", false, "no", now, seal).await;
+        assert_eq!(out.unwrap(), VoteOutcome::Decided { grant_id: None });
+        let req = get(&pool, "req_v").await.unwrap().unwrap();
+        assert_eq!(req.status, "denied");
+        assert!(req.grant.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn concurrent_deciding_votes_yield_one_grant() {
+        let (pool, dir) = temp_db("race").await;
+        let now = zt_proto::now_ms();
+        for round in 0..10 {
+            let id = format!("req_r{round}");
+            insert(
+                &pool,
+                &id,
+                &escalation(&format!("s{round}"), 80_000),
+                now,
+                60_000,
+                QUORUM,
+            )
+            .await
+            .unwrap();
+            vote(&pool, &id, "carol", true, "ok", now, seal)
+                .await
+                .unwrap();
+            // Two second approvals at once: exactly one decides.
+            let votes = ["erin", "frank"].map(|op| {
+                let (pool, id) = (pool.clone(), id.clone());
+                tokio::spawn(async move { vote(&pool, &id, op, true, "ok", now, seal).await })
+            });
+            let mut decided = 0;
+            for v in votes {
+                match v.await.unwrap().unwrap() {
+                    VoteOutcome::Decided { grant_id: Some(_) } => decided += 1,
+                    VoteOutcome::NotPending => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(decided, 1, "round {round}");
+            let req = get(&pool, &id).await.unwrap().unwrap();
+            assert_eq!(req.approvers.len(), 2, "{:?}", req.approvers);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn expired_and_cancelled_requests_take_no_votes() {
+        let (pool, dir) = temp_db("ends").await;
+        let now = zt_proto::now_ms();
+        for (id, session) in [("req_e", "s1"), ("req_c", "s2"), ("req_s", "s3")] {
+            insert(&pool, id, &escalation(session, 80_000), now, 1_000, QUORUM)
+                .await
+                .unwrap();
+            vote(&pool, id, "carol", true, "ok", now, seal)
+                .await
+                .unwrap();
+        }
+        assert!(
+            cancel(&pool, "req_c", "cancelled by root: test", now)
+                .await
+                .unwrap()
+        );
+        assert!(!cancel(&pool, "req_c", "again", now).await.unwrap());
+        let by_session = cancel_session(&pool, "s3", "session revoked", now)
+            .await
+            .unwrap();
+        assert_eq!(by_session.len(), 1);
+        assert_eq!(by_session[0].approvers, ["carol"]);
+        for id in ["req_c", "req_s"] {
+            let out = vote(&pool, id, "erin", true, "ok", now, seal).await;
+            assert_eq!(out.unwrap(), VoteOutcome::NotPending, "{id}");
+        }
+        // Past its expiry a half-approved request takes no second approval...
+        let out = vote(&pool, "req_e", "erin", true, "ok", now + 1_000, seal).await;
+        assert_eq!(out.unwrap(), VoteOutcome::NotPending);
+        // ...and expires.
+        let expired = expire_due(&pool, now + 1_000).await.unwrap();
+        let ids: Vec<&str> = expired.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["req_e"]);
+        assert_eq!(expired[0].approvers, ["carol"]);
+        let req = get(&pool, "req_c").await.unwrap().unwrap();
+        assert_eq!(
+            (req.status.as_str(), req.outcome.as_str()),
+            ("cancelled", "cancelled by root: test")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_failed_seal_records_nothing() {
+        let (pool, dir) = temp_db("seal").await;
+        let now = zt_proto::now_ms();
+        let one = Requirements {
+            approvals: 1,
+            approve_reason: false,
+        };
+        insert(&pool, "req_f", &escalation("s1", 100), now, 60_000, one)
+            .await
+            .unwrap();
+        let out = vote(&pool, "req_f", "carol", true, "ok", now, |_| {
+            Err(GrantError::Encode)
+        })
+        .await;
+        assert!(matches!(out, Err(VoteError::Seal(_))), "{out:?}");
+        let req = get(&pool, "req_f").await.unwrap().unwrap();
+        assert_eq!(req.status, "pending");
+        assert!(req.votes.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn requests_from_before_quorums_survive_the_migration() {
+        let dir = std::env::temp_dir().join(format!(
+            "zt-approval-db-migrate-{}-{}",
+            std::process::id(),
+            zt_proto::random_id("")
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pool = zt_proto::store::open_sqlite(&dir.join("approval.db"))
+            .await
+            .unwrap();
+        sqlx::migrate!("./migrations")
+            .run_to(1, &pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO requests (id, status, tool, args_json, args_hash, session_id, human, \
+             actors_json, rules_json, reason, risk, amount_cents, justification, created_at_ms, \
+             expires_at_ms) VALUES ('req_old', 'pending', 'issue_refund', '{}', 'h', 's1', 'alice', \
+             '[]', '[]', 'r', 'high', 90000, '', 1, 9999999999999)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO votes (request_id, operator, decision, reason, at_ms) \
+             VALUES ('req_old', 'carol', 'deny', 'no', 2)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let pool = open(&dir.join("approval.db")).await.unwrap();
+        let req = get(&pool, "req_old").await.unwrap().unwrap();
+        assert_eq!(req.status, "pending");
+        assert_eq!(req.approvals_required, 1);
+        assert_eq!(req.votes.len(), 1);
+        assert!(
+            cancel(&pool, "req_old", "cancelled", 3).await.unwrap(),
+            "the new state is allowed"
+        );
+        let fk: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert!(fk.is_empty(), "{fk:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -35,9 +35,11 @@ enum Command {
         /// Address to listen on; port 0 picks a free one.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
-        /// How long an escalated request waits for a decision, e.g. 15m.
-        #[arg(long, default_value = "15m")]
-        request_ttl: String,
+        /// How long an escalated request waits for a decision, e.g. 90s or
+        /// 15m [default: `request_ttl_secs` of DIR/policies/approvals.toml,
+        /// 15m when it has none].
+        #[arg(long)]
+        request_ttl: Option<String>,
     },
     /// Issue tokens signed by this stack's identity key.
     Token {
@@ -164,6 +166,15 @@ fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
 }
 
+/// `--request-ttl`: a positive duration.
+fn parse_request_ttl(text: &str) -> anyhow::Result<Duration> {
+    let secs = setup::parse_duration_secs(text)?;
+    match u64::try_from(secs) {
+        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => anyhow::bail!("--request-ttl must be positive"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -195,13 +206,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             request_ttl,
         } => {
             setup::init(&Layout::new(&data_dir))?;
-            let ttl = setup::parse_duration_secs(&request_ttl)?;
+            let request_ttl = match request_ttl {
+                Some(text) => Some(parse_request_ttl(&text)?),
+                None => None,
+            };
             let opts = zt_approval::Options {
                 data_dir,
                 listen,
-                request_ttl: Duration::from_secs(
-                    u64::try_from(ttl).context("--request-ttl must be positive")?,
-                ),
+                request_ttl,
             };
             zt_approval::serve(opts, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -315,4 +327,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_ttl_flag_takes_a_positive_duration() {
+        assert_eq!(parse_request_ttl("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_request_ttl("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_request_ttl("3").unwrap(), Duration::from_secs(3));
+        let err = parse_request_ttl("0s").unwrap_err().to_string();
+        assert!(err.contains("must be positive"), "{err}");
+        assert!(parse_request_ttl("soon").is_err());
+    }
 }

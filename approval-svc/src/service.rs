@@ -16,9 +16,9 @@ use zt_proto::audit::{Kind, Record};
 use zt_proto::grant::{Grant, MAX_GRANT_TTL_MS};
 use zt_proto::pb::approval_server::{Approval, ApprovalServer};
 use zt_proto::pb::{
-    ApprovalRequest, DecideRequest, EscalateRequest, Event, EventBatch, GetRequestRequest,
-    ListPendingRequest, ListPendingResponse, Operator, PublishAck, ReportExecutionRequest,
-    WaitDecisionRequest, WatchEventsRequest, WhoAmIRequest,
+    ApprovalRequest, CancelRequest, DecideRequest, EscalateRequest, Event, EventBatch,
+    GetRequestRequest, ListPendingRequest, ListPendingResponse, Operator, PublishAck,
+    ReportExecutionRequest, WaitDecisionRequest, WatchEventsRequest, WhoAmIRequest,
 };
 use zt_proto::pb::{
     IssueSessionRequest, ListRevokedRequest, RefreshSessionRequest, RevokeSessionRequest, Revoked,
@@ -29,9 +29,10 @@ use zt_proto::stack::{Layout, StackInfo};
 use zt_proto::store::AuditLog;
 use zt_proto::token::{self, Expect, OperatorClaims, ServiceClaims, TokenType};
 
-use crate::db::{self, VoteOutcome, status};
+use crate::db::{self, VoteError, VoteOutcome, status};
 use crate::detect::{Alert, By, Detector, Rules};
 use crate::hub::Hub;
+use crate::rules::ApprovalRules;
 use crate::setup::{self, AUDIT_CHAIN, Keys};
 
 /// Longest a broker may block in `WaitDecision` per call.
@@ -48,8 +49,9 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// Address to listen on (port 0 picks one).
     pub listen: SocketAddr,
-    /// How long a request stays pending before it expires.
-    pub request_ttl: Duration,
+    /// How long a request stays pending before it expires; `None` means
+    /// the `request_ttl_secs` of the stack's approval rules.
+    pub request_ttl: Option<Duration>,
 }
 
 struct State {
@@ -70,6 +72,8 @@ struct State {
     /// The brokers' service keys.
     broker_keys: PinnedKeys,
     changed: watch::Sender<u64>,
+    /// The approval rules (`approvals.toml`), read at start.
+    rules: ApprovalRules,
     request_ttl_ms: i64,
 }
 
@@ -114,6 +118,15 @@ impl Service {
         let audit_pool = zt_proto::store::open_pool(&layout.audit_db()).await?;
         let audit = AuditLog::open(audit_pool, AUDIT_CHAIN, keys.audit.clone()).await?;
         let operator_keys = PinnedKeys::load(&layout, "approval-token")?;
+        let approval_rules = load_approval_rules(&layout.policies())?;
+        let request_ttl = opts.request_ttl.unwrap_or(approval_rules.request_ttl());
+        tracing::info!(
+            request_ttl_secs = request_ttl.as_secs(),
+            quorum = approval_rules.quorum,
+            quorum_above_cents = approval_rules.quorum_above_cents,
+            reason_to_approve_above_cents = approval_rules.reason_to_approve_above_cents,
+            "approval rules"
+        );
         let rules = load_detections(&layout.policies())?;
         let detector_needs_caps = rules.need_caps();
         let caps = if detector_needs_caps {
@@ -133,7 +146,8 @@ impl Service {
             detector_needs_caps,
             operator_keys,
             changed: watch::channel(0).0,
-            request_ttl_ms: i64::try_from(opts.request_ttl.as_millis()).unwrap_or(i64::MAX),
+            rules: approval_rules,
+            request_ttl_ms: i64::try_from(request_ttl.as_millis()).unwrap_or(i64::MAX),
         };
         Ok(Service(Arc::new(state)))
     }
@@ -348,9 +362,14 @@ impl Service {
             .await
             .map_err(internal)?;
         for req in &expired {
+            let detail = if req.approvals_required > 1 {
+                format!("nobody decided in time ({})", tally(req))
+            } else {
+                "nobody decided in time".to_owned()
+            };
             self.audit(
                 Kind::Approval,
-                request_record(req, "expired", "expired", "nobody decided in time"),
+                request_record(req, "expired", "expired", &detail),
             )
             .await?;
             self.event(
@@ -366,11 +385,12 @@ impl Service {
         Ok(())
     }
 
+    /// Signs the one-time grant of an approved request for `approvers`.
     fn sign_grant(
         &self,
         req: &ApprovalRequest,
-        approvers: Vec<String>,
-    ) -> Result<(String, String), Status> {
+        approvers: &[String],
+    ) -> Result<(String, String), zt_proto::grant::GrantError> {
         let now = zt_proto::now_ms();
         let grant = Grant {
             v: 1,
@@ -380,15 +400,73 @@ impl Service {
             args_hash: req.args_hash.clone(),
             session_id: req.session_id.clone(),
             human: req.human.clone(),
-            approvers,
+            approvers: approvers.to_vec(),
             nonce: zt_proto::random_id(""),
             iat_ms: now,
             exp_ms: now + MAX_GRANT_TTL_MS,
             kid: self.0.keys.grant.kid().to_owned(),
         };
-        let sealed = grant.seal(&self.0.keys.grant).map_err(internal)?;
+        let sealed = grant.seal(&self.0.keys.grant)?;
         Ok((grant.id, sealed))
     }
+
+    /// Audits a refusal of `op`'s `action` on `req`, then returns it.
+    async fn refuse(
+        &self,
+        req: &ApprovalRequest,
+        op: &OperatorClaims,
+        action: &str,
+        status: Status,
+    ) -> Status {
+        let mut rec = request_record(req, action, "refused", status.message());
+        rec.subject = op.sub.clone();
+        match self.audit(Kind::Approval, rec).await {
+            Ok(()) => status,
+            Err(e) => e,
+        }
+    }
+
+    /// Cancels the pending requests of a revoked session, each audited and
+    /// published.
+    async fn cancel_session_requests(
+        &self,
+        session_id: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<(), Status> {
+        let why = format!("session revoked by {by}: {reason}");
+        let cancelled = db::cancel_session(&self.0.db, session_id, &why, zt_proto::now_ms())
+            .await
+            .map_err(internal)?;
+        for req in &cancelled {
+            let mut rec = request_record(req, "cancel", status::CANCELLED, &why);
+            rec.subject = by.to_owned();
+            self.audit(Kind::Approval, rec).await?;
+            self.event(
+                "request_decided",
+                req,
+                status::CANCELLED,
+                format!("{} cancelled: {why}", req.id),
+            );
+        }
+        if !cancelled.is_empty() {
+            self.notify();
+        }
+        Ok(())
+    }
+}
+
+/// "1 of 2 approvals (carol)": how far a request got toward its quorum.
+pub fn tally(req: &ApprovalRequest) -> String {
+    let mut text = format!(
+        "{} of {} approvals",
+        req.approvers.len(),
+        req.approvals_required.max(1)
+    );
+    if !req.approvers.is_empty() {
+        text.push_str(&format!(" ({})", req.approvers.join(", ")));
+    }
+    text
 }
 
 fn lock(detector: &Mutex<Detector>) -> MutexGuard<'_, Detector> {
@@ -420,6 +498,27 @@ pub fn load_detections(dir: &Path) -> anyhow::Result<Rules> {
         }
     };
     Rules::from_toml(&text).with_context(|| format!("{}: invalid detection rules", path.display()))
+}
+
+/// The approval rules of a policy directory (`approvals.toml`): a missing
+/// file means the shipped rules; an unreadable or invalid one is an error
+/// naming the file and the problem.
+pub fn load_approval_rules(dir: &Path) -> anyhow::Result<ApprovalRules> {
+    let path = dir.join(zt_policies::files::APPROVALS);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(path = %path.display(), "no approval rules file; using the shipped rules");
+            zt_policies::shipped::file(zt_policies::files::APPROVALS)
+                .unwrap_or_default()
+                .to_owned()
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("{}: cannot read", path.display()));
+        }
+    };
+    ApprovalRules::from_toml(&text)
+        .with_context(|| format!("{}: invalid approval rules", path.display()))
 }
 
 /// Each human's refund limit in cents (`rep_limit` in `humans.toml`), read
@@ -525,6 +624,29 @@ impl Approval for Service {
             ));
         }
         self.expire_due().await?;
+        // A revoked session's requests are cancelled; it makes no new ones
+        // (the broker learns of a revocation within a second or so).
+        if db::is_revoked(&self.0.db, &req.session_id)
+            .await
+            .map_err(internal)?
+        {
+            let refused = Status::permission_denied("the session has been revoked");
+            let rec = Record {
+                session: req.session_id.clone(),
+                subject: req.human.clone(),
+                actors: req.actors.clone(),
+                tool: req.tool.clone(),
+                args,
+                args_hash: req.args_hash.clone(),
+                decision: "escalate".into(),
+                rules: req.rules.clone(),
+                status: "refused".into(),
+                detail: format!("escalated by {}: {}", caller.sub, refused.message()),
+                ..Record::default()
+            };
+            self.audit(Kind::Escalation, rec).await?;
+            return Err(refused);
+        }
         if let Some(existing) =
             db::find_open(&self.0.db, &req.session_id, &req.tool, &req.args_hash)
                 .await
@@ -533,12 +655,14 @@ impl Approval for Service {
             return Ok(Response::new(existing));
         }
         let id = zt_proto::random_id("req_");
+        let needs = self.0.rules.for_amount(req.amount_cents);
         db::insert(
             &self.0.db,
             &id,
             &req,
             zt_proto::now_ms(),
             self.0.request_ttl_ms,
+            needs,
         )
         .await
         .map_err(internal)?;
@@ -549,7 +673,14 @@ impl Approval for Service {
                 &created,
                 "escalate",
                 status::PENDING,
-                &format!("escalated by {}: {}", caller.sub, created.reason),
+                &if created.approvals_required > 1 {
+                    format!(
+                        "escalated by {}: {}; needs {} approvals",
+                        caller.sub, created.reason, created.approvals_required
+                    )
+                } else {
+                    format!("escalated by {}: {}", caller.sub, created.reason)
+                },
             ),
         )
         .await?;
@@ -703,6 +834,12 @@ impl Approval for Service {
             _ if !approve && reason.is_empty() => {
                 Some(Status::invalid_argument("a reason is required to deny"))
             }
+            _ if approve && req.approve_reason_required && reason.is_empty() => {
+                Some(Status::invalid_argument(format!(
+                    "a reason is required to approve an amount above {}",
+                    cents(self.0.rules.reason_to_approve_above_cents)
+                )))
+            }
             _ if approve && op.role == token::Role::Approver && req.amount_cents > op.limit => {
                 Some(Status::permission_denied(format!(
                     "amount {} exceeds your approval limit {}",
@@ -713,57 +850,125 @@ impl Approval for Service {
             _ => None,
         };
         if let Some(status) = refusal {
-            let mut rec = request_record(&req, verb, "refused", status.message());
-            rec.subject = op.sub.clone();
-            self.audit(Kind::Approval, rec).await?;
-            return Err(status);
+            return Err(self.refuse(&req, &op, verb, status).await);
         }
 
-        let grant = if approve {
-            Some(self.sign_grant(&req, vec![op.sub.clone()])?)
-        } else {
-            None
-        };
-        let outcome = db::decide(
+        let outcome = db::vote(
             &self.0.db,
             &id,
             &op.sub,
             approve,
             &reason,
             zt_proto::now_ms(),
-            grant
-                .as_ref()
-                .map(|(gid, tok)| (gid.as_str(), tok.as_str())),
+            |approvers| self.sign_grant(&req, approvers),
         )
-        .await
-        .map_err(internal)?;
-        match outcome {
-            VoteOutcome::Recorded => {}
-            VoteOutcome::NotPending => {
-                return Err(Status::failed_precondition("request is no longer pending"));
+        .await;
+        // The status this vote left the request in (by the time it is read
+        // back, the broker may already have run an approved one).
+        let (grant_id, new_status) = match outcome {
+            Ok(VoteOutcome::Decided { grant_id }) => {
+                let st = if approve {
+                    status::APPROVED
+                } else {
+                    status::DENIED
+                };
+                (grant_id, st)
             }
-            VoteOutcome::AlreadyVoted => {
-                return Err(Status::already_exists("you already voted on this request"));
+            Ok(VoteOutcome::Counted) => (None, status::PENDING),
+            Ok(VoteOutcome::NotPending) => {
+                let status = Status::failed_precondition("request is no longer pending");
+                return Err(self.refuse(&req, &op, verb, status).await);
             }
-        }
+            Ok(VoteOutcome::AlreadyVoted) => {
+                let status = Status::already_exists("you already voted on this request");
+                return Err(self.refuse(&req, &op, verb, status).await);
+            }
+            Err(VoteError::Db(e)) => return Err(internal(e)),
+            Err(VoteError::Seal(e)) => return Err(internal(e)),
+        };
         let decided = self.get_or_404(&id).await?;
-        let mut rec = request_record(&decided, verb, &decided.status, &reason);
+        let detail = if decided.approvals_required > 1 && approve {
+            if reason.is_empty() {
+                tally(&decided)
+            } else {
+                format!("{}: {reason}", tally(&decided))
+            }
+        } else {
+            reason.clone()
+        };
+        let mut rec = request_record(&decided, verb, new_status, &detail);
         rec.subject = op.sub.clone();
-        if let Some((gid, _)) = &grant {
+        if let Some(gid) = &grant_id {
             rec.grant_id = gid.clone();
         }
         self.audit(Kind::Approval, rec).await?;
-        self.event(
-            "request_decided",
-            &decided,
-            &decided.status,
-            format!(
-                "{} {} by {}: {}",
-                decided.id, decided.status, op.sub, reason
-            ),
-        );
+        if new_status == status::PENDING {
+            self.event(
+                "request_voted",
+                &decided,
+                "voted",
+                format!("{} {verb} by {}: {detail}", decided.id, op.sub),
+            );
+        } else {
+            self.event(
+                "request_decided",
+                &decided,
+                new_status,
+                format!("{} {new_status} by {}: {detail}", decided.id, op.sub),
+            );
+        }
         self.notify();
         Ok(Response::new(redacted(decided)))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<ApprovalRequest>, Status> {
+        let op = self.operator_audited(&request, "cancel").await?;
+        let CancelRequest { id, reason } = request.into_inner();
+        let reason = clip(reason.trim())?;
+        self.expire_due().await?;
+        let req = self.get_or_404(&id).await?;
+
+        // Every refusal below is audited with the operator and the reason.
+        let refusal = match () {
+            _ if op.role != token::Role::Admin => Some(Status::permission_denied(format!(
+                "role {} may not cancel requests (admin only)",
+                op.role.as_str()
+            ))),
+            _ if req.status != status::PENDING => Some(Status::failed_precondition(format!(
+                "request is already {}",
+                req.status
+            ))),
+            _ if reason.is_empty() => {
+                Some(Status::invalid_argument("a reason is required to cancel"))
+            }
+            _ => None,
+        };
+        if let Some(status) = refusal {
+            return Err(self.refuse(&req, &op, "cancel", status).await);
+        }
+        let why = format!("cancelled by {}: {reason}", op.sub);
+        let moved = db::cancel(&self.0.db, &id, &why, zt_proto::now_ms())
+            .await
+            .map_err(internal)?;
+        if !moved {
+            let status = Status::failed_precondition("request is no longer pending");
+            return Err(self.refuse(&req, &op, "cancel", status).await);
+        }
+        let cancelled = self.get_or_404(&id).await?;
+        let mut rec = request_record(&cancelled, "cancel", status::CANCELLED, &reason);
+        rec.subject = op.sub.clone();
+        self.audit(Kind::Approval, rec).await?;
+        self.event(
+            "request_decided",
+            &cancelled,
+            status::CANCELLED,
+            format!("{} {why}", cancelled.id),
+        );
+        self.notify();
+        Ok(Response::new(redacted(cancelled)))
     }
 
     async fn list_revoked(
@@ -923,6 +1128,9 @@ impl Approval for Service {
             summary: format!("session {} revoked by {by}: {reason}", req.session_id),
             ..Event::default()
         });
+        // Nothing a revoked session asked for may still be approved.
+        self.cancel_session_requests(&req.session_id, &by, &reason)
+            .await?;
         Ok(Response::new(RevokedSessions {
             sessions: vec![Revoked {
                 session_id: req.session_id,
@@ -1073,6 +1281,41 @@ mod tests {
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert!(err.contains("unknown variant `urgent`"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_missing_approval_rules_file_means_the_shipped_rules() {
+        let dir = temp_dir("no-approvals");
+        let rules = load_approval_rules(&dir).expect("shipped rules");
+        assert_eq!(rules, ApprovalRules::default());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_invalid_approval_rules_file_is_an_error_naming_it_and_the_problem() {
+        let dir = temp_dir("bad-approvals");
+        let path = dir.join(zt_policies::files::APPROVALS);
+        std::fs::write(&path, "request_ttl_secs = 60\nquorum = 0\n").expect("write");
+        let err = format!("{:#}", load_approval_rules(&dir).expect_err("invalid"));
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("`quorum`: must be between 1 and 5"), "{err}");
+        std::fs::write(&path, "request_ttl_secs = 3\n").expect("write");
+        assert_eq!(
+            load_approval_rules(&dir).expect("valid").request_ttl(),
+            Duration::from_secs(3)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tally_names_the_approvers_so_far() {
+        let mut req = ApprovalRequest {
+            approvals_required: 2,
+            ..ApprovalRequest::default()
+        };
+        assert_eq!(tally(&req), "0 of 2 approvals");
+        req.approvers = vec!["carol".into()];
+        assert_eq!(tally(&req), "1 of 2 approvals (carol)");
     }
 
     #[test]

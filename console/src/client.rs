@@ -10,8 +10,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Streaming};
 use zt_proto::pb::approval_client::ApprovalClient;
 use zt_proto::pb::{
-    ApprovalRequest, DecideRequest, Event, GetRequestRequest, ListPendingRequest, Operator,
-    WatchEventsRequest, WhoAmIRequest,
+    ApprovalRequest, CancelRequest, DecideRequest, Event, GetRequestRequest, ListPendingRequest,
+    Operator, WatchEventsRequest, WhoAmIRequest,
 };
 use zt_proto::stack::Layout;
 
@@ -131,6 +131,21 @@ impl OperatorClient {
             .into_inner())
     }
 
+    /// Cancels a pending request (admins only; a reason is required).
+    pub async fn cancel(&self, id: &str, reason: &str) -> anyhow::Result<ApprovalRequest> {
+        let r = self.req(CancelRequest {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        })?;
+        Ok(self
+            .inner
+            .clone()
+            .cancel(r)
+            .await
+            .map_err(status)?
+            .into_inner())
+    }
+
     /// Events after `from_seq` (0: recent history), then live.
     pub async fn watch(&self, from_seq: u64) -> anyhow::Result<Streaming<Event>> {
         let r = self.req(WatchEventsRequest { from_seq })?;
@@ -156,9 +171,42 @@ fn status(s: tonic::Status) -> anyhow::Error {
     }
 }
 
+/// How far a request is toward its approvals: "1 of 2 (carol)", "0 of 1".
+pub fn approvals(req: &ApprovalRequest) -> String {
+    let mut text = format!(
+        "{} of {}",
+        req.approvers.len(),
+        req.approvals_required.max(1)
+    );
+    if !req.approvers.is_empty() {
+        text.push_str(&format!(" ({})", req.approvers.join(", ")));
+    }
+    text
+}
+
 /// Formats cents as dollars.
 pub fn dollars(cents: i64) -> String {
     let sign = if cents < 0 { "-" } else { "" };
     let c = cents.unsigned_abs();
     format!("{sign}${}.{:02}", c / 100, c % 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approvals_read_as_n_of_m_with_names() {
+        let mut req = ApprovalRequest {
+            approvals_required: 2,
+            ..ApprovalRequest::default()
+        };
+        assert_eq!(approvals(&req), "0 of 2");
+        req.approvers.push("carol".into());
+        assert_eq!(approvals(&req), "1 of 2 (carol)");
+        req.approvers.push("erin".into());
+        assert_eq!(approvals(&req), "2 of 2 (carol, erin)");
+        // A request from before quorums existed needs one approval.
+        assert_eq!(approvals(&ApprovalRequest::default()), "0 of 1");
+    }
 }

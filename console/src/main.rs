@@ -95,16 +95,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Approve a pending request.
+    /// Approve a pending request (above the quorum threshold, one of the
+    /// approvals it needs).
     Approve {
         /// Request id.
         id: String,
-        /// Why (recorded in the audit log).
+        /// Why (recorded in the audit log; required above the threshold in
+        /// the approval rules).
         #[arg(long)]
         reason: String,
     },
     /// Deny a pending request.
     Deny {
+        /// Request id.
+        id: String,
+        /// Why (required; recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Cancel a pending request (admin operators).
+    Cancel {
         /// Request id.
         id: String,
         /// Why (required; recorded in the audit log).
@@ -259,18 +269,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("no pending requests");
             } else {
                 println!(
-                    "{:<36} {:<14} {:>12} {:<8} {:<28} EXPIRES IN",
-                    "ID", "TOOL", "AMOUNT", "HUMAN", "AGENT"
+                    "{:<36} {:<14} {:>12} {:<8} {:<28} {:<20} EXPIRES IN",
+                    "ID", "TOOL", "AMOUNT", "HUMAN", "AGENT", "APPROVALS"
                 );
                 for r in &list {
                     let left = (r.expires_at_ms - zt_proto::now_ms()).max(0) / 1000;
                     println!(
-                        "{:<36} {:<14} {:>12} {:<8} {:<28} {}m{:02}s",
+                        "{:<36} {:<14} {:>12} {:<8} {:<28} {:<20} {}m{:02}s",
                         r.id,
                         r.tool,
                         dollars(r.amount_cents),
                         r.human,
                         r.actors.first().map(String::as_str).unwrap_or("-"),
+                        client::approvals(r),
                         left / 60,
                         left % 60
                     );
@@ -280,6 +291,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Approve { id, reason } => decide(&conn, &id, true, &reason).await,
         Command::Deny { id, reason } => decide(&conn, &id, false, &reason).await,
+        Command::Cancel { id, reason } => match conn.client()?.cancel(&id, &reason).await {
+            Ok(r) => {
+                println!("{} {}", r.id, r.status);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("zt-console: {e:#}");
+                Ok(ExitCode::from(1))
+            }
+        },
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -415,6 +436,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn decide(conn: &Conn, id: &str, approve: bool, reason: &str) -> anyhow::Result<ExitCode> {
     match conn.client()?.decide(id, approve, reason).await {
+        Ok(r) if r.status == "pending" => {
+            println!("{} pending, approvals {}", r.id, client::approvals(&r));
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(r) => {
             println!("{} {}", r.id, r.status);
             Ok(ExitCode::SUCCESS)
@@ -481,6 +506,10 @@ fn request_json(r: &ApprovalRequest) -> Value {
         "justification": r.justification,
         "created_at_ms": r.created_at_ms,
         "expires_at_ms": r.expires_at_ms,
+        "approvals_required": r.approvals_required.max(1),
+        "approvers": r.approvers,
+        "approvals": client::approvals(r),
+        "approve_reason_required": r.approve_reason_required,
         "votes": r.votes.iter().map(|v| json!({"operator": v.operator, "decision": v.decision, "reason": v.reason, "at_ms": v.at_ms})).collect::<Vec<_>>(),
     })
 }

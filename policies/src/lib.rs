@@ -115,6 +115,9 @@ pub mod files {
     /// Detection rules over the live event stream (optional; read by the
     /// approval service, not by the policy engine).
     pub const DETECTIONS: &str = "detections.toml";
+    /// Approval rules: request lifetime, quorum, reasons (optional; read by
+    /// the approval service, not by the policy engine).
+    pub const APPROVALS: &str = "approvals.toml";
 }
 
 /// Risk level of a tool, as declared in the registry.

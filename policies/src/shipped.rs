@@ -12,6 +12,7 @@ pub const FILES: &[(&str, &str)] = &[
     (files::SCHEMA, include_str!("../data/schema.cedarschema")),
     (files::LIMITS, include_str!("../data/limits.toml")),
     (files::DETECTIONS, include_str!("../data/detections.toml")),
+    (files::APPROVALS, include_str!("../data/approvals.toml")),
 ];
 
 use crate::files;

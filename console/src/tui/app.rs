@@ -9,7 +9,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use zt_proto::pb::{ApprovalRequest, Event, Operator};
 
 use super::theme::Theme;
-use crate::client::dollars;
+use crate::client::{approvals, dollars};
 
 /// Events kept in memory for the Live view (a ring: the oldest go first).
 pub const EVENT_CAP: usize = 20_000;
@@ -81,6 +81,9 @@ pub enum Action {
 pub struct Prompt {
     pub id: String,
     pub approve: bool,
+    /// Always to deny; to approve when the request's amount is above the
+    /// approval rules' threshold.
+    pub reason_required: bool,
     pub input: String,
     pub error: Option<String>,
 }
@@ -272,9 +275,11 @@ impl App {
         self.inflight.retain(|i| i != id);
         match result {
             Ok(req) if req.status == "pending" => {
-                let approvals = req.votes.iter().filter(|v| v.decision == "approve").count();
                 self.toast(
-                    format!("{id}: vote recorded ({approvals} approval(s) so far); still pending"),
+                    format!(
+                        "{id}: vote recorded, approvals {}; still pending",
+                        approvals(&req)
+                    ),
                     false,
                 );
                 if let Some(slot) = self.pending.iter_mut().find(|r| r.id == id) {
@@ -407,6 +412,7 @@ impl App {
                 self.mode = Mode::Prompt(Prompt {
                     id: req.id.clone(),
                     approve,
+                    reason_required: !approve || req.approve_reason_required,
                     input: String::new(),
                     error: None,
                 });
@@ -508,8 +514,12 @@ pub fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
                 KeyCode::Esc => app.mode = Mode::Normal,
                 KeyCode::Enter => {
                     let reason = p.input.trim().to_owned();
-                    if !p.approve && reason.is_empty() {
-                        p.error = Some("a reason is required to deny".into());
+                    if p.reason_required && reason.is_empty() {
+                        p.error = Some(if p.approve {
+                            "a reason is required to approve this amount".into()
+                        } else {
+                            "a reason is required to deny".into()
+                        });
                         return None;
                     }
                     let action = Action::Decide {
@@ -704,6 +714,9 @@ pub(crate) mod tests {
             votes: vec![],
             grant: String::new(),
             outcome: String::new(),
+            approvals_required: 1,
+            approvers: vec![],
+            approve_reason_required: false,
         }
     }
 
@@ -845,6 +858,34 @@ pub(crate) mod tests {
                 reason: "fraud".into()
             })
         );
+    }
+
+    #[test]
+    fn approving_above_the_threshold_needs_a_reason() {
+        let mut app = sample(false);
+        let mut list = app.pending.clone();
+        if let Some(r) = list.iter_mut().find(|r| r.id == "req-a1") {
+            r.approve_reason_required = true;
+        }
+        app.set_pending(list);
+        on_key(&mut app, key('a'));
+        assert_eq!(on_key(&mut app, code(KeyCode::Enter)), None);
+        match &app.mode {
+            Mode::Prompt(p) => assert_eq!(
+                p.error.as_deref(),
+                Some("a reason is required to approve this amount")
+            ),
+            other => panic!("prompt closed: {other:?}"),
+        }
+        typed(&mut app, "verified with the customer");
+        assert!(matches!(
+            on_key(&mut app, code(KeyCode::Enter)),
+            Some(Action::Decide { approve: true, .. })
+        ));
+        // Below the threshold an approval needs none.
+        on_key(&mut app, key('j'));
+        on_key(&mut app, key('a'));
+        assert!(on_key(&mut app, code(KeyCode::Enter)).is_some());
     }
 
     #[test]
@@ -1048,12 +1089,13 @@ pub(crate) mod tests {
             reason: "ok".into(),
             at_ms: NOW,
         });
+        partial.approvals_required = 2;
+        partial.approvers.push("alice".into());
         app.decided("req-b2", true, Ok(partial));
         assert_eq!(app.pending[0].votes.len(), 1);
-        assert!(
-            app.toast
-                .as_ref()
-                .is_some_and(|t| t.text.contains("still pending"))
+        assert_eq!(
+            app.toast.as_ref().map(|t| t.text.as_str()),
+            Some("req-b2: vote recorded, approvals 1 of 2 (alice); still pending")
         );
         app.tick(NOW + TOAST_MS + 1);
         assert_eq!(app.toast, None);

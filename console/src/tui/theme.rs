@@ -26,7 +26,8 @@ impl Theme {
     }
 
     /// The style of a decision: allow green, constrain cyan, deny red,
-    /// escalate yellow, approved blue, executed magenta.
+    /// escalate yellow, approved blue (a vote toward a quorum too),
+    /// executed magenta, expired and cancelled grey.
     pub fn decision(self, decision: &str) -> Style {
         match decision {
             "allow" => self.fg(Color::Green, Modifier::empty()),
@@ -35,7 +36,8 @@ impl Theme {
             "escalate" => self.fg(Color::Yellow, Modifier::UNDERLINED),
             "approved" => self.fg(Color::Blue, Modifier::BOLD),
             "executed" => self.fg(Color::Magenta, Modifier::empty()),
-            "expired" => self.fg(Color::DarkGray, Modifier::DIM),
+            "expired" | "cancelled" => self.fg(Color::DarkGray, Modifier::DIM),
+            "voted" => self.fg(Color::Blue, Modifier::empty()),
             "alert" => self.alert(),
             _ => Style::new(),
         }

@@ -14,7 +14,7 @@ use super::app::{
     self, App, Conn, Mode, View, agent_of, amount, commands, is_alert, request_agent,
 };
 use super::theme::Theme;
-use crate::client::dollars;
+use crate::client::{approvals, dollars};
 
 /// Draws the whole console.
 pub fn draw(frame: &mut Frame, app: &App) {
@@ -218,8 +218,8 @@ fn draw_pending(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         (l, d)
     };
 
-    let header =
-        Row::new(["ID", "TOOL", "AMOUNT", "HUMAN", "AGENT", "EXPIRES"]).style(theme.header());
+    let header = Row::new(["ID", "TOOL", "AMOUNT", "HUMAN", "AGENT", "APPR", "EXPIRES"])
+        .style(theme.header());
     let rows = app.pending.iter().map(|r| {
         let left = r.expires_at_ms - app.now_ms;
         let exp_style = if left < 60_000 {
@@ -237,6 +237,11 @@ fn draw_pending(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             Cell::from(amount(r.amount_cents)),
             Cell::from(r.human.clone()),
             Cell::from(request_agent(r).to_owned()),
+            Cell::from(format!(
+                "{}/{}",
+                r.approvers.len(),
+                r.approvals_required.max(1)
+            )),
             Cell::from(Span::styled(countdown(left), exp_style)),
         ])
     });
@@ -248,6 +253,7 @@ fn draw_pending(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             Constraint::Length(10),
             Constraint::Fill(1),
             Constraint::Fill(1),
+            Constraint::Length(4),
             Constraint::Length(7),
         ],
     )
@@ -370,6 +376,19 @@ fn request_detail(app: &App, req: &ApprovalRequest, theme: Theme) -> Text<'stati
             theme,
         ));
     }
+    let mut tally = vec![
+        Span::styled(format!("{:<14}", "Approvals"), theme.label()),
+        Span::styled(approvals(req), Style::new().add_modifier(Modifier::BOLD)),
+    ];
+    if req.approve_reason_required {
+        tally.push(Span::styled("  approving needs a reason", theme.dim()));
+    }
+    if let Some(op) = &app.operator
+        && req.votes.iter().any(|v| v.operator == op.name)
+    {
+        tally.push(Span::styled("  you voted", theme.dim()));
+    }
+    lines.push(Line::from(tally));
     if req.votes.is_empty() {
         lines.push(field("Votes", "none yet", theme));
     } else {
@@ -598,10 +617,10 @@ fn draw_prompt(frame: &mut Frame, app: &App, p: &app::Prompt, theme: Theme) {
         .find(|r| r.id == p.id)
         .map(|r| format!("{} {} for {}", r.tool, amount(r.amount_cents), r.human))
         .unwrap_or_else(|| "(no longer in the queue)".into());
-    let need = if p.approve {
-        "reason (optional)"
-    } else {
+    let need = if p.reason_required {
         "reason (required)"
+    } else {
+        "reason (optional)"
     };
     let mut lines = vec![
         Line::from(vec![
@@ -733,6 +752,38 @@ mod tests {
         assert!(buf[(x + 2, y)].modifier.contains(Modifier::REVERSED));
         let (x, y) = find(&buf, "  req-b2").unwrap();
         assert!(!buf[(x + 2, y)].modifier.contains(Modifier::REVERSED));
+    }
+
+    #[test]
+    fn quorum_progress_is_shown_in_the_table_and_the_detail() {
+        let mut app = sample(false);
+        let mut list = app.pending.clone();
+        if let Some(r) = list.iter_mut().find(|r| r.id == "req-a1") {
+            r.amount_cents = 80_000;
+            r.approvals_required = 2;
+            r.approve_reason_required = true;
+            r.approvers = vec!["carol".into()];
+            r.votes = vec![zt_proto::pb::Vote {
+                operator: "carol".into(),
+                decision: "approve".into(),
+                reason: "owed".into(),
+                at_ms: NOW,
+            }];
+        }
+        app.set_pending(list);
+        let t = text(&render(&app, COLOR, 140, 40));
+        for want in [
+            "APPR",
+            "1/2",
+            "0/1",
+            "Approvals     1 of 2 (carol)  approving needs a reason",
+            "carol approve at 22:13:20: owed",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        press(&mut app, 'a');
+        let t = text(&render(&app, COLOR, 140, 40));
+        assert!(t.contains("reason (required)"), "{t}");
     }
 
     #[test]
