@@ -166,12 +166,22 @@ impl Broker {
         let req = match self.upstream.escalate(esc).await {
             Ok(r) => r,
             Err(e) => {
+                let message = match &e {
+                    UpstreamError::Unavailable => {
+                        "this action needs a human's approval, but the approval \
+                                                   service is unavailable; it was not run"
+                            .to_owned()
+                    }
+                    UpstreamError::Refused(why) => format!(
+                        "this action needs a human's approval, but the approval service would not queue it \
+                         ({}); it was not run",
+                        crate::gate::printable(why)
+                    ),
+                };
                 let r = Refusal {
                     decision: "escalate",
                     rules: decision.rules.clone(),
-                    message: "this action needs a human's approval, but the approval service is unavailable; \
-                              it was not run"
-                        .into(),
+                    message,
                     detail: format!("escalation failed: {e}"),
                 };
                 return self.refuse(claims, tool, args, r).await;

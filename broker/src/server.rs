@@ -380,7 +380,9 @@ fn out_of_scope(claims: &SessionClaims, body: &[u8]) -> Option<String> {
             .pointer("/params/name")
             .and_then(|v| v.as_str())
             .unwrap_or_default();
-        (!claims.allows_tool(name)).then(|| crate::gate::printable(name))
+        // `approval_status` follows up only on this session's own requests,
+        // which were escalated from in-scope calls: every session has it.
+        (name != APPROVAL_STATUS && !claims.allows_tool(name)).then(|| crate::gate::printable(name))
     })
 }
 

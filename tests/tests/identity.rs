@@ -65,7 +65,13 @@ async fn launcher_issues_refreshes_and_revokes_sessions() {
 
     let agent = connect(&stack.broker_url, &issued.token).await.unwrap();
     let tools = agent.list_all_tools().await.unwrap();
-    assert_eq!(tools.len(), 2, "tools/list shows only the session's scope");
+    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["approval_status", "issue_refund", "lookup_account"],
+        "tools/list shows only the session's scope (and the follow-up tool every session has)"
+    );
     // A tool outside the scope: 403 insufficient_scope before MCP runs.
     let err = call(
         &agent,

@@ -46,6 +46,7 @@ fn python_sdk_client_speaks_to_the_broker() {
     assert_eq!(
         seen["tools"],
         serde_json::json!([
+            "approval_status",
             "change_plan",
             "fetch_document",
             "issue_refund",

@@ -40,6 +40,7 @@ async fn skeleton_path_through_every_trust_domain() {
     assert_eq!(
         names,
         [
+            "approval_status",
             "change_plan",
             "fetch_document",
             "issue_refund",

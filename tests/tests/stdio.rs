@@ -67,7 +67,8 @@ async fn stdio_mode_gates_calls_like_http() {
     assert_eq!(replies[&1]["result"]["serverInfo"]["name"], "zt-broker");
     assert_eq!(
         replies[&2]["result"]["tools"].as_array().map(Vec::len),
-        Some(5)
+        Some(6),
+        "five tools and approval_status"
     );
     assert_eq!(replies[&3]["result"]["isError"], false);
     assert_eq!(replies[&3]["result"]["structuredContent"]["region"], "eu");
