@@ -22,7 +22,7 @@ use zt_proto::canonical;
 use zt_proto::grant::Grant;
 use zt_proto::pb::{ApprovalRequest, Event};
 use zt_proto::pinned::PinnedKeys;
-use zt_proto::store::AuditLog;
+use zt_proto::store::{AuditLog, StoreError};
 use zt_proto::token::SessionClaims;
 
 use crate::approval::Progress;
@@ -192,14 +192,23 @@ impl Broker {
         rec.rules = r.rules.clone();
         rec.status = "refused".into();
         rec.detail = r.detail.clone();
-        if let Err(e) = self.audit.append(Kind::Decision, rec).await {
+        let mut audited = self.audit.append(Kind::Decision, rec.clone()).await;
+        if let Err(StoreError::Encode(_)) = &audited {
+            // Arguments the canonical form cannot hold (floats, huge
+            // numbers): record them as bounded text, so the refusal is
+            // still in the trail.
+            let text: String = args.to_string().chars().take(2048).collect();
+            rec.args = json!({ "_unencodable": text });
+            rec.args_hash = String::new();
+            audited = self.audit.append(Kind::Decision, rec).await;
+        }
+        if let Err(e) = audited {
             tracing::error!(error = %e, "audit write failed while refusing a call");
         }
         self.publish(claims, tool, args, r.decision, r.message.clone(), "");
         error_result(&r.message, "denied", json!({ "rules": r.rules }))
     }
 
-    /// Runs one tool call for an authenticated session.
     /// Runs one `tools/call` through the gate. `progress`, when the client
     /// asked for it, hears about a call waiting for a human.
     pub async fn call(
