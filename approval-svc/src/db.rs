@@ -1,10 +1,9 @@
 //! The approval service's own state: requests, votes, revoked sessions.
 
-use std::path::Path;
-
-use sqlx::{Row, SqlitePool};
+use zt_proto::db::{Db, Dialect, Location};
 use zt_proto::grant::GrantError;
 use zt_proto::pb::{ApprovalRequest, EscalateRequest, Vote};
+use zt_proto::with_db;
 
 use crate::rules::Requirements;
 
@@ -37,67 +36,110 @@ pub enum VoteError {
     Seal(#[from] GrantError),
 }
 
-/// Opens (creating and migrating) the approval database.
-pub async fn open(path: &Path) -> Result<SqlitePool, sqlx::Error> {
-    let pool = zt_proto::store::open_sqlite(path).await?;
-    sqlx::migrate!("./migrations").run(&pool).await?;
-    Ok(pool)
+/// Opens (creating and migrating) the approval database: an SQLite file,
+/// or the `zt_approval` schema of a PostgreSQL database shared by replicas.
+pub async fn open(location: &Location) -> Result<Db, OpenError> {
+    let db = Db::open(location, "zt_approval", false).await?;
+    match &db {
+        Db::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
+        Db::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
+    }
+    Ok(db)
+}
+
+/// Why the approval database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Connecting failed.
+    #[error(transparent)]
+    Db(#[from] zt_proto::db::DbError),
+    /// A migration failed.
+    #[error("migrating the approval database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 const COLUMNS: &str = "id, status, tool, args_json, args_hash, session_id, human, actors_json, rules_json, \
      reason, risk, amount_cents, justification, created_at_ms, expires_at_ms, grant_token, outcome, \
      approvals_required, approve_reason_required";
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> ApprovalRequest {
-    let list = |col: &str| -> Vec<String> {
-        serde_json::from_str(&row.get::<String, _>(col)).unwrap_or_default()
-    };
-    ApprovalRequest {
-        id: row.get("id"),
-        status: row.get("status"),
-        tool: row.get("tool"),
-        args_json: row.get("args_json"),
-        args_hash: row.get("args_hash"),
-        session_id: row.get("session_id"),
-        human: row.get("human"),
-        actors: list("actors_json"),
-        rules: list("rules_json"),
-        reason: row.get("reason"),
-        risk: row.get("risk"),
-        amount_cents: row.get("amount_cents"),
-        justification: row.get("justification"),
-        created_at_ms: row.get("created_at_ms"),
-        expires_at_ms: row.get("expires_at_ms"),
-        votes: Vec::new(),
-        grant: row
-            .get::<Option<String>, _>("grant_token")
-            .unwrap_or_default(),
-        outcome: row.get("outcome"),
-        // The column is at least 1; anything unreadable reads as unreachable.
-        approvals_required: u32::try_from(row.get::<i64, _>("approvals_required"))
-            .unwrap_or(u32::MAX),
-        approvers: Vec::new(),
-        approve_reason_required: row.get::<i64, _>("approve_reason_required") != 0,
+/// A `requests` row as stored.
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    id: String,
+    status: String,
+    tool: String,
+    args_json: String,
+    args_hash: String,
+    session_id: String,
+    human: String,
+    actors_json: String,
+    rules_json: String,
+    reason: String,
+    risk: String,
+    amount_cents: i64,
+    justification: String,
+    created_at_ms: i64,
+    expires_at_ms: i64,
+    grant_token: Option<String>,
+    outcome: String,
+    approvals_required: i64,
+    approve_reason_required: i64,
+}
+
+impl From<Row> for ApprovalRequest {
+    fn from(row: Row) -> ApprovalRequest {
+        let list = |text: &str| -> Vec<String> { serde_json::from_str(text).unwrap_or_default() };
+        ApprovalRequest {
+            actors: list(&row.actors_json),
+            rules: list(&row.rules_json),
+            id: row.id,
+            status: row.status,
+            tool: row.tool,
+            args_json: row.args_json,
+            args_hash: row.args_hash,
+            session_id: row.session_id,
+            human: row.human,
+            reason: row.reason,
+            risk: row.risk,
+            amount_cents: row.amount_cents,
+            justification: row.justification,
+            created_at_ms: row.created_at_ms,
+            expires_at_ms: row.expires_at_ms,
+            votes: Vec::new(),
+            grant: row.grant_token.unwrap_or_default(),
+            outcome: row.outcome,
+            // The column is at least 1; anything unreadable reads as unreachable.
+            approvals_required: u32::try_from(row.approvals_required).unwrap_or(u32::MAX),
+            approvers: Vec::new(),
+            approve_reason_required: row.approve_reason_required != 0,
+        }
     }
 }
 
-async fn with_votes(
-    pool: &SqlitePool,
-    mut req: ApprovalRequest,
-) -> Result<ApprovalRequest, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT operator, decision, reason, at_ms FROM votes WHERE request_id = ? ORDER BY at_ms, rowid",
-    )
-    .bind(&req.id)
-    .fetch_all(pool)
-    .await?;
+/// Votes in the order they were cast.
+fn votes_sql(db: &Db) -> &'static str {
+    match db.dialect() {
+        Dialect::Sqlite => {
+            "SELECT operator, decision, reason, at_ms FROM votes WHERE request_id = $1 ORDER BY at_ms, rowid"
+        }
+        Dialect::Postgres => {
+            "SELECT operator, decision, reason, at_ms FROM votes WHERE request_id = $1 ORDER BY at_ms, position"
+        }
+    }
+}
+
+async fn with_votes(pool: &Db, row: Row) -> Result<ApprovalRequest, sqlx::Error> {
+    let mut req = ApprovalRequest::from(row);
+    let rows: Vec<(String, String, String, i64)> = with_db!(pool, p => {
+        sqlx::query_as(votes_sql(pool)).bind(&req.id).fetch_all(p).await?
+    });
     req.votes = rows
-        .iter()
-        .map(|r| Vote {
-            operator: r.get(0),
-            decision: r.get(1),
-            reason: r.get(2),
-            at_ms: r.get(3),
+        .into_iter()
+        .map(|(operator, decision, reason, at_ms)| Vote {
+            operator,
+            decision,
+            reason,
+            at_ms,
         })
         .collect();
     req.approvers = req
@@ -109,16 +151,22 @@ async fn with_votes(
     Ok(req)
 }
 
+async fn all_with_votes(pool: &Db, rows: Vec<Row>) -> Result<Vec<ApprovalRequest>, sqlx::Error> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(with_votes(pool, r).await?);
+    }
+    Ok(out)
+}
+
 /// The request with `id`.
-pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<ApprovalRequest>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM requests WHERE id = ?"
-    )))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+pub async fn get(pool: &Db, id: &str) -> Result<Option<ApprovalRequest>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM requests WHERE id = $1");
+    let row: Option<Row> = with_db!(pool, p => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(p).await?
+    });
     match row {
-        Some(r) => Ok(Some(with_votes(pool, from_row(&r)).await?)),
+        Some(r) => Ok(Some(with_votes(pool, r).await?)),
         None => Ok(None),
     }
 }
@@ -126,74 +174,75 @@ pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<ApprovalRequest>,
 /// An open request (pending, or approved and not yet used) for the same
 /// exact call of the same session.
 pub async fn find_open(
-    pool: &SqlitePool,
+    pool: &Db,
     session_id: &str,
     tool: &str,
     args_hash: &str,
 ) -> Result<Option<ApprovalRequest>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM requests WHERE session_id = ? AND tool = ? AND args_hash = ? \
+    let sql = format!(
+        "SELECT {COLUMNS} FROM requests WHERE session_id = $1 AND tool = $2 AND args_hash = $3 \
          AND status IN ('pending', 'approved') ORDER BY created_at_ms DESC LIMIT 1"
-    )))
-    .bind(session_id)
-    .bind(tool)
-    .bind(args_hash)
-    .fetch_optional(pool)
-    .await?;
+    );
+    let row: Option<Row> = with_db!(pool, p => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(session_id)
+            .bind(tool)
+            .bind(args_hash)
+            .fetch_optional(p)
+            .await?
+    });
     match row {
-        Some(r) => Ok(Some(with_votes(pool, from_row(&r)).await?)),
+        Some(r) => Ok(Some(with_votes(pool, r).await?)),
         None => Ok(None),
     }
 }
 
 /// Inserts a new pending request with what the rules require of it.
 pub async fn insert(
-    pool: &SqlitePool,
+    pool: &Db,
     id: &str,
     req: &EscalateRequest,
     now_ms: i64,
     ttl_ms: i64,
     needs: Requirements,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO requests (id, status, tool, args_json, args_hash, session_id, human, actors_json, \
-         rules_json, reason, risk, amount_cents, justification, created_at_ms, expires_at_ms, \
-         approvals_required, approve_reason_required) \
-         VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(id)
-    .bind(&req.tool)
-    .bind(&req.args_json)
-    .bind(&req.args_hash)
-    .bind(&req.session_id)
-    .bind(&req.human)
-    .bind(serde_json::to_string(&req.actors).unwrap_or_default())
-    .bind(serde_json::to_string(&req.rules).unwrap_or_default())
-    .bind(&req.reason)
-    .bind(&req.risk)
-    .bind(req.amount_cents)
-    .bind(&req.justification)
-    .bind(now_ms)
-    .bind(now_ms.saturating_add(ttl_ms))
-    .bind(i64::from(needs.approvals.max(1)))
-    .bind(i64::from(needs.approve_reason))
-    .execute(pool)
-    .await?;
+    with_db!(pool, p => {
+        sqlx::query(
+            "INSERT INTO requests (id, status, tool, args_json, args_hash, session_id, human, actors_json, \
+             rules_json, reason, risk, amount_cents, justification, created_at_ms, expires_at_ms, \
+             approvals_required, approve_reason_required) \
+             VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(id)
+        .bind(&req.tool)
+        .bind(&req.args_json)
+        .bind(&req.args_hash)
+        .bind(&req.session_id)
+        .bind(&req.human)
+        .bind(serde_json::to_string(&req.actors).unwrap_or_default())
+        .bind(serde_json::to_string(&req.rules).unwrap_or_default())
+        .bind(&req.reason)
+        .bind(&req.risk)
+        .bind(req.amount_cents)
+        .bind(&req.justification)
+        .bind(now_ms)
+        .bind(now_ms.saturating_add(ttl_ms))
+        .bind(i64::from(needs.approvals.max(1)))
+        .bind(i64::from(needs.approve_reason))
+        .execute(p)
+        .await?;
+    });
     Ok(())
 }
 
 /// Pending requests, oldest first.
-pub async fn pending(pool: &SqlitePool) -> Result<Vec<ApprovalRequest>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM requests WHERE status = 'pending' ORDER BY created_at_ms"
-    )))
-    .fetch_all(pool)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        out.push(with_votes(pool, from_row(r)).await?);
-    }
-    Ok(out)
+pub async fn pending(pool: &Db) -> Result<Vec<ApprovalRequest>, sqlx::Error> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM requests WHERE status = 'pending' ORDER BY created_at_ms");
+    let rows: Vec<Row> = with_db!(pool, p => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(p).await?
+    });
+    all_with_votes(pool, rows).await
 }
 
 /// Outcome of recording a vote.
@@ -215,8 +264,10 @@ pub enum VoteOutcome {
     AlreadyVoted,
 }
 
-/// Records an operator's vote on a pending request, in one `BEGIN
-/// IMMEDIATE` transaction (so votes on a request are serialized):
+/// Records an operator's vote on a pending request, in one transaction
+/// that holds the request's write lock (SQLite `BEGIN IMMEDIATE`;
+/// PostgreSQL `SELECT ... FOR UPDATE`), so votes on a request are
+/// serialized across connections and replicas:
 ///
 /// - a deny denies the request (a veto);
 /// - an approval counts toward the request's `approvals_required`; the one
@@ -227,7 +278,7 @@ pub enum VoteOutcome {
 /// concurrent deciding votes cannot both yield a grant. When `seal` fails,
 /// nothing is recorded.
 pub async fn vote<F>(
-    pool: &SqlitePool,
+    pool: &Db,
     id: &str,
     operator: &str,
     approve: bool,
@@ -238,221 +289,226 @@ pub async fn vote<F>(
 where
     F: FnOnce(&[String]) -> Result<(String, String), GrantError>,
 {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let voted: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM votes WHERE request_id = ? AND operator = ?")
-            .bind(id)
-            .bind(operator)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if voted.is_some() {
-        return Ok(VoteOutcome::AlreadyVoted);
-    }
-    let required: Option<i64> = sqlx::query_scalar(
-        "SELECT approvals_required FROM requests \
-         WHERE id = ? AND status = 'pending' AND expires_at_ms > ?",
-    )
-    .bind(id)
-    .bind(now_ms)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(required) = required else {
-        return Ok(VoteOutcome::NotPending);
+    let (begin, lock) = match pool.dialect() {
+        Dialect::Sqlite => ("BEGIN IMMEDIATE", "SELECT $1"),
+        Dialect::Postgres => ("BEGIN", "SELECT id FROM requests WHERE id = $1 FOR UPDATE"),
     };
-    sqlx::query(
-        "INSERT INTO votes (request_id, operator, decision, reason, at_ms) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(id)
-    .bind(operator)
-    .bind(if approve { "approve" } else { "deny" })
-    .bind(reason)
-    .bind(now_ms)
-    .execute(&mut *tx)
-    .await?;
-
-    let (new_status, grant) = if approve {
-        let approvers: Vec<String> = sqlx::query_scalar(
-            "SELECT operator FROM votes WHERE request_id = ? AND decision = 'approve' \
-             ORDER BY at_ms, rowid",
+    let approvers_sql = match pool.dialect() {
+        Dialect::Sqlite => {
+            "SELECT operator FROM votes WHERE request_id = $1 AND decision = 'approve' ORDER BY at_ms, rowid"
+        }
+        Dialect::Postgres => {
+            "SELECT operator FROM votes WHERE request_id = $1 AND decision = 'approve' ORDER BY at_ms, position"
+        }
+    };
+    with_db!(pool, p => {
+        let mut tx = p.begin_with(begin).await?;
+        sqlx::query(lock).bind(id).execute(&mut *tx).await?;
+        let voted: Option<String> =
+            sqlx::query_scalar("SELECT operator FROM votes WHERE request_id = $1 AND operator = $2")
+                .bind(id)
+                .bind(operator)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if voted.is_some() {
+            return Ok(VoteOutcome::AlreadyVoted);
+        }
+        let required: Option<i64> = sqlx::query_scalar(
+            "SELECT approvals_required FROM requests \
+             WHERE id = $1 AND status = 'pending' AND expires_at_ms > $2",
         )
         .bind(id)
-        .fetch_all(&mut *tx)
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
         .await?;
-        if i64::try_from(approvers.len()).unwrap_or(i64::MAX) < required.max(1) {
-            tx.commit().await?;
-            return Ok(VoteOutcome::Counted);
+        let Some(required) = required else {
+            return Ok(VoteOutcome::NotPending);
+        };
+        sqlx::query(
+            "INSERT INTO votes (request_id, operator, decision, reason, at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(operator)
+        .bind(if approve { "approve" } else { "deny" })
+        .bind(reason)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+
+        let (new_status, grant) = if approve {
+            let approvers: Vec<String> = sqlx::query_scalar(approvers_sql)
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+            if i64::try_from(approvers.len()).unwrap_or(i64::MAX) < required.max(1) {
+                tx.commit().await?;
+                return Ok(VoteOutcome::Counted);
+            }
+            (status::APPROVED, Some(seal(&approvers)?))
+        } else {
+            (status::DENIED, None)
+        };
+        let (grant_id, grant_token) = match &grant {
+            Some((gid, tok)) => (Some(gid.as_str()), Some(tok.as_str())),
+            None => (None, None),
+        };
+        let changed = sqlx::query(
+            "UPDATE requests SET status = $1, decided_at_ms = $2, grant_id = $3, grant_token = $4 \
+             WHERE id = $5 AND status = 'pending'",
+        )
+        .bind(new_status)
+        .bind(now_ms)
+        .bind(grant_id)
+        .bind(grant_token)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed != 1 {
+            // Unreachable under the write lock; roll back rather than trust it.
+            return Ok(VoteOutcome::NotPending);
         }
-        (status::APPROVED, Some(seal(&approvers)?))
-    } else {
-        (status::DENIED, None)
-    };
-    let (grant_id, grant_token) = match &grant {
-        Some((gid, tok)) => (Some(gid.as_str()), Some(tok.as_str())),
-        None => (None, None),
-    };
-    let changed = sqlx::query(
-        "UPDATE requests SET status = ?, decided_at_ms = ?, grant_id = ?, grant_token = ? \
-         WHERE id = ? AND status = 'pending'",
-    )
-    .bind(new_status)
-    .bind(now_ms)
-    .bind(grant_id)
-    .bind(grant_token)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changed != 1 {
-        // Unreachable under the write lock; roll back rather than trust it.
-        return Ok(VoteOutcome::NotPending);
-    }
-    tx.commit().await?;
-    Ok(VoteOutcome::Decided {
-        grant_id: grant.map(|(gid, _)| gid),
+        tx.commit().await?;
+        Ok(VoteOutcome::Decided {
+            grant_id: grant.map(|(gid, _)| gid),
+        })
     })
 }
 
 /// Cancels a pending request; `outcome` says by whom and why. Returns
 /// whether it moved (it was pending and not past its expiry).
-pub async fn cancel(
-    pool: &SqlitePool,
-    id: &str,
-    outcome: &str,
-    now_ms: i64,
-) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query(
-        "UPDATE requests SET status = 'cancelled', decided_at_ms = ?, outcome = ? \
-         WHERE id = ? AND status = 'pending' AND expires_at_ms > ?",
-    )
-    .bind(now_ms)
-    .bind(outcome)
-    .bind(id)
-    .bind(now_ms)
-    .execute(pool)
-    .await?
-    .rows_affected();
+pub async fn cancel(pool: &Db, id: &str, outcome: &str, now_ms: i64) -> Result<bool, sqlx::Error> {
+    let changed = with_db!(pool, p => {
+        sqlx::query(
+            "UPDATE requests SET status = 'cancelled', decided_at_ms = $1, outcome = $2 \
+             WHERE id = $3 AND status = 'pending' AND expires_at_ms > $1",
+        )
+        .bind(now_ms)
+        .bind(outcome)
+        .bind(id)
+        .execute(p)
+        .await?
+        .rows_affected()
+    });
     Ok(changed == 1)
 }
 
 /// Cancels every pending request of a session; returns them.
 pub async fn cancel_session(
-    pool: &SqlitePool,
+    pool: &Db,
     session_id: &str,
     outcome: &str,
     now_ms: i64,
 ) -> Result<Vec<ApprovalRequest>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE requests SET status = 'cancelled', decided_at_ms = ?, outcome = ? \
-         WHERE session_id = ? AND status = 'pending' RETURNING {COLUMNS}"
-    )))
-    .bind(now_ms)
-    .bind(outcome)
-    .bind(session_id)
-    .fetch_all(pool)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        out.push(with_votes(pool, from_row(r)).await?);
-    }
-    Ok(out)
+    let sql = format!(
+        "UPDATE requests SET status = 'cancelled', decided_at_ms = $1, outcome = $2 \
+         WHERE session_id = $3 AND status = 'pending' RETURNING {COLUMNS}"
+    );
+    let rows: Vec<Row> = with_db!(pool, p => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms)
+            .bind(outcome)
+            .bind(session_id)
+            .fetch_all(p)
+            .await?
+    });
+    all_with_votes(pool, rows).await
 }
 
 /// Marks every pending request past its expiry as expired; returns them.
-pub async fn expire_due(
-    pool: &SqlitePool,
-    now_ms: i64,
-) -> Result<Vec<ApprovalRequest>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE requests SET status = 'expired', decided_at_ms = ? \
-         WHERE status = 'pending' AND expires_at_ms <= ? RETURNING {COLUMNS}"
-    )))
-    .bind(now_ms)
-    .bind(now_ms)
-    .fetch_all(pool)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        out.push(with_votes(pool, from_row(r)).await?);
-    }
-    Ok(out)
+pub async fn expire_due(pool: &Db, now_ms: i64) -> Result<Vec<ApprovalRequest>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE requests SET status = 'expired', decided_at_ms = $1 \
+         WHERE status = 'pending' AND expires_at_ms <= $1 RETURNING {COLUMNS}"
+    );
+    let rows: Vec<Row> = with_db!(pool, p => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now_ms).fetch_all(p).await?
+    });
+    all_with_votes(pool, rows).await
 }
 
 /// Records the broker's report that an approved request ran (or failed).
 /// Only an approved request moves; returns whether it did.
 pub async fn report_execution(
-    pool: &SqlitePool,
+    pool: &Db,
     id: &str,
     ok: bool,
     outcome: &str,
 ) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query(
-        "UPDATE requests SET status = ?, outcome = ? WHERE id = ? AND status = 'approved'",
-    )
-    .bind(if ok { status::EXECUTED } else { status::FAILED })
-    .bind(outcome)
-    .bind(id)
-    .execute(pool)
-    .await?
-    .rows_affected();
+    let changed = with_db!(pool, p => {
+        sqlx::query("UPDATE requests SET status = $1, outcome = $2 WHERE id = $3 AND status = 'approved'")
+            .bind(if ok { status::EXECUTED } else { status::FAILED })
+            .bind(outcome)
+            .bind(id)
+            .execute(p)
+            .await?
+            .rows_affected()
+    });
     Ok(changed == 1)
 }
 
 /// Revokes a session; returns whether it was not revoked before.
 pub async fn revoke(
-    pool: &SqlitePool,
+    pool: &Db,
     session_id: &str,
     reason: &str,
     now_ms: i64,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("INSERT INTO revoked_sessions (session_id, at_ms, reason) VALUES (?, ?, ?) ON CONFLICT (session_id) DO NOTHING")
+    let done = with_db!(pool, p => {
+        sqlx::query(
+            "INSERT INTO revoked_sessions (session_id, at_ms, reason) VALUES ($1, $2, $3) \
+             ON CONFLICT (session_id) DO NOTHING",
+        )
         .bind(session_id)
         .bind(now_ms)
         .bind(reason)
-        .execute(pool)
+        .execute(p)
         .await?
-        .rows_affected();
+        .rows_affected()
+    });
     Ok(done == 1)
 }
 
 /// Whether a session is revoked.
-pub async fn is_revoked(pool: &SqlitePool, session_id: &str) -> Result<bool, sqlx::Error> {
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM revoked_sessions WHERE session_id = ?")
+pub async fn is_revoked(pool: &Db, session_id: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<String> = with_db!(pool, p => {
+        sqlx::query_scalar("SELECT session_id FROM revoked_sessions WHERE session_id = $1")
             .bind(session_id)
-            .fetch_optional(pool)
-            .await?;
+            .fetch_optional(p)
+            .await?
+    });
     Ok(found.is_some())
 }
 
 /// Sessions revoked at or after `since_ms`: (session, at, reason).
 pub async fn revoked_since(
-    pool: &SqlitePool,
+    pool: &Db,
     since_ms: i64,
 ) -> Result<Vec<(String, i64, String)>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT session_id, at_ms, reason FROM revoked_sessions WHERE at_ms >= ? ORDER BY at_ms",
-    )
-    .bind(since_ms)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+    Ok(with_db!(pool, p => {
+        sqlx::query_as(
+            "SELECT session_id, at_ms, reason FROM revoked_sessions WHERE at_ms >= $1 ORDER BY at_ms",
+        )
+        .bind(since_ms)
+        .fetch_all(p)
+        .await?
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn temp_db(tag: &str) -> (SqlitePool, std::path::PathBuf) {
+    async fn temp_db(tag: &str) -> (Db, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!(
             "zt-approval-db-{tag}-{}-{}",
             std::process::id(),
             zt_proto::random_id("")
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let pool = open(&dir.join("approval.db")).await.expect("database");
+        let pool = open(&Location::File(dir.join("approval.db")))
+            .await
+            .expect("database");
         (pool, dir)
     }
 
@@ -665,7 +721,7 @@ mod tests {
         let pool = zt_proto::store::open_sqlite(&dir.join("approval.db"))
             .await
             .unwrap();
-        sqlx::migrate!("./migrations")
+        sqlx::migrate!("./migrations/sqlite")
             .run_to(1, &pool)
             .await
             .unwrap();
@@ -686,7 +742,9 @@ mod tests {
         .await
         .unwrap();
         pool.close().await;
-        let pool = open(&dir.join("approval.db")).await.unwrap();
+        let pool = open(&Location::File(dir.join("approval.db")))
+            .await
+            .unwrap();
         let req = get(&pool, "req_old").await.unwrap().unwrap();
         assert_eq!(req.status, "pending");
         assert_eq!(req.approvals_required, 1);
@@ -695,8 +753,11 @@ mod tests {
             cancel(&pool, "req_old", "cancelled", 3).await.unwrap(),
             "the new state is allowed"
         );
+        let Db::Sqlite(raw) = &pool else {
+            panic!("an SQLite pool")
+        };
         let fk: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
-            .fetch_all(&pool)
+            .fetch_all(raw)
             .await
             .unwrap();
         assert!(fk.is_empty(), "{fk:?}");

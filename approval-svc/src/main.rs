@@ -40,6 +40,11 @@ enum Command {
         /// 15m when it has none].
         #[arg(long)]
         request_ttl: Option<String>,
+        /// Keep the approval state and the audit chain in this PostgreSQL
+        /// database (postgres://...), shared with other replicas, instead
+        /// of SQLite files in DIR.
+        #[arg(long, env = "ZT_DATABASE_URL", value_name = "URL")]
+        database: Option<String>,
     },
     /// Issue tokens signed by this stack's identity key.
     Token {
@@ -204,6 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             request_ttl,
+            database,
         } => {
             setup::init(&Layout::new(&data_dir))?;
             let request_ttl = match request_ttl {
@@ -214,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir,
                 listen,
                 request_ttl,
+                database,
             };
             zt_approval::serve(opts, async {
                 let _ = tokio::signal::ctrl_c().await;

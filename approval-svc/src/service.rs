@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use sqlx::SqlitePool;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
@@ -34,6 +33,7 @@ use crate::detect::{Alert, By, Detector, Rules};
 use crate::hub::Hub;
 use crate::rules::ApprovalRules;
 use crate::setup::{self, AUDIT_CHAIN, Keys};
+use zt_proto::db::Location;
 
 /// Longest a broker may block in `WaitDecision` per call.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -52,13 +52,16 @@ pub struct Options {
     /// How long a request stays pending before it expires; `None` means
     /// the `request_ttl_secs` of the stack's approval rules.
     pub request_ttl: Option<Duration>,
+    /// A PostgreSQL URL for the approval state and the audit chain, shared
+    /// with other replicas; `None` keeps SQLite files in the data directory.
+    pub database: Option<String>,
 }
 
 struct State {
     stack: StackInfo,
     layout: Layout,
     keys: Keys,
-    db: SqlitePool,
+    db: zt_proto::db::Db,
     audit: AuditLog,
     hub: Hub,
     /// Detection rules over the broker's events; held only while feeding
@@ -112,10 +115,22 @@ impl Service {
     pub async fn open(opts: &Options) -> anyhow::Result<Service> {
         let layout = Layout::new(&opts.data_dir);
         let (stack, keys) = setup::load(&layout)?;
-        let db = db::open(&layout.private("approval").join("approval.db"))
+        // SQLite files in the data directory, or one PostgreSQL database
+        // shared by every replica (a schema per store).
+        let (db_at, audit_at) = match &opts.database {
+            Some(url) => {
+                let at = Location::parse(url)?;
+                (at.clone(), at)
+            }
+            None => (
+                Location::File(layout.private("approval").join("approval.db")),
+                Location::File(layout.audit_db()),
+            ),
+        };
+        let db = db::open(&db_at)
             .await
-            .context("opening the approval database")?;
-        let audit_pool = zt_proto::store::open_pool(&layout.audit_db()).await?;
+            .with_context(|| format!("opening the approval database {}", db_at.display()))?;
+        let audit_pool = zt_proto::store::open_pool(&audit_at).await?;
         let audit = AuditLog::open(audit_pool, AUDIT_CHAIN, keys.audit.clone()).await?;
         let operator_keys = PinnedKeys::load(&layout, "approval-token")?;
         let approval_rules = load_approval_rules(&layout.policies())?;

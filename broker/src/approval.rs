@@ -17,13 +17,13 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use rmcp::model::CallToolResult;
 use serde_json::{Value, json};
-use sqlx::Row;
 use zt_policies::{Decision, DecisionRequest, Effect};
 use zt_proto::audit::Kind;
 use zt_proto::canonical;
 use zt_proto::grant::Call;
 use zt_proto::pb::{ApprovalRequest, EscalateRequest};
 use zt_proto::token::SessionClaims;
+use zt_proto::with_db;
 
 use crate::gate::{Broker, Refusal, error_result, ok_result};
 use crate::upstream::UpstreamError;
@@ -309,17 +309,17 @@ impl Broker {
     /// The stored result of a request this broker (or a replica) finished
     /// for `session`.
     async fn finished(&self, request_id: &str, session: &str) -> Option<String> {
-        sqlx::query_scalar::<_, Option<String>>(
-            "SELECT result_json FROM grant_redemptions \
-             WHERE request_id = ? AND session_id = ? AND state = 'done' LIMIT 1",
-        )
-        .bind(request_id)
-        .bind(session)
-        .fetch_optional(&self.state)
-        .await
-        .ok()
-        .flatten()
-        .flatten()
+        let found: Result<Option<Option<String>>, sqlx::Error> = with_db!(&self.state, p => {
+            sqlx::query_scalar(
+                "SELECT result_json FROM grant_redemptions \
+                 WHERE request_id = $1 AND session_id = $2 AND state = 'done' LIMIT 1",
+            )
+            .bind(request_id)
+            .bind(session)
+            .fetch_optional(p)
+            .await
+        });
+        found.ok().flatten().flatten()
     }
 
     /// Claims a grant's nonce for this broker (see the module docs).
@@ -331,46 +331,49 @@ impl Broker {
         session: &str,
     ) -> Result<Claim, sqlx::Error> {
         let now = zt_proto::now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO grant_redemptions (nonce, grant_id, request_id, session_id, redeemed_at_ms, state, updated_at_ms) \
-             VALUES (?, ?, ?, ?, ?, 'claimed', ?) ON CONFLICT (nonce) DO NOTHING",
-        )
-        .bind(nonce)
-        .bind(grant_id)
-        .bind(request_id)
-        .bind(session)
-        .bind(now)
-        .bind(now)
-        .execute(&self.state)
-        .await?;
-        if inserted.rows_affected() == 1 {
+        let inserted = with_db!(&self.state, p => {
+            sqlx::query(
+                "INSERT INTO grant_redemptions (nonce, grant_id, request_id, session_id, redeemed_at_ms, state, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, 'claimed', $5) ON CONFLICT (nonce) DO NOTHING",
+            )
+            .bind(nonce)
+            .bind(grant_id)
+            .bind(request_id)
+            .bind(session)
+            .bind(now)
+            .execute(p)
+            .await?
+            .rows_affected()
+        });
+        if inserted == 1 {
             return Ok(Claim::Mine { takeover: false });
         }
-        let row = sqlx::query(
-            "SELECT state, session_id, result_json, updated_at_ms FROM grant_redemptions WHERE nonce = ?",
-        )
-        .bind(nonce)
-        .fetch_one(&self.state)
-        .await?;
-        let state: String = row.try_get(0)?;
-        let owner: String = row.try_get(1)?;
-        let result: Option<String> = row.try_get(2)?;
-        let updated: i64 = row.try_get(3)?;
+        let (state, owner, result, updated): (String, String, Option<String>, i64) = with_db!(&self.state, p => {
+            sqlx::query_as(
+                "SELECT state, session_id, result_json, updated_at_ms FROM grant_redemptions WHERE nonce = $1",
+            )
+            .bind(nonce)
+            .fetch_one(p)
+            .await?
+        });
         if state == "done" {
             return Ok(Claim::Done(result.filter(|_| owner == session)));
         }
         let stale = now - updated > i64::try_from(TAKEOVER_AFTER.as_millis()).unwrap_or(i64::MAX);
         if stale {
-            let taken = sqlx::query(
-                "UPDATE grant_redemptions SET updated_at_ms = ? \
-                 WHERE nonce = ? AND state = 'claimed' AND updated_at_ms = ?",
-            )
-            .bind(now)
-            .bind(nonce)
-            .bind(updated)
-            .execute(&self.state)
-            .await?;
-            if taken.rows_affected() == 1 {
+            let taken = with_db!(&self.state, p => {
+                sqlx::query(
+                    "UPDATE grant_redemptions SET updated_at_ms = $1 \
+                     WHERE nonce = $2 AND state = 'claimed' AND updated_at_ms = $3",
+                )
+                .bind(now)
+                .bind(nonce)
+                .bind(updated)
+                .execute(p)
+                .await?
+                .rows_affected()
+            });
+            if taken == 1 {
                 return Ok(Claim::Mine { takeover: true });
             }
         }
@@ -481,14 +484,18 @@ impl Broker {
         let result = self
             .run(claims, tool, args, decision, Some((&grant, req)))
             .await;
-        let done = sqlx::query(
-            "UPDATE grant_redemptions SET state = 'done', result_json = ?, updated_at_ms = ? WHERE nonce = ?",
-        )
-        .bind(stored_result(&result))
-        .bind(zt_proto::now_ms())
-        .bind(&grant.nonce)
-        .execute(&self.state)
-        .await;
+        let stored = stored_result(&result);
+        let done = with_db!(&self.state, p => {
+            sqlx::query(
+                "UPDATE grant_redemptions SET state = 'done', result_json = $1, updated_at_ms = $2 WHERE nonce = $3",
+            )
+            .bind(&stored)
+            .bind(zt_proto::now_ms())
+            .bind(&grant.nonce)
+            .execute(p)
+            .await
+            .map(|_| ())
+        });
         if let Err(e) = done {
             // The side effect happened and is audited; a later status check
             // may find the claim unfinished and take it over, which the

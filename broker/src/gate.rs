@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use rmcp::model::{CallToolResult, ContentBlock};
 use serde_json::{Value, json};
-use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 use zt_policies::{Decision, DecisionRequest, Effect, PolicyStore};
 use zt_proto::audit::{Kind, Record};
@@ -36,7 +35,7 @@ pub struct Broker {
     /// The example backend (holds the credentials).
     pub backend: Backend,
     /// Broker state (grant redemptions).
-    pub state: SqlitePool,
+    pub state: zt_proto::db::Db,
     /// This broker's audit chain (one writer per chain in the process).
     pub audit: Arc<AuditLog>,
     /// The approval service.

@@ -56,6 +56,11 @@ enum Command {
         /// redeemed at most once across replicas).
         #[arg(long, value_name = "NAME")]
         replica: Option<String>,
+        /// Keep the broker's state and audit chain in this PostgreSQL
+        /// database (postgres://...), shared with other replicas, instead
+        /// of SQLite files in DIR.
+        #[arg(long, env = "ZT_DATABASE_URL", value_name = "URL")]
+        database: Option<String>,
     },
 }
 
@@ -83,6 +88,7 @@ async fn main() -> std::process::ExitCode {
                     approval_url: approval,
                     billing_url: billing,
                     replica: None,
+                    database: None,
                 };
                 zt_broker::server::serve_stdio(opts, token.trim().to_owned()).await
             }
@@ -96,6 +102,7 @@ async fn main() -> std::process::ExitCode {
             approval,
             billing,
             replica,
+            database,
         } => match zt_broker::setup::init(&Layout::new(&data_dir)) {
             Ok(()) => {
                 let opts = zt_broker::Options {
@@ -104,6 +111,7 @@ async fn main() -> std::process::ExitCode {
                     approval_url: approval,
                     billing_url: billing,
                     replica,
+                    database,
                 };
                 zt_broker::serve(opts, async {
                     let _ = tokio::signal::ctrl_c().await;

@@ -36,6 +36,7 @@ use crate::backend::{Adapter, Backend, Billing, Records};
 use crate::gate::{Broker, Revocations, SharedBroker};
 use crate::setup::{self, AUDIT_CHAIN};
 use crate::upstream::Upstream;
+use zt_proto::db::Location;
 
 /// How to run the broker.
 #[derive(Debug, Clone)]
@@ -49,6 +50,9 @@ pub struct Options {
     /// The billing API's URL (default: the config's, else the one recorded
     /// in the data dir).
     pub billing_url: Option<String>,
+    /// A PostgreSQL URL for the broker's state and audit chain, shared with
+    /// other replicas; `None` keeps SQLite files in the data directory.
+    pub database: Option<String>,
     /// This broker's replica name when several serve one data directory:
     /// its audit chain is `broker-NAME` and its endpoint `run/broker-NAME.url`.
     pub replica: Option<String>,
@@ -458,8 +462,20 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         ),
     }
     let backend = Backend::new(records, adapters);
-    let state = crate::state::open(&layout.private("broker").join("broker.db")).await?;
-    let audit_pool = zt_proto::store::open_pool(&layout.audit_db()).await?;
+    // SQLite files in the data directory, or one PostgreSQL database shared
+    // by every replica (a schema per store).
+    let (state_at, audit_at) = match &opts.database {
+        Some(url) => {
+            let at = Location::parse(url)?;
+            (at.clone(), at)
+        }
+        None => (
+            Location::File(layout.private("broker").join("broker.db")),
+            Location::File(layout.audit_db()),
+        ),
+    };
+    let state = crate::state::open(&state_at).await?;
+    let audit_pool = zt_proto::store::open_pool(&audit_at).await?;
     if chain != AUDIT_CHAIN {
         // Every writer has its own chain; pin this one's key beside the others.
         m.audit_key.public().write(&layout.audit_key(chain))?;

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use zt_proto::audit::{Entry, Kind, Trusted};
+use zt_proto::db::Location;
 use zt_proto::keys::PublicKey;
 use zt_proto::stack::Layout;
 use zt_proto::store::{self, Report};
@@ -48,20 +49,6 @@ pub fn pinned_keys(layout: &Layout) -> anyhow::Result<BTreeMap<String, PublicKey
         }
     }
     Ok(keys)
-}
-
-fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
-    if let Some(rest) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
-        let path = rest.split('?').next().unwrap_or_default();
-        return Ok(PathBuf::from(path));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        bail!("this build verifies SQLite audit logs; PostgreSQL stores are not supported yet");
-    }
-    bail!("unsupported database URL (expected sqlite://PATH)")
 }
 
 /// Where the verifier keeps the checkpoints it trusted.
@@ -145,28 +132,38 @@ pub async fn verify(
     state: &StateFile,
     progress: store::Progress<'_>,
 ) -> anyhow::Result<Outcome> {
-    let (path, pinned) = match source {
+    let (location, pinned) = match source {
         Source::DataDir(dir) => {
             let layout = Layout::new(dir);
-            (layout.audit_db(), Some(pinned_keys(&layout)?))
+            (
+                Location::File(layout.audit_db()),
+                Some(pinned_keys(&layout)?),
+            )
         }
-        Source::Database(url) => (sqlite_path(url)?, None),
+        Source::Database(url) => (Location::parse(url)?, None),
     };
-    if !path.exists() {
-        bail!("no audit log at {}", path.display());
-    }
-    let log = path.canonicalize().unwrap_or_else(|_| path.clone());
+    // The state file is keyed by the log's identity: its canonical path, or
+    // its URL without a password.
+    let log = match &location {
+        Location::File(path) => {
+            if !path.exists() {
+                bail!("no audit log at {}", path.display());
+            }
+            path.canonicalize().unwrap_or_else(|_| path.clone())
+        }
+        Location::Postgres(_) => PathBuf::from(location.display()),
+    };
     let state_file = state_path(state, &log);
     let mut remembered = match &state_file {
         Some(p) => read_state(p)?,
         None => State::default(),
     };
-    let pool = store::open_read_only(&path)
+    let pool = store::open_read_only(&location)
         .await
-        .with_context(|| format!("opening {}", path.display()))?;
+        .with_context(|| format!("opening {}", location.display()))?;
     let report = store::verify(&pool, pinned.as_ref(), &remembered.chains, progress)
         .await
-        .with_context(|| format!("reading {}", path.display()))?;
+        .with_context(|| format!("reading {}", location.display()))?;
     pool.close().await;
     if let Some(p) = &state_file
         && report.intact()
@@ -272,7 +269,7 @@ pub struct Tally {
 
 /// Tallies the decisions recorded in the log of a data directory.
 pub async fn tally(dir: &Path) -> anyhow::Result<Tally> {
-    let pool = store::open_read_only(&Layout::new(dir).audit_db()).await?;
+    let pool = store::open_read_only(&Location::File(Layout::new(dir).audit_db())).await?;
     let mut t = Tally::default();
     for chain in store::chains(&pool).await?.keys() {
         for sealed in store::entries(&pool, chain).await? {

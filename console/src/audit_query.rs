@@ -15,6 +15,8 @@ use futures::TryStreamExt;
 use serde_json::{Value, json};
 use sqlx::Row;
 use zt_proto::audit::Entry;
+use zt_proto::db::{Dialect, Location};
+use zt_proto::with_db;
 
 /// What to select. Empty fields match everything.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -131,17 +133,26 @@ fn matches(f: &Filter, chain: &str, e: &Entry, since: Option<i64>, until: Option
         && until.is_none_or(|u| e.time_ms < u)
 }
 
-/// Streams the matching entries of the log at `db` (in time order, then
-/// chain and position) to `each`; returns how many matched. Entries whose
-/// body does not parse are skipped and counted in the second number.
+/// Streams the matching entries of the SQLite log at `db` (in time order,
+/// then chain and position) to `each`; returns how many matched. Entries
+/// whose body does not parse are skipped and counted in the second number.
 pub async fn select(
     db: &Path,
     filter: &Filter,
-    mut each: impl FnMut(Value) -> anyhow::Result<()>,
+    each: impl FnMut(Value) -> anyhow::Result<()>,
 ) -> anyhow::Result<(u64, u64)> {
     if !db.exists() {
         bail!("no audit log at {}", db.display());
     }
+    select_at(&Location::File(db.to_owned()), filter, each).await
+}
+
+/// [`select`] on any audit store (SQLite file or PostgreSQL).
+pub async fn select_at(
+    location: &Location,
+    filter: &Filter,
+    mut each: impl FnMut(Value) -> anyhow::Result<()>,
+) -> anyhow::Result<(u64, u64)> {
     let now = zt_proto::now_ms();
     let since = filter
         .since
@@ -153,38 +164,45 @@ pub async fn select(
         .as_deref()
         .map(|t| parse_time(t, now))
         .transpose()?;
-    let pool = zt_proto::store::open_read_only(db)
+    let pool = zt_proto::store::open_read_only(location)
         .await
-        .with_context(|| format!("opening {}", db.display()))?;
+        .with_context(|| format!("opening {}", location.display()))?;
     // The coarse cut happens in SQL (time, chain); the exact match on the
     // parsed entry, so a filter never depends on how JSON is laid out.
-    let mut rows = sqlx::query(
+    let time = match pool.dialect() {
+        Dialect::Sqlite => "json_extract(body, '$.time_ms')",
+        Dialect::Postgres => "CAST(CAST(body AS jsonb) ->> 'time_ms' AS BIGINT)",
+    };
+    let sql = format!(
         "SELECT chain, seq, body, hash FROM audit_entries \
-         WHERE (?1 IS NULL OR chain = ?1) \
-           AND (?2 IS NULL OR json_extract(body, '$.time_ms') >= ?2) \
-           AND (?3 IS NULL OR json_extract(body, '$.time_ms') < ?3) \
-         ORDER BY json_extract(body, '$.time_ms'), chain, seq",
-    )
-    .bind(filter.chain.as_deref())
-    .bind(since)
-    .bind(until)
-    .fetch(&pool);
+         WHERE (CAST($1 AS TEXT) IS NULL OR chain = $1) \
+           AND (CAST($2 AS BIGINT) IS NULL OR {time} >= $2) \
+           AND (CAST($3 AS BIGINT) IS NULL OR {time} < $3) \
+         ORDER BY {time}, chain, seq"
+    );
     let (mut matched, mut skipped) = (0u64, 0u64);
-    while let Some(row) = rows.try_next().await? {
-        let chain: String = row.get(0);
-        let seq = u64::try_from(row.get::<i64, _>(1)).unwrap_or(0);
-        let body: String = row.get(2);
-        let hash: String = row.get(3);
-        let Ok(entry) = serde_json::from_str::<Entry>(&body) else {
-            skipped += 1;
-            continue;
-        };
-        if matches(filter, &chain, &entry, since, until) {
-            matched += 1;
-            each(siem_line(&chain, seq, &hash, &entry))?;
+    with_db!(&pool, p => {
+        // Only the dialect's fixed expression is formatted into the statement.
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.chain.as_deref())
+            .bind(since)
+            .bind(until)
+            .fetch(p);
+        while let Some(row) = rows.try_next().await? {
+            let chain: String = row.try_get(0)?;
+            let seq = u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0);
+            let body: String = row.try_get(2)?;
+            let hash: String = row.try_get(3)?;
+            let Ok(entry) = serde_json::from_str::<Entry>(&body) else {
+                skipped += 1;
+                continue;
+            };
+            if matches(filter, &chain, &entry, since, until) {
+                matched += 1;
+                each(siem_line(&chain, seq, &hash, &entry))?;
+            }
         }
-    }
-    drop(rows);
+    });
     pool.close().await;
     Ok((matched, skipped))
 }

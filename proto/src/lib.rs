@@ -20,6 +20,8 @@
 
 pub mod audit;
 pub mod canonical;
+#[cfg(feature = "store")]
+pub mod db;
 pub mod grant;
 pub mod keys;
 pub mod pinned;

@@ -6,7 +6,9 @@
 //! bug cannot rewrite history; only someone editing the file by hand can,
 //! and [`verify`] catches that.
 //!
-//! An append returns only after the entry is committed (`synchronous=FULL`).
+//! An append returns only after the entry is committed (`synchronous=FULL`
+//! on SQLite; a committed transaction on PostgreSQL, where the tables live
+//! in the `zt_audit` schema shared by every writer).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,9 +16,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
+
+pub use crate::db::sqlite_options;
+use crate::db::{Db, DbError, Dialect, Location};
+use crate::with_db;
 
 use crate::audit::{
     ChainVerifier, ChainWriter, Checkpoint, Finding, Kind, Problem, Record, Sealed,
@@ -43,6 +48,9 @@ pub enum StoreError {
     /// The writer task has stopped.
     #[error("audit writer stopped")]
     Closed,
+    /// The database could not be opened.
+    #[error(transparent)]
+    Open(#[from] DbError),
     /// The stored chain contradicts its own signed checkpoints; the writer
     /// refuses to continue it.
     #[error("audit chain `{chain}` contradicts its signed checkpoints: {why}")]
@@ -54,7 +62,7 @@ pub enum StoreError {
     },
 }
 
-const SCHEMA: &[&str] = &[
+const SQLITE_SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS audit_chains (
         chain TEXT PRIMARY KEY NOT NULL,
         public_key TEXT NOT NULL,
@@ -86,34 +94,82 @@ const SCHEMA: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
 ];
 
-/// The options every SQLite database of a stack is opened with: created if
-/// missing, WAL, `synchronous=FULL` (a commit is on disk when it returns),
-/// foreign keys on, and a busy timeout for the processes sharing a file.
-pub fn sqlite_options(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10))
-}
+/// The schema of a writer's chains in PostgreSQL (schema `zt_audit`).
+const POSTGRES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit_chains (
+    chain TEXT PRIMARY KEY NOT NULL,
+    public_key TEXT NOT NULL,
+    created_ms BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_entries (
+    chain TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    sig TEXT NOT NULL,
+    PRIMARY KEY (chain, seq));
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    chain TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    time_ms BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    sig TEXT NOT NULL,
+    PRIMARY KEY (chain, hash));
+CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS
+    $f$ BEGIN RAISE EXCEPTION 'audit log is append-only'; END $f$;
+DO $d$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'audit_entries_append_only'
+                   AND tgrelid = 'audit_entries'::regclass) THEN
+        CREATE TRIGGER audit_entries_append_only BEFORE UPDATE OR DELETE ON audit_entries
+            FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+        CREATE TRIGGER audit_entries_no_truncate BEFORE TRUNCATE ON audit_entries
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+        CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
+            FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+        CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+        CREATE TRIGGER audit_chains_append_only BEFORE UPDATE OR DELETE ON audit_chains
+            FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+    END IF;
+END $d$;
+";
+
+/// The PostgreSQL schema holding every writer's chains.
+pub const AUDIT_SCHEMA: &str = "zt_audit";
 
 /// Opens a pool on the SQLite database at `path` with [`sqlite_options`].
 pub async fn open_sqlite(path: &Path) -> Result<SqlitePool, sqlx::Error> {
-    SqlitePoolOptions::new()
+    sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(sqlite_options(path))
         .await
 }
 
-/// Opens (creating if needed) the audit database at `path`.
-pub async fn open_pool(path: &Path) -> Result<SqlitePool, StoreError> {
-    let pool = open_sqlite(path).await?;
-    for stmt in SCHEMA {
-        sqlx::query(*stmt).execute(&pool).await?;
+/// Opens (creating the tables if needed) the audit store at `location`.
+pub async fn open_pool(location: &Location) -> Result<Db, StoreError> {
+    let db = Db::open(location, AUDIT_SCHEMA, false).await?;
+    match &db {
+        Db::Sqlite(pool) => {
+            for stmt in SQLITE_SCHEMA {
+                sqlx::query(*stmt).execute(pool).await?;
+            }
+        }
+        Db::Postgres(pool) => {
+            // Writers starting together: one creates the tables.
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7414)")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::raw_sql(POSTGRES_SCHEMA).execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
     }
-    Ok(pool)
+    Ok(db)
+}
+
+/// Opens an audit file at `path` (SQLite), creating it if needed.
+pub async fn open_file(path: &Path) -> Result<Db, StoreError> {
+    open_pool(&Location::File(path.to_owned())).await
 }
 
 /// Most entries written in one group commit.
@@ -153,7 +209,7 @@ impl Default for CheckpointPolicy {
 /// the chain is idle, and on [`AuditLog::close`].
 #[derive(Debug)]
 pub struct AuditLog {
-    pool: SqlitePool,
+    pool: Db,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -180,57 +236,60 @@ impl AuditLog {
     /// checkpoint policy. A new chain starts with a `chain_start` entry; an
     /// existing chain must have been started with the same key and must
     /// agree with its latest signed checkpoint.
-    pub async fn open(pool: SqlitePool, chain: &str, key: KeyPair) -> Result<AuditLog, StoreError> {
+    pub async fn open(pool: Db, chain: &str, key: KeyPair) -> Result<AuditLog, StoreError> {
         AuditLog::open_with(pool, chain, key, CheckpointPolicy::default()).await
     }
 
     /// [`AuditLog::open`] with a checkpoint policy.
     pub async fn open_with(
-        pool: SqlitePool,
+        pool: Db,
         chain: &str,
         key: KeyPair,
         policy: CheckpointPolicy,
     ) -> Result<AuditLog, StoreError> {
         let public = key.public().to_hex();
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT public_key FROM audit_chains WHERE chain = ?")
+        let existing: Option<String> = with_db!(&pool, p => {
+            sqlx::query_scalar("SELECT public_key FROM audit_chains WHERE chain = $1")
                 .bind(chain)
-                .fetch_optional(&pool)
-                .await?;
+                .fetch_optional(p)
+                .await?
+        });
         match existing {
             Some(k) if k != public => return Err(StoreError::KeyMismatch(chain.to_owned())),
             Some(_) => {}
             None => {
-                sqlx::query(
-                    "INSERT INTO audit_chains (chain, public_key, created_ms) VALUES (?, ?, ?)",
-                )
-                .bind(chain)
-                .bind(&public)
-                .bind(crate::now_ms())
-                .execute(&pool)
-                .await?;
+                with_db!(&pool, p => {
+                    sqlx::query(
+                        "INSERT INTO audit_chains (chain, public_key, created_ms) VALUES ($1, $2, $3)",
+                    )
+                    .bind(chain)
+                    .bind(&public)
+                    .bind(crate::now_ms())
+                    .execute(p)
+                    .await?;
+                });
             }
         }
-        let last = sqlx::query(
-            "SELECT seq, hash FROM audit_entries WHERE chain = ? ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(chain)
-        .fetch_optional(&pool)
-        .await?
-        .map(|row| {
-            let seq: i64 = row.get(0);
-            (u64::try_from(seq).unwrap_or(0), row.get::<String, _>(1))
+        let last: Option<(i64, String)> = with_db!(&pool, p => {
+            sqlx::query_as(
+                "SELECT seq, hash FROM audit_entries WHERE chain = $1 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(chain)
+            .fetch_optional(p)
+            .await?
         });
+        let last = last.map(|(seq, hash)| (u64::try_from(seq).unwrap_or(0), hash));
         let checkpoint = latest_checkpoint(&pool, chain).await?;
         if let Some((_, cp)) = &checkpoint {
             // Never continue a chain that was cut back or rewritten below
             // its own signature: new entries would reuse signed positions.
-            let at: Option<String> =
-                sqlx::query_scalar("SELECT hash FROM audit_entries WHERE chain = ? AND seq = ?")
+            let at: Option<String> = with_db!(&pool, p => {
+                sqlx::query_scalar("SELECT hash FROM audit_entries WHERE chain = $1 AND seq = $2")
                     .bind(chain)
                     .bind(i64::try_from(cp.seq).unwrap_or(i64::MAX))
-                    .fetch_optional(&pool)
-                    .await?;
+                    .fetch_optional(p)
+                    .await?
+            });
             if cp.seq > 0 && at.as_deref() != Some(cp.head.as_str()) {
                 return Err(StoreError::Tampered {
                     chain: chain.to_owned(),
@@ -267,7 +326,7 @@ impl AuditLog {
     }
 
     /// The pool (for readers in the same process).
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &Db {
         &self.pool
     }
 
@@ -344,31 +403,36 @@ enum Reply {
 
 /// The latest stored checkpoint of `chain` with its hash.
 async fn latest_checkpoint(
-    pool: &SqlitePool,
+    pool: &Db,
     chain: &str,
 ) -> Result<Option<(String, Checkpoint)>, StoreError> {
-    let row = sqlx::query(
-        "SELECT body, hash FROM audit_checkpoints WHERE chain = ? \
-         ORDER BY seq DESC, time_ms DESC, rowid DESC LIMIT 1",
-    )
-    .bind(chain)
-    .fetch_optional(pool)
-    .await?;
+    let sql = match pool.dialect() {
+        Dialect::Sqlite => {
+            "SELECT body, hash FROM audit_checkpoints WHERE chain = $1 \
+             ORDER BY seq DESC, time_ms DESC, rowid DESC LIMIT 1"
+        }
+        Dialect::Postgres => {
+            "SELECT body, hash FROM audit_checkpoints WHERE chain = $1 \
+             ORDER BY seq DESC, time_ms DESC LIMIT 1"
+        }
+    };
+    let row: Option<(String, String)> = with_db!(pool, p => {
+        sqlx::query_as(sql).bind(chain).fetch_optional(p).await?
+    });
     match row {
         None => Ok(None),
-        Some(r) => {
-            let body: String = r.get(0);
+        Some((body, hash)) => {
             let cp: Checkpoint = serde_json::from_str(&body).map_err(|e| StoreError::Tampered {
                 chain: chain.to_owned(),
                 why: format!("its latest checkpoint is malformed: {e}"),
             })?;
-            Ok(Some((r.get(1), cp)))
+            Ok(Some((hash, cp)))
         }
     }
 }
 
 /// Signs and stores a checkpoint over the writer's head.
-async fn checkpoint_now(pool: &SqlitePool, writer: &mut ChainWriter) -> Result<(), StoreError> {
+async fn checkpoint_now(pool: &Db, writer: &mut ChainWriter) -> Result<(), StoreError> {
     let cp = writer
         .checkpoint(crate::now_ms())
         .map_err(|e| StoreError::Encode(e.to_string()))?;
@@ -379,7 +443,7 @@ async fn checkpoint_now(pool: &SqlitePool, writer: &mut ChainWriter) -> Result<(
 
 /// The writer task: group commit, in chain order, with checkpoints.
 async fn write_batches(
-    pool: SqlitePool,
+    pool: Db,
     mut writer: ChainWriter,
     policy: CheckpointPolicy,
     mut rx: mpsc::Receiver<Job>,
@@ -529,96 +593,112 @@ fn tracing_error(chain: &str, e: &StoreError) {
     tracing::error!(chain, error = %e, "audit checkpoint not written");
 }
 
+/// The multi-row insert of `n` entries (only numbered placeholders are
+/// formatted into the statement).
+fn insert_sql(n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::from("INSERT INTO audit_entries (chain, seq, body, hash, sig) VALUES ");
+    for i in 0..n {
+        let k = i * 5;
+        let _ = write!(
+            sql,
+            "{}(${}, ${}, ${}, ${}, ${})",
+            if i == 0 { "" } else { ", " },
+            k + 1,
+            k + 2,
+            k + 3,
+            k + 4,
+            k + 5
+        );
+    }
+    sql
+}
+
+const INSERT_CHECKPOINT: &str = "INSERT INTO audit_checkpoints (chain, seq, time_ms, body, hash, sig) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Binds a checkpoint's columns to [`INSERT_CHECKPOINT`].
+macro_rules! checkpoint_query {
+    ($cp:expr) => {
+        sqlx::query(INSERT_CHECKPOINT)
+            .bind($cp.checkpoint.chain.clone())
+            .bind(i64::try_from($cp.checkpoint.seq).unwrap_or(i64::MAX))
+            .bind($cp.checkpoint.time_ms)
+            .bind($cp.body.clone())
+            .bind($cp.hash.clone())
+            .bind($cp.sig.clone())
+    };
+}
+
+/// Stores one checkpoint on its own.
+async fn insert_checkpoint(pool: &Db, cp: &SignedCheckpoint) -> Result<(), sqlx::Error> {
+    with_db!(pool, p => {
+        checkpoint_query!(cp).execute(p).await?;
+        Ok(())
+    })
+}
+
 /// Writes a batch of entries, and a checkpoint over them if given, in one
 /// transaction.
 async fn write(
-    pool: &SqlitePool,
+    pool: &Db,
     entries: &[&Sealed],
     cp: Option<&SignedCheckpoint>,
 ) -> Result<(), sqlx::Error> {
-    match cp {
-        None => insert(pool, entries).await,
-        Some(cp) => {
-            let mut tx = pool.begin().await?;
-            insert(&mut *tx, entries).await?;
-            insert_checkpoint(&mut *tx, cp).await?;
-            tx.commit().await
+    let sql = insert_sql(entries.len());
+    with_db!(pool, p => {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in entries {
+            query = query
+                .bind(e.chain.clone())
+                .bind(i64::try_from(e.seq).unwrap_or(i64::MAX))
+                .bind(e.body.clone())
+                .bind(e.hash.clone())
+                .bind(e.sig.clone());
         }
-    }
-}
-
-async fn insert_checkpoint<'e, E: sqlx::SqliteExecutor<'e>>(
-    exec: E,
-    cp: &SignedCheckpoint,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_checkpoints (chain, seq, time_ms, body, hash, sig) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&cp.checkpoint.chain)
-    .bind(i64::try_from(cp.checkpoint.seq).unwrap_or(i64::MAX))
-    .bind(cp.checkpoint.time_ms)
-    .bind(&cp.body)
-    .bind(&cp.hash)
-    .bind(&cp.sig)
-    .execute(exec)
-    .await?;
-    Ok(())
-}
-
-/// Writes sealed entries as one multi-row statement.
-async fn insert<'e, E: sqlx::SqliteExecutor<'e>>(
-    exec: E,
-    entries: &[&Sealed],
-) -> Result<(), sqlx::Error> {
-    let mut sql = String::from("INSERT INTO audit_entries (chain, seq, body, hash, sig) VALUES ");
-    for i in 0..entries.len() {
-        sql.push_str(if i == 0 {
-            "(?, ?, ?, ?, ?)"
-        } else {
-            ", (?, ?, ?, ?, ?)"
-        });
-    }
-    // Only placeholders are formatted into the statement.
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for e in entries {
-        query = query
-            .bind(e.chain.clone())
-            .bind(i64::try_from(e.seq).unwrap_or(i64::MAX))
-            .bind(e.body.clone())
-            .bind(e.hash.clone())
-            .bind(e.sig.clone());
-    }
-    query.execute(exec).await?;
-    Ok(())
+        match cp {
+            None => {
+                query.execute(p).await?;
+            }
+            Some(cp) => {
+                let mut tx = p.begin().await?;
+                query.execute(&mut *tx).await?;
+                checkpoint_query!(cp).execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// The chains recorded in the store, with the key each was started with.
-pub async fn chains(pool: &SqlitePool) -> Result<BTreeMap<String, String>, StoreError> {
-    let rows = sqlx::query("SELECT chain, public_key FROM audit_chains ORDER BY chain")
-        .fetch_all(pool)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
-        .collect())
+pub async fn chains(pool: &Db) -> Result<BTreeMap<String, String>, StoreError> {
+    let rows: Vec<(String, String)> = with_db!(pool, p => {
+        sqlx::query_as("SELECT chain, public_key FROM audit_chains ORDER BY chain")
+            .fetch_all(p)
+            .await?
+    });
+    Ok(rows.into_iter().collect())
 }
 
 /// All entries of `chain` in stored order (by sequence number).
-pub async fn entries(pool: &SqlitePool, chain: &str) -> Result<Vec<Sealed>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT chain, seq, body, hash, sig FROM audit_entries WHERE chain = ? ORDER BY seq, rowid",
-    )
-    .bind(chain)
-    .fetch_all(pool)
-    .await?;
+pub async fn entries(pool: &Db, chain: &str) -> Result<Vec<Sealed>, StoreError> {
+    let rows: Vec<(String, i64, String, String, String)> = with_db!(pool, p => {
+        sqlx::query_as(
+            "SELECT chain, seq, body, hash, sig FROM audit_entries WHERE chain = $1 ORDER BY seq",
+        )
+        .bind(chain)
+        .fetch_all(p)
+        .await?
+    });
     Ok(rows
         .into_iter()
-        .map(|r| Sealed {
-            chain: r.get(0),
-            seq: u64::try_from(r.get::<i64, _>(1)).unwrap_or(0),
-            body: r.get(2),
-            hash: r.get(3),
-            sig: r.get(4),
+        .map(|(chain, seq, body, hash, sig)| Sealed {
+            chain,
+            seq: u64::try_from(seq).unwrap_or(0),
+            body,
+            hash,
+            sig,
         })
         .collect())
 }
@@ -659,21 +739,27 @@ impl Report {
 
 /// The stored checkpoints of `chain`, in order.
 pub async fn checkpoints(
-    pool: &SqlitePool,
+    pool: &Db,
     chain: &str,
 ) -> Result<Vec<Result<SignedCheckpoint, (u64, String)>>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT seq, body, hash, sig FROM audit_checkpoints WHERE chain = ? \
-         ORDER BY seq, time_ms, rowid",
-    )
-    .bind(chain)
-    .fetch_all(pool)
-    .await?;
+    let sql = match pool.dialect() {
+        Dialect::Sqlite => {
+            "SELECT seq, body, hash, sig FROM audit_checkpoints WHERE chain = $1 \
+             ORDER BY seq, time_ms, rowid"
+        }
+        Dialect::Postgres => {
+            "SELECT seq, body, hash, sig FROM audit_checkpoints WHERE chain = $1 \
+             ORDER BY seq, time_ms"
+        }
+    };
+    let rows: Vec<(i64, String, String, String)> = with_db!(pool, p => {
+        sqlx::query_as(sql).bind(chain).fetch_all(p).await?
+    });
     Ok(rows
         .into_iter()
-        .map(|r| {
-            let seq = u64::try_from(r.get::<i64, _>(0)).unwrap_or(0);
-            SignedCheckpoint::parse(r.get(1), r.get(2), r.get(3)).map_err(|e| (seq, e.to_string()))
+        .map(|(seq, body, hash, sig)| {
+            let seq = u64::try_from(seq).unwrap_or(0);
+            SignedCheckpoint::parse(&body, &hash, &sig).map_err(|e| (seq, e.to_string()))
         })
         .collect())
 }
@@ -685,25 +771,36 @@ const VERIFY_CHUNK: i64 = 4096;
 /// one JSON array built by SQLite, with their count and the last sequence
 /// number (when it is an integer).
 async fn read_chunk(
-    pool: SqlitePool,
+    pool: Db,
     chain: String,
     after: i64,
 ) -> Result<(String, i64, Option<i64>), StoreError> {
-    let row = sqlx::query(
-        "SELECT json_group_array(json_array(seq, hash, sig, body)), count(*), max(seq) FROM \
-         (SELECT seq, hash, sig, body FROM audit_entries \
-          WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?)",
-    )
-    .bind(&chain)
-    .bind(after)
-    .bind(VERIFY_CHUNK)
-    .fetch_one(&pool)
-    .await?;
-    let n: i64 = row.try_get(1)?;
-    if n == 0 {
-        return Ok((String::new(), 0, None));
-    }
-    Ok((row.try_get(0)?, n, row.try_get::<i64, _>(2).ok()))
+    let sql = match pool.dialect() {
+        Dialect::Sqlite => {
+            "SELECT json_group_array(json_array(seq, hash, sig, body)), count(*), max(seq) FROM \
+             (SELECT seq, hash, sig, body FROM audit_entries \
+              WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3)"
+        }
+        Dialect::Postgres => {
+            "SELECT json_agg(json_build_array(seq, hash, sig, body) ORDER BY seq)::text, \
+                    count(*), max(seq) FROM \
+             (SELECT seq, hash, sig, body FROM audit_entries \
+              WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3) chunk"
+        }
+    };
+    with_db!(&pool, p => {
+        let row = sqlx::query(sql)
+            .bind(&chain)
+            .bind(after)
+            .bind(VERIFY_CHUNK)
+            .fetch_one(p)
+            .await?;
+        let n: i64 = row.try_get(1)?;
+        if n == 0 {
+            return Ok((String::new(), 0, None));
+        }
+        Ok((row.try_get(0)?, n, row.try_get::<i64, _>(2).ok()))
+    })
 }
 
 /// Progress of a verification: entries checked so far, and in all.
@@ -716,7 +813,7 @@ pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
 /// each chain: a chain that no longer reaches it, or contradicts it, is a
 /// rollback. Entries stream through; `progress` hears every 16,384.
 pub async fn verify(
-    pool: &SqlitePool,
+    pool: &Db,
     pinned: Option<&BTreeMap<String, PublicKey>>,
     trusted: &BTreeMap<String, Trusted>,
     progress: Progress<'_>,
@@ -762,9 +859,11 @@ pub async fn verify(
             ));
         }
     }
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries")
-        .fetch_one(pool)
-        .await?;
+    let total: i64 = with_db!(pool, p => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries")
+            .fetch_one(p)
+            .await?
+    });
     let total = u64::try_from(total).unwrap_or(0);
     let mut done = 0u64;
     progress(0, total);
@@ -904,11 +1003,12 @@ pub async fn verify(
             }
         }
         if failed.is_none() {
-            let stored: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries WHERE chain = ?")
+            let stored: i64 = with_db!(pool, p => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries WHERE chain = $1")
                     .bind(chain)
-                    .fetch_one(pool)
-                    .await?;
+                    .fetch_one(p)
+                    .await?
+            });
             if u64::try_from(stored).unwrap_or(0) != visited {
                 failed = Some(finding(
                     chain,
@@ -932,15 +1032,8 @@ pub async fn verify(
 
 /// Opens an existing audit database read-only, for verification: the
 /// verifier must never create, migrate or write what it checks.
-pub async fn open_read_only(path: &Path) -> Result<SqlitePool, StoreError> {
-    let opts = SqliteConnectOptions::new()
-        .filename(path)
-        .read_only(true)
-        .busy_timeout(Duration::from_secs(10));
-    Ok(SqlitePoolOptions::new()
-        .max_connections(2)
-        .connect_with(opts)
-        .await?)
+pub async fn open_read_only(location: &Location) -> Result<Db, StoreError> {
+    Ok(Db::open(location, AUDIT_SCHEMA, true).await?)
 }
 
 #[cfg(test)]
@@ -953,7 +1046,7 @@ mod tests {
     async fn concurrent_appends_form_one_verifiable_chain() {
         let dir = std::env::temp_dir().join(crate::random_id("zt-store-"));
         std::fs::create_dir_all(&dir).unwrap();
-        let pool = open_pool(&dir.join("audit.db")).await.unwrap();
+        let pool = open_file(&dir.join("audit.db")).await.unwrap();
         let key = KeyPair::from_seed(&[3; 32]);
         let log = Arc::new(
             AuditLog::open(pool.clone(), "w", key.clone())
@@ -1050,7 +1143,7 @@ mod tests {
     async fn checkpoints_come_by_count_by_time_and_when_idle() {
         let dir = std::env::temp_dir().join(crate::random_id("zt-store-"));
         std::fs::create_dir_all(&dir).unwrap();
-        let pool = open_pool(&dir.join("audit.db")).await.unwrap();
+        let pool = open_file(&dir.join("audit.db")).await.unwrap();
         let key = KeyPair::from_seed(&[4; 32]);
         let policy = CheckpointPolicy {
             every: 10,
@@ -1063,7 +1156,7 @@ mod tests {
         for _ in 0..25 {
             log.append(Kind::Decision, Record::default()).await.unwrap();
         }
-        let count = |pool: SqlitePool| async move { checkpoints(&pool, "c").await.unwrap().len() };
+        let count = |pool: Db| async move { checkpoints(&pool, "c").await.unwrap().len() };
         let by_count = count(pool.clone()).await;
         assert!(by_count >= 2, "every 10 entries: {by_count}");
         // The 6 uncovered entries are signed within `after`; then heartbeats.
@@ -1091,7 +1184,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            AuditLog::open_with(raw.clone(), "c", key, policy).await,
+            AuditLog::open_with(Db::Sqlite(raw.clone()), "c", key, policy).await,
             Err(StoreError::Tampered { .. })
         ));
         let _ = std::fs::remove_dir_all(&dir);

@@ -2,6 +2,7 @@
 //! a real stack with `zt-console up`, and speaks to it the way outside users
 //! do — MCP over HTTP for agents, the CLIs for operators and auditors.
 
+pub mod pg;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

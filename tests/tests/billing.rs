@@ -168,9 +168,11 @@ async fn only_the_brokers_key_moves_money() {
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     assert_eq!(refund_rows(&stack).await, 1, "nothing more was written");
     let mut audited = false;
-    let pool = zt_proto::store::open_read_only(&stack.data_dir.join("audit.db"))
-        .await
-        .unwrap();
+    let pool = zt_proto::store::open_read_only(&zt_proto::db::Location::File(
+        stack.data_dir.join("audit.db"),
+    ))
+    .await
+    .unwrap();
     for chain in zt_proto::store::chains(&pool).await.unwrap().keys() {
         let bodies = audit_bodies(&stack.data_dir, chain).await;
         assert!(

@@ -100,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
     pool.close().await;
 
     // 2. Durable appends through the writer, many concurrent callers.
-    let pool = store::open_pool(&dir.join("appends.db")).await?;
+    let pool = store::open_file(&dir.join("appends.db")).await?;
     let log = Arc::new(AuditLog::open(pool.clone(), "bench", key.clone()).await?);
     let per = args.appends / args.writers as u64;
     let t = Instant::now();
@@ -126,7 +126,9 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. A generated log of `entries`, checkpointed like a live writer
     //    (every 1,000 entries), written in large transactions.
-    let pool = store::open_pool(&dir.join("log.db")).await?;
+    // The tables as the store creates them, then the raw file for bulk loading.
+    store::open_file(&dir.join("log.db")).await?.close().await;
+    let pool = store::open_sqlite(&dir.join("log.db")).await?;
     sqlx::query("INSERT INTO audit_chains (chain, public_key, created_ms) VALUES ('bench', ?, 0)")
         .bind(key.public().to_hex())
         .execute(&pool)
@@ -208,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
     drop(bodies);
 
     // 5. The real verifier over the generated log (read-only, streaming).
-    let pool = store::open_read_only(&dir.join("log.db")).await?;
+    let pool = store::open_read_only(&zt_proto::db::Location::File(dir.join("log.db"))).await?;
     let pinned: BTreeMap<String, zt_proto::keys::PublicKey> = [("bench".to_owned(), public)].into();
     let t = Instant::now();
     let report = store::verify(&pool, Some(&pinned), &BTreeMap::new(), &mut |_, _| {}).await?;
