@@ -18,6 +18,8 @@ pub const REPLAY: usize = 500;
 pub struct Hub {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Event>,
+    /// Where events published here go to reach the other replicas.
+    replicas: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Event>>,
 }
 
 #[derive(Debug)]
@@ -47,11 +49,27 @@ impl Hub {
                 ring: VecDeque::with_capacity(1024),
             }),
             tx,
+            replicas: std::sync::OnceLock::new(),
         }
     }
 
-    /// Stamps `event` with the next sequence number and time, and sends it.
-    pub fn publish(&self, mut event: Event) -> u64 {
+    /// Sends every event published here (not those received from other
+    /// replicas) to `tx` as well.
+    pub fn replicate_to(&self, tx: tokio::sync::mpsc::UnboundedSender<Event>) {
+        let _ = self.replicas.set(tx);
+    }
+
+    /// Publishes an event and hands it to the other replicas.
+    pub fn publish(&self, event: Event) -> u64 {
+        if let Some(out) = self.replicas.get() {
+            let _ = out.send(event.clone());
+        }
+        self.publish_local(event)
+    }
+
+    /// Stamps `event` with the next sequence number and time, and sends it
+    /// to this replica's watchers only.
+    pub fn publish_local(&self, mut event: Event) -> u64 {
         let mut inner = match self.inner.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),

@@ -45,6 +45,11 @@ enum Command {
         /// of SQLite files in DIR.
         #[arg(long, env = "ZT_DATABASE_URL", value_name = "URL")]
         database: Option<String>,
+        /// Run as replica NAME beside other approval services of the same
+        /// stack (its own audit chain `approval-NAME`; with --database, all
+        /// replicas share requests, votes and grants).
+        #[arg(long, value_name = "NAME")]
+        replica: Option<String>,
     },
     /// Issue tokens signed by this stack's identity key.
     Token {
@@ -210,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             request_ttl,
             database,
+            replica,
         } => {
             setup::init(&Layout::new(&data_dir))?;
             let request_ttl = match request_ttl {
@@ -221,6 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen,
                 request_ttl,
                 database,
+                replica,
             };
             zt_approval::serve(opts, async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -55,6 +55,18 @@ pub struct Options {
     /// A PostgreSQL URL for the approval state and the audit chain, shared
     /// with other replicas; `None` keeps SQLite files in the data directory.
     pub database: Option<String>,
+    /// This replica's name when several serve one stack: its audit chain
+    /// is `approval-NAME` and its endpoint `run/approval-NAME.url`.
+    pub replica: Option<String>,
+}
+
+/// A replica name: short, lowercase letters, digits and dashes.
+fn valid_replica(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 struct State {
@@ -131,7 +143,20 @@ impl Service {
             .await
             .with_context(|| format!("opening the approval database {}", db_at.display()))?;
         let audit_pool = zt_proto::store::open_pool(&audit_at).await?;
-        let audit = AuditLog::open(audit_pool, AUDIT_CHAIN, keys.audit.clone()).await?;
+        // Each replica writes its own chain (same key, pinned under its name).
+        let chain = match &opts.replica {
+            None => AUDIT_CHAIN.to_owned(),
+            Some(name) => {
+                anyhow::ensure!(
+                    valid_replica(name),
+                    "replica name `{name}` must be 1-32 lowercase letters, digits or dashes"
+                );
+                let chain = format!("{AUDIT_CHAIN}-{name}");
+                keys.audit.public().write(&layout.audit_key(&chain))?;
+                chain
+            }
+        };
+        let audit = AuditLog::open(audit_pool, &chain, keys.audit.clone()).await?;
         let operator_keys = PinnedKeys::load(&layout, "approval-token")?;
         let approval_rules = load_approval_rules(&layout.policies())?;
         let request_ttl = opts.request_ttl.unwrap_or(approval_rules.request_ttl());
@@ -1216,7 +1241,13 @@ pub async fn serve(
         .with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
-    service.0.layout.write_endpoint("approval", &url)?;
+    match &opts.replica {
+        None => service.0.layout.write_endpoint("approval", &url)?,
+        Some(name) => service
+            .0
+            .layout
+            .write_endpoint(&format!("approval-{name}"), &url)?,
+    }
 
     let expirer = service.clone();
     tokio::spawn(async move {
@@ -1232,6 +1263,9 @@ pub async fn serve(
     if service.0.detector_needs_caps {
         tokio::spawn(service.clone().follow_refund_limits());
     }
+    if let zt_proto::db::Db::Postgres(pool) = &service.0.db {
+        replicate_events(service.clone(), pool.clone()).await?;
+    }
 
     println!("approval_url={url}");
     tracing::info!(%url, "approval service listening");
@@ -1244,6 +1278,88 @@ pub async fn serve(
     // Sign the audit chain's head before exiting.
     audit.0.audit.close().await;
     served
+}
+
+/// The channel replicas of one stack tell each other about events on.
+const EVENTS_CHANNEL: &str = "zt_events";
+/// Largest NOTIFY payload PostgreSQL accepts is 8,000 bytes; events larger
+/// than this are sent without their arguments.
+const MAX_NOTIFY: usize = 7_000;
+
+/// With PostgreSQL, replicas share their events: each event published here
+/// goes out with `pg_notify` (tagged with this replica's id), and events
+/// from the others are published to this replica's watchers and wake its
+/// waiting `WaitDecision` calls. A console connected to any replica sees
+/// every event; a decision on one replica reaches a broker waiting on
+/// another at once (and within a second without notifications, since
+/// waiters re-read the database).
+async fn replicate_events(service: Service, pool: sqlx::PgPool) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let me = zt_proto::random_id("replica_");
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .context("listening for other replicas' events")?;
+    listener.listen(EVENTS_CHANNEL).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    service.0.hub.replicate_to(tx);
+    let origin = me.clone();
+    tokio::spawn(async move {
+        while let Some(mut event) = rx.recv().await {
+            let mut payload = encode_event(&origin, &event);
+            if payload.len() > MAX_NOTIFY {
+                event.args_json.clear();
+                event.summary.truncate(200);
+                payload = encode_event(&origin, &event);
+            }
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(EVENTS_CHANNEL)
+                .bind(&payload)
+                .execute(&pool)
+                .await
+            {
+                tracing::warn!(error = %e, "event not shared with other replicas");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            match listener.recv().await {
+                Ok(note) => {
+                    let Some((from, body)) = note.payload().split_once(' ') else {
+                        continue;
+                    };
+                    if from == me {
+                        continue;
+                    }
+                    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(body) else {
+                        continue;
+                    };
+                    let Ok(mut event) = Event::decode(bytes.as_slice()) else {
+                        continue;
+                    };
+                    event.seq = 0;
+                    service.0.hub.publish_local(event);
+                    // A vote or decision elsewhere: wake this replica's waiters.
+                    service.notify();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listening to other replicas failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+fn encode_event(origin: &str, event: &Event) -> String {
+    use base64::Engine as _;
+    use prost::Message as _;
+    format!(
+        "{origin} {}",
+        base64::engine::general_purpose::STANDARD.encode(event.encode_to_vec())
+    )
 }
 
 /// Accepted connections with TCP_NODELAY: without it a small response

@@ -25,8 +25,12 @@ use zt_proto::store::{self, Report};
 pub enum Source {
     /// A stack's data directory: its `audit.db` and its pinned keys.
     DataDir(PathBuf),
-    /// A database URL (`sqlite://PATH`); keys come from the database itself.
+    /// A database URL (`sqlite://PATH` or `postgres://...`); keys come from
+    /// the database itself.
     Database(String),
+    /// A database URL, with the writers' keys pinned in a data directory
+    /// (a stack whose chains live in PostgreSQL).
+    Pinned(PathBuf, String),
 }
 
 /// Pinned audit keys (`public/audit-<chain>.pem`) of a data directory.
@@ -141,6 +145,7 @@ pub async fn verify(
             )
         }
         Source::Database(url) => (Location::parse(url)?, None),
+        Source::Pinned(dir, url) => (Location::parse(url)?, Some(pinned_keys(&Layout::new(dir))?)),
     };
     // The state file is keyed by the log's identity: its canonical path, or
     // its URL without a password.

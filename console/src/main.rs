@@ -72,8 +72,10 @@ enum Command {
     /// Run the stack (approval service, broker, example backend) in the
     /// foreground; prints broker_url=, approval_url= and data_dir= when ready.
     Up {
-        /// Database URL; SQLite in the data directory when omitted.
-        #[arg(long)]
+        /// A PostgreSQL URL (postgres://...) for the approval service's and
+        /// the broker's state and the audit chains, shared by replicas;
+        /// SQLite files in the data directory when omitted.
+        #[arg(long, env = "ZT_DATABASE_URL", value_name = "URL")]
         database: Option<String>,
     },
     /// The scripted agent: replay a scenario against a broker (token from
@@ -132,8 +134,9 @@ enum Command {
 enum AuditCommand {
     /// Verify every chain: exit 0 intact, 1 tampered, 2 could not check.
     Verify {
-        /// Database URL (sqlite://PATH) instead of --data-dir.
-        #[arg(long, conflicts_with = "data_dir")]
+        /// The log's database (sqlite://PATH or postgres://...). With
+        /// --data-dir too, the writers' keys pinned there are used.
+        #[arg(long, value_name = "URL")]
         database: Option<String>,
         /// As JSON.
         #[arg(long)]
@@ -311,7 +314,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => {
             let source = match (database, conn.data_dir) {
-                (Some(url), _) => Source::Database(url),
+                (Some(url), Some(dir)) => Source::Pinned(dir, url),
+                (Some(url), None) => Source::Database(url),
                 (None, Some(dir)) => Source::DataDir(dir),
                 (None, None) => {
                     eprintln!("zt-console: say which log: --data-dir DIR or --database URL");
@@ -452,18 +456,15 @@ async fn decide(conn: &Conn, id: &str, approve: bool, reason: &str) -> anyhow::R
 }
 
 async fn up(data_dir: Option<PathBuf>, database: Option<String>) -> anyhow::Result<ExitCode> {
-    if let Some(url) = &database {
-        if !(url.starts_with("sqlite:")) {
-            anyhow::bail!(
-                "--database: only SQLite is supported by this build (PostgreSQL support is not available yet)"
-            );
-        }
+    if let Some(url) = &database
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
         anyhow::bail!(
-            "--database: the SQLite databases live in the data directory; pass --data-dir instead"
+            "--database: give a postgres:// URL (SQLite databases live in the data directory; pass --data-dir for them)"
         );
     }
     let dir = data_dir.unwrap_or_else(|| stack::temp_data_dir("zt-stack-"));
-    let mut stack = Stack::start(&dir).await?;
+    let mut stack = Stack::start_with(&dir, database.as_deref()).await?;
     println!("broker_url={}", stack.broker_url);
     println!("approval_url={}", stack.approval_url);
     println!("data_dir={}", stack.data_dir.display());

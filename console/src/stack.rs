@@ -97,10 +97,12 @@ async fn spawn_ready(
     args: &[&str],
     key: &str,
     log: &Path,
+    env: &[(&str, &str)],
 ) -> anyhow::Result<(Child, String)> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut child = command(name)
+        .envs(env.iter().copied())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
@@ -139,6 +141,16 @@ impl Stack {
     /// Initializes `data_dir` (keys, policies, example backend) if needed and
     /// starts the approval service and the broker on loopback ports.
     pub async fn start(data_dir: &Path) -> anyhow::Result<Stack> {
+        Stack::start_with(data_dir, None).await
+    }
+
+    /// [`Stack::start`], with the approval service's and the broker's
+    /// stores in the PostgreSQL database at `database` (passed to them in
+    /// their environment, never on a command line where `ps` shows it).
+    pub async fn start_with(data_dir: &Path, database: Option<&str>) -> anyhow::Result<Stack> {
+        let shared: Vec<(&str, &str)> = database
+            .map(|url| vec![("ZT_DATABASE_URL", url)])
+            .unwrap_or_default();
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let data_dir = data_dir
@@ -166,6 +178,7 @@ impl Stack {
             &["serve", "--data-dir", &dir, "--listen", "127.0.0.1:0"],
             "billing_url",
             &run.join("billing.log"),
+            &[],
         )
         .await?;
         let (approval, approval_url) = spawn_ready(
@@ -173,6 +186,7 @@ impl Stack {
             &["serve", "--data-dir", &dir, "--listen", "127.0.0.1:0"],
             "approval_url",
             &run.join("approval.log"),
+            &shared,
         )
         .await?;
         let mut stack = Stack {
@@ -196,6 +210,7 @@ impl Stack {
             ],
             "broker_url",
             &run.join("broker.log"),
+            &shared,
         )
         .await?;
         stack.children.push(("zt-broker", broker));

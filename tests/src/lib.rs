@@ -106,10 +106,39 @@ impl Stack {
     }
 
     /// Starts `zt-console up --data-dir DIR` (initialized or not).
+    ///
+    /// With `ZT_TEST_STACK_POSTGRES` set to a PostgreSQL server's base URL
+    /// (`postgres://user@host:port`), every stack gets a fresh database on
+    /// it: the same suites then run against PostgreSQL.
     pub fn up_at(dir: &Path) -> anyhow::Result<Stack> {
-        let mut child = bin("zt-console")
-            .args(["up", "--data-dir"])
-            .arg(dir)
+        match std::env::var("ZT_TEST_STACK_POSTGRES") {
+            Ok(base) if !base.is_empty() => {
+                let url = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(pg::database_on(&base, "stack"))
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("creating a database panicked"))??;
+                Stack::up_with(dir, Some(&url))
+            }
+            _ => Stack::up_with(dir, None),
+        }
+    }
+
+    /// Starts `zt-console up --data-dir DIR`, with the services' stores in
+    /// the PostgreSQL database `database` when given (through the
+    /// environment, as an operator would keep a password off the command
+    /// line).
+    pub fn up_with(dir: &Path, database: Option<&str>) -> anyhow::Result<Stack> {
+        let mut cmd = bin("zt-console");
+        cmd.args(["up", "--data-dir"]).arg(dir);
+        match database {
+            Some(url) => cmd.env("ZT_DATABASE_URL", url),
+            None => cmd.env_remove("ZT_DATABASE_URL"),
+        };
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

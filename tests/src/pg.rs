@@ -154,27 +154,33 @@ impl Postgres {
 
     /// Creates a fresh database and returns its URL.
     pub async fn database(&self, tag: &str) -> anyhow::Result<String> {
-        use sqlx::Connection;
-        let name = format!(
-            "zt_{}_{}_{}",
-            tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-            std::process::id(),
-            DATABASES.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", self.base_url))
-            .await
-            .context("connecting to PostgreSQL")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await?;
-        let _ = admin.close().await;
-        Ok(format!("{}/{name}", self.base_url))
+        database_on(&self.base_url, tag).await
     }
 
     /// The server's data directory (private servers only).
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
     }
+}
+
+/// Creates a fresh database on the server at `base_url` and returns its URL.
+pub async fn database_on(base_url: &str, tag: &str) -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let name = format!(
+        "zt_{}_{}_{}_{}",
+        tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        std::process::id(),
+        DATABASES.fetch_add(1, Ordering::Relaxed),
+        &zt_proto::random_id("")[..8]
+    );
+    let mut admin = sqlx::PgConnection::connect(&format!("{base_url}/postgres"))
+        .await
+        .context("connecting to PostgreSQL")?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    let _ = admin.close().await;
+    Ok(format!("{base_url}/{name}"))
 }
 
 impl Drop for Postgres {

@@ -1,0 +1,251 @@
+//! A stack on PostgreSQL with replicas (a private server for the test run):
+//!
+//! - two approval-service replicas and three broker replicas share one
+//!   database; a decision taken on one approval replica reaches a broker
+//!   waiting on the other, and a console watching either sees every event;
+//! - the replica race for one grant, 1,000 trials: exactly one execution each;
+//! - a broker replica killed with SIGKILL under load loses no acknowledged
+//!   audit entry and leaves the survivors serving;
+//! - every chain of every replica verifies together.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use zt_proto::db::{Db, Location};
+use zt_proto::pb::{DecideRequest, WatchEventsRequest};
+use zt_proto::with_db;
+use zt_tests::pg::Postgres;
+use zt_tests::{Grpc, Stack, bin, call, connect, run_ok, status, temp_dir, text};
+
+/// Starts a replica (`zt-broker serve` or `zt-approval serve`) on the
+/// stack's data directory and database; returns it with its URL.
+fn replica(program: &str, dir: &Path, name: &str, database: &str, key: &str) -> (Child, String) {
+    let mut child = bin(program)
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--replica", name, "--listen", "127.0.0.1:0"])
+        .env("ZT_DATABASE_URL", database)
+        .env("ZT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("replica starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let prefix = format!("{key}=");
+    let url = loop {
+        let line = lines.next().expect("replica prints its URL").unwrap();
+        if let Some(u) = line.strip_prefix(&prefix) {
+            break u.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+fn body(r: &rmcp::model::CallToolResult) -> Value {
+    r.structured_content.clone().unwrap_or(Value::Null)
+}
+
+async fn count(url: &str, schema: &str, sql: &str) -> i64 {
+    let db = Db::open(&Location::Postgres(url.to_owned()), schema, true)
+        .await
+        .unwrap();
+    let n: i64 = with_db!(&db, p => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(p).await.unwrap());
+    db.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_postgres_database() {
+    let pg = Postgres::start().expect("a PostgreSQL server");
+    let url = pg.database("stack").await.unwrap();
+    let dir = temp_dir("pg-stack");
+    let d = dir.to_string_lossy().into_owned();
+    run_ok("zt-approval", &["init", "--data-dir", &d]);
+    run_ok("zt-broker", &["init", "--data-dir", &d]);
+    let config = dir.join("broker").join("broker.toml");
+    let text_cfg = std::fs::read_to_string(&config).unwrap();
+    std::fs::remove_file(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_cfg.replace("approval_wait_secs = 60", "approval_wait_secs = 0"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policies").join("limits.toml"),
+        "[session]\nburst = 100000\nper_minute = 100000\n\n\
+         [tool.issue_refund]\nburst = 100000\nper_minute = 100000\n\n\
+         [tool.change_plan]\nburst = 100000\nper_minute = 100000\n",
+    )
+    .unwrap();
+    let stack = Stack::up_with(&dir, Some(&url)).expect("stack starts on PostgreSQL");
+    // Nothing of the stack's state went to SQLite files.
+    assert!(!dir.join("approval").join("approval.db").exists());
+    assert!(!dir.join("broker").join("broker.db").exists());
+
+    let (mut approval_b, approval_b_url) = replica("zt-approval", &dir, "b", &url, "approval_url");
+    let (mut broker_b, broker_b_url) = replica("zt-broker", &dir, "b", &url, "broker_url");
+    let carol_token = stack.operator_token("carol", "approver", 500_000);
+    let carol_a = Grpc::connect(&stack.approval_url, &carol_token).await;
+    let carol_b = Grpc::connect(&approval_b_url, &carol_token).await;
+
+    // A console on approval replica b sees the broker's events, which the
+    // broker publishes to replica a.
+    let mut watch = carol_b
+        .client()
+        .watch_events(carol_b.req(WatchEventsRequest { from_seq: 0 }))
+        .await
+        .unwrap()
+        .into_inner();
+    let token = stack.session_token("agent:pg", "alice");
+    let here = connect(&stack.broker_url, &token).await.unwrap();
+    let there = connect(&broker_b_url, &token).await.unwrap();
+    let r = call(&here, "lookup_account", json!({"account_id": "acct_1001"}))
+        .await
+        .unwrap();
+    assert_eq!(status(&r), "ok", "{}", text(&r));
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(ev)) = watch.message().await {
+            if ev.tool == "lookup_account" && ev.kind == "tool_call" {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(seen, "the other replica's console saw the call");
+
+    // The replica race, each request decided on the other approval replica.
+    const TRIALS: usize = 1000;
+    for trial in 0..TRIALS {
+        let r = call(
+            &here,
+            "change_plan",
+            json!({"account_id": "acct_1001", "new_plan": "enterprise"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            status(&r),
+            "awaiting_approval",
+            "trial {trial}: {}",
+            text(&r)
+        );
+        let id = body(&r)["request_id"].as_str().unwrap().to_owned();
+        let decider = if trial % 2 == 0 { &carol_b } else { &carol_a };
+        decider
+            .client()
+            .decide(decider.req(DecideRequest {
+                id: id.clone(),
+                approve: true,
+                reason: "race".into(),
+            }))
+            .await
+            .unwrap_or_else(|e| panic!("trial {trial}: {e}"));
+        let (a, b) = tokio::join!(
+            call(&here, "approval_status", json!({"request_id": id})),
+            call(&there, "approval_status", json!({"request_id": id}))
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(
+            status(&a) == "ok" || status(&b) == "ok",
+            "trial {trial}: {} / {}",
+            text(&a),
+            text(&b)
+        );
+    }
+    let accepted = count(
+        &url,
+        "zt_audit",
+        "SELECT COUNT(*) FROM audit_entries WHERE body LIKE '%\"kind\":\"grant_use\"%' AND body LIKE '%\"status\":\"accepted\"%'",
+    )
+    .await;
+    assert_eq!(
+        accepted, TRIALS as i64,
+        "exactly one execution per grant, across replicas"
+    );
+    let redeemed = count(
+        &url,
+        "zt_broker",
+        "SELECT COUNT(*) FROM grant_redemptions WHERE state = 'done'",
+    )
+    .await;
+    assert_eq!(redeemed, TRIALS as i64);
+
+    // A broker replica killed with SIGKILL under load.
+    let (mut doomed, doomed_url) = replica("zt-broker", &dir, "k", &url, "broker_url");
+    let load_token = stack.session_token("agent:load", "alice");
+    let load = tokio::spawn(async move {
+        let agent = connect(&doomed_url, &load_token).await.unwrap();
+        let mut ok = 0;
+        for _ in 0..5000 {
+            match call(&agent, "lookup_account", json!({"account_id": "acct_1001"})).await {
+                Ok(r) if status(&r) == "ok" => ok += 1,
+                _ => break,
+            }
+        }
+        ok
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    doomed.kill().unwrap();
+    let _ = doomed.wait();
+    let served = load.await.unwrap();
+    assert!(served > 0, "the doomed replica served before it died");
+    // Every call it acknowledged is in its chain: two entries each.
+    let entries = count(
+        &url,
+        "zt_audit",
+        "SELECT COUNT(*) FROM audit_entries WHERE chain = 'broker-k' AND body LIKE '%\"kind\":\"result\"%'",
+    )
+    .await;
+    assert!(
+        entries >= served as i64,
+        "{entries} results for {served} answered calls"
+    );
+    // The survivors keep serving.
+    let r = call(&here, "lookup_account", json!({"account_id": "acct_1002"}))
+        .await
+        .unwrap();
+    assert_eq!(status(&r), "ok");
+    let r = call(&there, "lookup_account", json!({"account_id": "acct_1002"}))
+        .await
+        .unwrap();
+    assert_eq!(status(&r), "ok");
+
+    // All chains of all replicas verify together, against the pinned keys.
+    let _ = broker_b.kill();
+    let _ = approval_b.kill();
+    let _ = broker_b.wait();
+    let _ = approval_b.wait();
+    let out = bin("zt-console")
+        .args([
+            "audit",
+            "verify",
+            "--json",
+            "--no-state",
+            "--data-dir",
+            &d,
+            "--database",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let chains: Vec<&str> = report["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["chain"].as_str())
+        .collect();
+    for chain in ["approval", "approval-b", "broker", "broker-b", "broker-k"] {
+        assert!(chains.contains(&chain), "{chain} in {chains:?}");
+    }
+    assert_eq!(report["keys"], "pinned");
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&dir);
+}
