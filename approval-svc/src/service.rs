@@ -129,7 +129,7 @@ impl Service {
         let (stack, keys) = setup::load(&layout)?;
         // SQLite files in the data directory, or one PostgreSQL database
         // shared by every replica (a schema per store).
-        let (db_at, audit_at) = match &opts.database {
+        let (db_at, audit_at) = match opts.database.as_deref().filter(|u| !u.is_empty()) {
             Some(url) => {
                 let at = Location::parse(url)?;
                 (at.clone(), at)

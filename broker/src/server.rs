@@ -464,7 +464,7 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let backend = Backend::new(records, adapters);
     // SQLite files in the data directory, or one PostgreSQL database shared
     // by every replica (a schema per store).
-    let (state_at, audit_at) = match &opts.database {
+    let (state_at, audit_at) = match opts.database.as_deref().filter(|u| !u.is_empty()) {
         Some(url) => {
             let at = Location::parse(url)?;
             (at.clone(), at)

@@ -90,6 +90,8 @@ pub struct Stack {
     /// Data directory.
     pub data_dir: PathBuf,
     keep: bool,
+    /// The PostgreSQL database of its services, when not SQLite.
+    pub database: Option<String>,
 }
 
 impl Stack {
@@ -175,7 +177,27 @@ impl Stack {
             approval_url: approval.unwrap_or_default(),
             data_dir: data.unwrap_or_default(),
             keep: false,
+            database: database.map(str::to_owned),
         })
+    }
+
+    /// Where the stack's audit chains are: its PostgreSQL database, or
+    /// `DIR/audit.db`.
+    pub fn audit_location(&self) -> zt_proto::db::Location {
+        match &self.database {
+            Some(url) => zt_proto::db::Location::Postgres(url.clone()),
+            None => zt_proto::db::Location::File(self.data_dir.join("audit.db")),
+        }
+    }
+
+    /// Where the approval service's state is.
+    pub fn approval_location(&self) -> zt_proto::db::Location {
+        match &self.database {
+            Some(url) => zt_proto::db::Location::Postgres(url.clone()),
+            None => {
+                zt_proto::db::Location::File(self.data_dir.join("approval").join("approval.db"))
+            }
+        }
     }
 
     /// The data directory as a string argument.

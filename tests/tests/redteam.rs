@@ -25,6 +25,7 @@ use zt_proto::keys::KeyPair;
 use zt_proto::pb::DecideRequest;
 use zt_proto::stack::Layout;
 use zt_proto::token::{self, Actor, SessionClaims, TokenType};
+use zt_proto::with_db;
 use zt_tests::{Grpc, Stack, call, connect, raw_post, run_ok, status, text};
 
 // ---------------------------------------------------------------- helpers
@@ -63,28 +64,46 @@ async fn backend(stack: &Stack) -> Backend {
     }
 }
 
-/// Every entry of every chain, parsed, in stored order per chain.
-async fn entries(stack: &Stack) -> Vec<Value> {
-    let url = format!(
-        "sqlite://{}?mode=ro",
-        stack.data_dir.join("audit.db").display()
-    );
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let rows: Vec<String> = sqlx::query_scalar("SELECT body FROM audit_entries ORDER BY rowid")
-        .fetch_all(&mut conn)
+/// Every entry of every chain, parsed, keyed by chain and position
+/// (from the stack's SQLite file or its PostgreSQL database).
+async fn all_entries(stack: &Stack) -> std::collections::BTreeMap<(String, i64), Value> {
+    let db = zt_proto::store::open_read_only(&stack.audit_location())
         .await
         .unwrap();
-    let _ = conn.close().await;
-    rows.iter()
-        .filter_map(|b| serde_json::from_str(b).ok())
+    let rows: Vec<(String, i64, String)> = with_db!(&db, p => {
+        sqlx::query_as("SELECT chain, seq, body FROM audit_entries")
+            .fetch_all(p)
+            .await
+            .unwrap()
+    });
+    db.close().await;
+    rows.into_iter()
+        .filter_map(|(c, n, b)| serde_json::from_str(&b).ok().map(|v| ((c, n), v)))
         .collect()
 }
 
-/// The audit entries written since `before` entries existed.
-async fn new_entries(stack: &Stack, before: usize) -> Vec<Value> {
-    // Audit writes are durable before the answer, but give the
-    // approval service's asynchronous entries (alerts) a moment.
-    entries(stack).await.split_off(before)
+/// What the trail held at some point.
+struct Mark(std::collections::BTreeSet<(String, i64)>);
+
+async fn mark(stack: &Stack) -> Mark {
+    Mark(all_entries(stack).await.into_keys().collect())
+}
+
+/// The entries written since `before`, each with its `chain`.
+async fn new_entries(stack: &Stack, before: &Mark) -> Vec<Value> {
+    all_entries(stack)
+        .await
+        .into_iter()
+        .filter(|(k, _)| !before.0.contains(k))
+        .map(|((chain, _), mut v)| {
+            v["chain"] = json!(chain);
+            v
+        })
+        .collect()
+}
+
+async fn entries(stack: &Stack) -> Vec<Value> {
+    all_entries(stack).await.into_values().collect()
 }
 
 /// The model saw nothing of the internals.
@@ -229,13 +248,13 @@ async fn run(stack: &Stack, c: &Case) -> Result<(), String> {
     .await
     .map_err(|e| format!("connect: {e}"))?;
     let before_backend = backend(stack).await;
-    let before = entries(stack).await.len();
+    let before = mark(stack).await;
     let r = call(&agent, c.tool, c.args.clone())
         .await
         .map_err(|e| format!("call failed at the transport: {e}"))?;
     let shown = text(&r);
     let got = status(&r);
-    let audit = new_entries(stack, before).await;
+    let audit = new_entries(stack, &before).await;
     let after_backend = backend(stack).await;
     match c.expect {
         Expect::Deny(rule) => {
@@ -449,7 +468,7 @@ async fn policy_and_injection() {
         "alice",
         "fetch_document,lookup_account",
     );
-    let before = entries(&stack).await.len();
+    let before = mark(&stack).await;
     let b0 = backend(&stack).await;
     let raw = raw_post(
         &stack.broker_url,
@@ -457,7 +476,7 @@ async fn policy_and_injection() {
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"issue_refund","arguments":{"order_id":"ord_1001","amount":100}}}"#,
     )
     .await;
-    let audit = new_entries(&stack, before).await;
+    let audit = new_entries(&stack, &before).await;
     report.check(
         "injection/obeys: calls a tool outside its scope",
         (|| {
@@ -763,7 +782,7 @@ async fn identity() {
     ];
     let mut report = Report::default();
     for (name, tok, reason) in cases {
-        let before = entries(&stack).await.len();
+        let before = mark(&stack).await;
         let b0 = backend(&stack).await;
         let raw = raw_post(
             &stack.broker_url,
@@ -771,7 +790,7 @@ async fn identity() {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"issue_refund","arguments":{"order_id":"ord_1001","amount":100}}}"#,
         )
         .await;
-        let audit = new_entries(&stack, before).await;
+        let audit = new_entries(&stack, &before).await;
         let b1 = backend(&stack).await;
         report.check(
             &format!("identity/{name}"),
@@ -830,12 +849,12 @@ async fn identity() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let before = entries(&stack).await.len();
+    let before = mark(&stack).await;
     let b0 = backend(&stack).await;
     let r = call(&owner, "approval_status", json!({"request_id": id}))
         .await
         .unwrap();
-    let audit = new_entries(&stack, before).await;
+    let audit = new_entries(&stack, &before).await;
     report.check(
         "identity/a token of another session follows up a request",
         (|| {
@@ -888,7 +907,7 @@ async fn identity() {
         ],
     );
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let before = entries(&stack).await.len();
+    let before = mark(&stack).await;
     let b0 = backend(&stack).await;
     let raw = raw_post(
         &stack.broker_url,
@@ -896,7 +915,7 @@ async fn identity() {
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"issue_refund","arguments":{"order_id":"ord_1001","amount":100}}}"#,
     )
     .await;
-    let audit = new_entries(&stack, before).await;
+    let audit = new_entries(&stack, &before).await;
     report.check(
         "identity/a revoked session",
         (|| {
@@ -967,11 +986,11 @@ async fn grants() {
         .unwrap();
     assert_eq!(status(&first), "ok", "{}", text(&first));
     let b0 = backend(&stack).await;
-    let before = entries(&stack).await.len();
+    let before = mark(&stack).await;
     let again = call(&agent, "approval_status", json!({"request_id": id}))
         .await
         .unwrap();
-    let audit = new_entries(&stack, before).await;
+    let audit = new_entries(&stack, &before).await;
     report.check(
         "grants/replay of a redeemed grant",
         (|| {
@@ -999,7 +1018,7 @@ async fn grants() {
     );
 
     // Other arguments: an approval for 6000 does not cover 7000.
-    let before = entries(&stack).await.len();
+    let before = mark(&stack).await;
     let r = call(
         &agent,
         "issue_refund",
@@ -1007,7 +1026,7 @@ async fn grants() {
     )
     .await
     .unwrap();
-    let audit = new_entries(&stack, before).await;
+    let audit = new_entries(&stack, &before).await;
     report.check(
         "grants/the approval does not cover other arguments",
         (|| {
@@ -1036,6 +1055,9 @@ async fn grants() {
         .env("ZT_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
+    if let Some(url) = &stack.database {
+        cmd.env("ZT_DATABASE_URL", url);
+    }
     let mut replica = cmd.spawn().unwrap();
     let url = {
         use std::io::BufRead;
@@ -1051,11 +1073,11 @@ async fn grants() {
     // The same session, through the other replica: it gets the first
     // result back; nothing runs again.
     let same_session = connect(&url, &token).await.unwrap();
-    let before = entries(&stack).await.len();
+    let before = mark(&stack).await;
     let r = call(&same_session, "approval_status", json!({"request_id": id}))
         .await
         .unwrap();
-    let audit = new_entries(&stack, before).await;
+    let audit = new_entries(&stack, &before).await;
     report.check(
         "grants/redeemed again on a second replica",
         (|| {
@@ -1096,17 +1118,16 @@ async fn grants() {
             .status
             .success()
     );
-    let approval_db = Layout::new(&stack.data_dir)
-        .private("approval")
-        .join("approval.db");
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", approval_db.display()))
+    let approval_db = zt_proto::db::Db::open(&stack.approval_location(), "zt_approval", false)
         .await
         .unwrap();
-    let genuine: String = sqlx::query_scalar("SELECT grant_token FROM requests WHERE id = ?")
-        .bind(&id)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let genuine: String = with_db!(&approval_db, p => {
+        sqlx::query_scalar("SELECT grant_token FROM requests WHERE id = $1")
+            .bind(&id)
+            .fetch_one(p)
+            .await
+            .unwrap()
+    });
     let (payload, _) = genuine.split_once('.').unwrap();
     let payload_bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
@@ -1114,19 +1135,21 @@ async fn grants() {
     let forged_sig =
         KeyPair::from_seed(&[7; 32]).sign(zt_proto::canonical::Domain::Grant, &payload_bytes);
     let forged = format!("{payload}.{}", b64(&forged_sig));
-    sqlx::query("UPDATE requests SET grant_token = ? WHERE id = ?")
-        .bind(&forged)
-        .bind(&id)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let _ = conn.close().await;
+    with_db!(&approval_db, p => {
+        sqlx::query("UPDATE requests SET grant_token = $1 WHERE id = $2")
+            .bind(&forged)
+            .bind(&id)
+            .execute(p)
+            .await
+            .unwrap();
+    });
+    approval_db.close().await;
     let b0 = backend(&stack).await;
-    let before = entries(&stack).await.len();
+    let before = mark(&stack).await;
     let r = call(&agent, "approval_status", json!({"request_id": id}))
         .await
         .unwrap();
-    let audit = new_entries(&stack, before).await;
+    let audit = new_entries(&stack, &before).await;
     report.check(
         "grants/signed by another key",
         (|| {
@@ -1195,9 +1218,9 @@ async fn approval_and_bypass() {
     )
     .await;
     let bob = stack.operator_token("bob", "approver", 500_000);
-    let (before, b0) = (entries(&stack).await.len(), backend(&stack).await);
+    let (before, b0) = (mark(&stack).await, backend(&stack).await);
     let out = decide(&bob, &id, "approve");
-    let (audit, b1) = (new_entries(&stack, before).await, backend(&stack).await);
+    let (audit, b1) = (new_entries(&stack, &before).await, backend(&stack).await);
     report.check(
         "approval/self-approval",
         refused("self", out, &audit, "own behalf", &b0, &b1),
@@ -1205,9 +1228,9 @@ async fn approval_and_bypass() {
 
     // An approver whose limit does not cover the amount.
     let small = stack.operator_token("erin", "approver", 10_000);
-    let (before, b0) = (entries(&stack).await.len(), backend(&stack).await);
+    let (before, b0) = (mark(&stack).await, backend(&stack).await);
     let out = decide(&small, &id, "approve");
-    let (audit, b1) = (new_entries(&stack, before).await, backend(&stack).await);
+    let (audit, b1) = (new_entries(&stack, &before).await, backend(&stack).await);
     report.check(
         "approval/approver over their limit",
         refused(
@@ -1222,9 +1245,9 @@ async fn approval_and_bypass() {
 
     // A watcher tries to approve.
     let watcher = stack.operator_token("wendy", "watcher", 0);
-    let (before, b0) = (entries(&stack).await.len(), backend(&stack).await);
+    let (before, b0) = (mark(&stack).await, backend(&stack).await);
     let out = decide(&watcher, &id, "approve");
-    let (audit, b1) = (new_entries(&stack, before).await, backend(&stack).await);
+    let (audit, b1) = (new_entries(&stack, &before).await, backend(&stack).await);
     report.check(
         "approval/watcher approves",
         refused("watcher", out, &audit, "may not approve", &b0, &b1),
@@ -1233,9 +1256,9 @@ async fn approval_and_bypass() {
     // Deny after approve: terminal states are final.
     let carol = stack.operator_token("carol", "approver", 500_000);
     assert!(decide(&carol, &id, "approve").status.success());
-    let (before, b0) = (entries(&stack).await.len(), backend(&stack).await);
+    let (before, b0) = (mark(&stack).await, backend(&stack).await);
     let out = decide(&carol, &id, "deny");
-    let (audit, b1) = (new_entries(&stack, before).await, backend(&stack).await);
+    let (audit, b1) = (new_entries(&stack, &before).await, backend(&stack).await);
     report.check(
         "approval/deny after approve",
         refused("final", out, &audit, "", &b0, &b1),
@@ -1250,9 +1273,9 @@ async fn approval_and_bypass() {
     )
     .await;
     assert!(decide(&carol, &big, "approve").status.success());
-    let (before, b0) = (entries(&stack).await.len(), backend(&stack).await);
+    let (before, b0) = (mark(&stack).await, backend(&stack).await);
     let out = decide(&carol, &big, "approve");
-    let (audit, b1) = (new_entries(&stack, before).await, backend(&stack).await);
+    let (audit, b1) = (new_entries(&stack, &before).await, backend(&stack).await);
     report.check(
         "approval/quorum bypass by voting twice",
         refused("quorum", out, &audit, "", &b0, &b1),
@@ -1261,7 +1284,7 @@ async fn approval_and_bypass() {
     // Bypass: the approval service's decide RPC without an operator token,
     // and with an agent's session token.
     let no_token = Grpc::connect(&stack.approval_url, "").await;
-    let (before, b0) = (entries(&stack).await.len(), backend(&stack).await);
+    let (before, b0) = (mark(&stack).await, backend(&stack).await);
     let err = no_token
         .client()
         .decide(tonic::Request::new(DecideRequest {
@@ -1285,7 +1308,7 @@ async fn approval_and_bypass() {
         }))
         .await
         .err();
-    let (audit, b1) = (new_entries(&stack, before).await, backend(&stack).await);
+    let (audit, b1) = (new_entries(&stack, &before).await, backend(&stack).await);
     report.check(
         "bypass/decide without an operator token",
         (|| {
