@@ -96,10 +96,10 @@ pub fn hit(app: &App, col: u16, row: u16) -> Option<Hit> {
         let mut x = a.tabs.x;
         for (view, label) in tab_labels(app) {
             let w = label.chars().count() as u16;
-            if col >= x && col < x + w {
+            if col >= x && col < x.saturating_add(w) {
                 return Some(Hit::Tab(view));
             }
-            x += w + 1;
+            x = x.saturating_add(w + 1);
         }
         return None;
     }
@@ -151,9 +151,9 @@ pub fn table_offset(selected: usize, visible: usize) -> usize {
 
 /// The list row under `pos` in a bordered table with a header in `area`.
 fn table_row(area: Rect, selected: usize, pos: Position) -> Option<usize> {
-    let first_y = area.y + 2;
+    let first_y = area.y.saturating_add(2);
     let visible = visible_rows(area);
-    if pos.x <= area.x || pos.x + 1 >= area.right() || pos.y < first_y {
+    if pos.x <= area.x || pos.x.saturating_add(1) >= area.right() || pos.y < first_y {
         return None;
     }
     let i = (pos.y - first_y) as usize;
@@ -315,7 +315,7 @@ pub fn countdown(ms_left: i64) -> String {
     if ms_left <= 0 {
         return "expired".into();
     }
-    let s = (ms_left + 999) / 1000;
+    let s = ms_left.saturating_add(999) / 1000;
     match s {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m{:02}s", s / 60, s % 60),
@@ -360,7 +360,7 @@ fn draw_pending(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let header = Row::new(["ID", "TOOL", "AMOUNT", "HUMAN", "AGENT", "APPR", "EXPIRES"])
         .style(theme.header());
     let rows = app.pending.iter().map(|r| {
-        let left = r.expires_at_ms - app.now_ms;
+        let left = r.expires_at_ms.saturating_sub(app.now_ms);
         let exp_style = if left < 60_000 {
             theme.error()
         } else {
@@ -477,13 +477,13 @@ fn request_detail(app: &App, req: &ApprovalRequest, theme: Theme) -> Text<'stati
     }
     lines.push(Line::from(amount_spans));
 
-    let left = req.expires_at_ms - app.now_ms;
+    let left = req.expires_at_ms.saturating_sub(app.now_ms);
     lines.push(field(
         "Expires in",
         format!(
             "{}  (created {})",
             countdown(left),
-            ago(app.now_ms - req.created_at_ms)
+            ago(app.now_ms.saturating_sub(req.created_at_ms))
         ),
         theme,
     ));
@@ -1241,7 +1241,7 @@ fn draw_prompt(frame: &mut Frame, app: &App, p: &app::Prompt, theme: Theme) {
 mod tests {
     use super::*;
     use crate::tui::app::tests::{NOW, event, sample};
-    use crate::tui::app::{Action, on_key};
+    use crate::tui::app::{Action, on_key, on_mouse};
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
@@ -1742,6 +1742,46 @@ mod tests {
             &format!("prev_hash     {:064x}", 2 * 0x1111),
         ] {
             assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+    }
+
+    #[test]
+    fn odd_events_and_clicks_do_not_panic() {
+        use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
+        let mut app = sample(false);
+        for (seq, time_ms) in [(10u64, i64::MIN), (11, i64::MAX), (12, 0), (0, -1)] {
+            let mut e = event(seq, "deny", "", "", "");
+            e.time_ms = time_ms;
+            e.summary = "ü\u{0}\t\n".repeat(500);
+            app.push_event(e.clone());
+            e.kind = "alert".into();
+            e.seq += 100;
+            app.push_event(e);
+        }
+        let mut list = app.pending.clone();
+        let mut odd = crate::tui::app::tests::request("req-odd", "", i64::MIN, 0, 0);
+        odd.expires_at_ms = i64::MIN;
+        odd.created_at_ms = i64::MAX;
+        odd.args_json = "{not json".into();
+        list.push(odd);
+        app.set_pending(list);
+        for v in ['1', '2', '3', '4', '5'] {
+            press(&mut app, v);
+            for (w, h) in [(140, 40), (20, 6), (u16::MAX / 300, 3)] {
+                app.area = Rect::new(0, 0, w, h);
+                render(&app, COLOR, w, h);
+                for (col, row) in [(0, 0), (5, 4), (u16::MAX, u16::MAX), (w - 1, h - 1)] {
+                    on_mouse(
+                        &mut app,
+                        MouseEvent {
+                            kind: MouseEventKind::Down(MouseButton::Left),
+                            column: col,
+                            row,
+                            modifiers: KeyModifiers::NONE,
+                        },
+                    );
+                }
+            }
         }
     }
 }
