@@ -28,6 +28,10 @@ struct Cli {
     /// Hide approve/deny (watchers and auditors).
     #[arg(long)]
     readonly: bool,
+    /// No desktop notifications for new requests (the terminal bell and the
+    /// console's toasts remain).
+    #[arg(long, global = true)]
+    no_notify: bool,
 }
 
 /// How to reach the approval service as an operator.
@@ -181,12 +185,27 @@ fn main() -> ExitCode {
                 ..
             })
         );
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ZT_LOG")
-        .unwrap_or_else(|_| if tui { "off" } else { "warn" }.into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("ZT_LOG").unwrap_or_else(|_| "warn".into());
+    if tui {
+        // Not on the screen the TUI draws: to its log file, if one opens.
+        match zt_console::tui::open_log() {
+            Some(file) => tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init(),
+            None => tracing_subscriber::fmt()
+                .with_env_filter("off")
+                .with_writer(std::io::sink)
+                .init(),
+        }
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -205,6 +224,10 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let conn = cli.conn.clone();
+    zt_console::tui::configure(zt_console::tui::Settings {
+        data_dir: conn.data_dir.clone(),
+        no_notify: cli.no_notify,
+    });
     let Some(command) = cli.command else {
         let client = conn.client()?;
         zt_console::tui::run(

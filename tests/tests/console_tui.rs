@@ -1,7 +1,9 @@
-//! The console as an operator uses it: tmux runs `zt-console demo`, the test
-//! waits for the scripted agent's $200.00 refund to appear in the queue,
-//! approves it with keystrokes, sees it executed in the live view, quits, and
-//! verifies the audit log records the approval.
+//! The console as an operator uses it: tmux runs `zt-console demo` (a real
+//! stack and a scripted agent), the test waits for the agent's $200.00
+//! refund to appear in the queue, approves it with keystrokes, sees it
+//! executed in the live view, opens the refund's audit entries with
+//! `:audit tool=issue_refund`, verifies the chains with `v`, opens an entry,
+//! quits, and checks the audit log records the approval.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -48,9 +50,12 @@ fn operator_approves_an_escalated_refund_with_keystrokes() {
         return;
     }
     let dir = temp_dir("tui");
+    // The verifier's state and the console's log stay out of the home directory.
+    let state = temp_dir("tui-state");
     let session = format!("zt-tui-{}", std::process::id());
     let cmd = format!(
-        "{} demo --data-dir {}; echo DEMO-EXIT=$?; sleep 30",
+        "env -u DBUS_SESSION_BUS_ADDRESS XDG_STATE_HOME={} {} demo --data-dir {}; echo DEMO-EXIT=$?; sleep 30",
+        state.display(),
         bin_dir().join("zt-console").display(),
         dir.display()
     );
@@ -83,6 +88,39 @@ fn operator_approves_an_escalated_refund_with_keystrokes() {
     let live = wait_for(&session, &["executed", "refunded 20000 cents"]);
     assert!(live.contains("deny"), "denials stream in too:\n{live}");
 
+    // The refund's trail in the audit log, through command mode.
+    tmux(&["send-keys", "-t", &session, ":"]);
+    tmux(&["send-keys", "-t", &session, "-l", "audit tool=issue_refund"]);
+    tmux(&["send-keys", "-t", &session, "Enter"]);
+    let audit = wait_for(
+        &session,
+        &[
+            "filter: tool=issue_refund",
+            "matching entries",
+            "not verified yet",
+        ],
+    );
+    for want in [
+        "broker#",
+        "approval#",
+        "escalation",
+        "approve",
+        "result",
+        "carol",
+    ] {
+        assert!(
+            audit.contains(want),
+            "no {want:?} in the audit view:\n{audit}"
+        );
+    }
+    tmux(&["send-keys", "-t", &session, "v"]);
+    wait_for(&session, &["✓ verified through"]);
+    tmux(&["send-keys", "-t", &session, "Enter"]);
+    let entry = wait_for(&session, &["Entry ", "prev_hash", "Arguments"]);
+    assert!(entry.contains("issue_refund"), "{entry}");
+    tmux(&["send-keys", "-t", &session, "Escape"]);
+    wait_for(&session, &["filter: tool=issue_refund", "ENTRY"]);
+
     tmux(&["send-keys", "-t", &session, "q"]);
     let end = wait_for(&session, &["DEMO-EXIT="]);
     assert!(end.contains("DEMO-EXIT=0"), "{end}");
@@ -107,4 +145,5 @@ fn operator_approves_an_escalated_refund_with_keystrokes() {
         "the approval is audited with its operator and reason"
     );
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&state);
 }

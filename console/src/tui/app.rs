@@ -1,22 +1,38 @@
 //! The console's state and its key handling. No IO and no terminal here:
 //! network results arrive as method calls ([`App::push_event`],
-//! [`App::set_pending`], ...), keys go through [`on_key`], and whatever needs
-//! the network leaves as an [`Action`] for the event loop to run.
+//! [`App::set_pending`], ...), keys go through [`on_key`] and mouse clicks
+//! through [`on_mouse`], and whatever needs the network or the disk leaves
+//! as an [`Action`] for the event loop to run.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
-use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use ratatui::layout::Rect;
 use zt_proto::pb::{ApprovalRequest, Event, Operator};
 
+use super::audit_view::{AuditPage, AuditView, Badge, Page, Query, Verify};
+use super::command::{self, AuditFilter, Command};
+use super::ring::Ring;
 use super::theme::Theme;
+use super::view::{self, Hit};
 use crate::client::{approvals, dollars};
 
 /// Events kept in memory for the Live view (a ring: the oldest go first).
-pub const EVENT_CAP: usize = 20_000;
+pub const EVENT_CAP: usize = 100_000;
 /// Denial and alert events kept for the Denials view.
 pub const DENIAL_CAP: usize = 5_000;
+/// Alerts kept for the Alerts view.
+pub const ALERT_CAP: usize = 1_000;
+/// Agents counted one by one in the Denials view; beyond, "(other agents)".
+pub const AGENT_CAP: usize = 1_000;
 /// How long a toast stays on the status line.
 pub const TOAST_MS: i64 = 6_000;
+/// The denial-rate sparkline: buckets of this many ms...
+pub const SPARK_BUCKET_MS: i64 = 10_000;
+/// ...this many of them (5 minutes).
+pub const SPARK_BUCKETS: usize = 30;
 /// Rows moved by PageUp / PageDown.
 const PAGE: usize = 10;
 
@@ -26,16 +42,26 @@ pub enum View {
     Pending,
     Live,
     Denials,
+    Alerts,
+    Audit,
 }
 
 impl View {
-    pub const ALL: [View; 3] = [View::Pending, View::Live, View::Denials];
+    pub const ALL: [View; 5] = [
+        View::Pending,
+        View::Live,
+        View::Denials,
+        View::Alerts,
+        View::Audit,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
             View::Pending => "Pending",
             View::Live => "Live",
             View::Denials => "Denials",
+            View::Alerts => "Alerts",
+            View::Audit => "Audit",
         }
     }
 
@@ -74,6 +100,10 @@ pub enum Action {
         approve: bool,
         reason: String,
     },
+    /// Read a page of the audit log.
+    AuditQuery(Query),
+    /// Verify the audit log of this data directory.
+    Verify(std::path::PathBuf),
 }
 
 /// The reason prompt of an approve or deny.
@@ -96,6 +126,8 @@ pub enum Mode {
     Prompt(Prompt),
     /// Typing a filter; the filter applies as it is typed.
     Filter,
+    /// Typing a command after `:`.
+    Command(String),
 }
 
 /// A one-line message on the status line.
@@ -104,6 +136,13 @@ pub struct Toast {
     pub text: String,
     pub error: bool,
     pub until_ms: i64,
+}
+
+/// A desktop notification for the event loop to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub title: String,
+    pub body: String,
 }
 
 /// Live view: follow the tail, or stay frozen at a sequence number.
@@ -123,6 +162,8 @@ pub struct App {
     pub banner: Option<String>,
     pub url: String,
     pub now_ms: i64,
+    /// The terminal's size at the last draw (mouse clicks are mapped with it).
+    pub area: Rect,
     pub operator: Option<Operator>,
     pub conn: Conn,
     pub view: View,
@@ -134,22 +175,31 @@ pub struct App {
     pub selected: Option<String>,
     /// Decisions sent and not yet answered.
     pub inflight: Vec<String>,
-    pub events: VecDeque<Event>,
+    /// The most recent events (at most [`EVENT_CAP`]).
+    pub events: Ring<Event>,
     pub events_total: u64,
     pub last_seq: u64,
     pub live: LiveState,
     /// Denial and alert events, oldest first.
-    pub denials: VecDeque<Event>,
+    pub denials: Ring<Event>,
     pub denials_total: u64,
-    /// Alerts raised by the approval service's detection rules.
-    pub alerts_total: u64,
     pub denials_by_agent: BTreeMap<String, u64>,
     pub denial_scroll: usize,
+    /// The agent whose denial rate the sparkline shows (default: the top one).
+    pub denial_agent: Option<String>,
+    /// Alerts raised by the approval service's detection rules, oldest first.
+    pub alerts: Ring<Event>,
+    pub alerts_total: u64,
+    /// The selected alert, counted from the newest (0).
+    pub alert_selected: usize,
     /// Substring filter of the Live and Denials views (case-insensitive).
     pub filter: String,
+    pub audit: AuditView,
     pub toast: Option<Toast>,
     /// Ring the terminal bell at the next draw (a new request arrived).
     pub bell: bool,
+    /// Desktop notifications waiting for the event loop.
+    pub notices: Vec<Notice>,
 }
 
 impl App {
@@ -160,6 +210,7 @@ impl App {
             banner,
             url: url.to_owned(),
             now_ms,
+            area: Rect::new(0, 0, 120, 40),
             operator: None,
             conn: Conn::Connecting,
             view: View::Pending,
@@ -168,18 +219,23 @@ impl App {
             pending_error: None,
             selected: None,
             inflight: Vec::new(),
-            events: VecDeque::new(),
+            events: Ring::new(EVENT_CAP),
             events_total: 0,
             last_seq: 0,
             live: LiveState::default(),
-            denials: VecDeque::new(),
+            denials: Ring::new(DENIAL_CAP),
             denials_total: 0,
-            alerts_total: 0,
             denials_by_agent: BTreeMap::new(),
             denial_scroll: 0,
+            denial_agent: None,
+            alerts: Ring::new(ALERT_CAP),
+            alerts_total: 0,
+            alert_selected: 0,
             filter: String::new(),
+            audit: AuditView::default(),
             toast: None,
             bell: false,
+            notices: Vec::new(),
         }
     }
 
@@ -209,42 +265,43 @@ impl App {
         let alert = is_alert(&ev);
         if alert {
             self.alerts_total += 1;
+            self.alerts.push(ev.clone());
+            if self.alert_selected > 0 {
+                self.alert_selected = (self.alert_selected + 1).min(self.alerts.len() - 1);
+            }
         }
         if alert || is_denial(&ev.decision) {
             if !alert {
                 self.denials_total += 1;
-                *self
-                    .denials_by_agent
-                    .entry(agent_of(&ev).to_owned())
-                    .or_default() += 1;
+                let agent = agent_of(&ev);
+                let key = if self.denials_by_agent.contains_key(agent)
+                    || self.denials_by_agent.len() < AGENT_CAP
+                {
+                    agent.to_owned()
+                } else {
+                    OTHER_AGENTS.to_owned()
+                };
+                *self.denials_by_agent.entry(key).or_default() += 1;
             }
-            if self.denials.len() == DENIAL_CAP {
-                self.denials.pop_front();
-            }
-            self.denials.push_back(ev.clone());
+            self.denials.push(ev.clone());
             if self.denial_scroll > 0 {
                 self.denial_scroll += 1;
             }
         }
         match ev.kind.as_str() {
             "request_pending" => {
-                self.toast(
-                    format!(
-                        "new request {}: {}",
-                        ev.request_id,
-                        one_line(&ev.summary, &ev.tool)
-                    ),
-                    false,
-                );
+                let what = one_line(&ev.summary, &ev.tool);
+                self.toast(format!("new request {}: {what}", ev.request_id), false);
                 self.bell = true;
+                self.notices.push(Notice {
+                    title: "Approval needed".into(),
+                    body: format!("{what} ({})", ev.request_id),
+                });
             }
             "alert" => self.toast(format!("alert: {}", one_line(&ev.summary, &ev.tool)), true),
             _ => {}
         }
-        if self.events.len() == EVENT_CAP {
-            self.events.pop_front();
-        }
-        self.events.push_back(ev);
+        self.events.push(ev);
     }
 
     /// A fresh pending list from the service.
@@ -304,6 +361,36 @@ impl App {
         }
     }
 
+    /// A page of the audit log (or why it could not be read).
+    pub fn audit_answered(&mut self, id: u64, result: Result<AuditPage, String>) {
+        if let (true, Err(e)) = (id == self.audit.query_id, &result) {
+            self.toast(format!("audit query failed: {e}"), true);
+        }
+        self.audit.answered(id, result);
+    }
+
+    /// Progress of a verification.
+    pub fn verify_progress(&mut self, done: u64, total: u64) {
+        if matches!(self.audit.verify, Verify::Running { .. }) {
+            self.audit.verify = Verify::Running { done, total };
+        }
+    }
+
+    /// A verification's outcome.
+    pub fn verified(&mut self, result: Result<Badge, String>) {
+        self.audit.verify = match result {
+            Ok(badge) => {
+                let broken = matches!(badge, Badge::Broken { .. });
+                self.toast(badge.text(), broken);
+                Verify::Done(badge)
+            }
+            Err(e) => {
+                self.toast(format!("could not verify: {e}"), true);
+                Verify::Failed(e)
+            }
+        };
+    }
+
     pub fn selected_index(&self) -> Option<usize> {
         let id = self.selected.as_ref()?;
         self.pending.iter().position(|r| &r.id == id)
@@ -332,11 +419,12 @@ impl App {
     /// The Live rows to show in `height` rows, oldest first.
     pub fn live_rows(&self, height: usize) -> Vec<&Event> {
         let upto = self.live.frozen_at.unwrap_or(u64::MAX);
+        let needle = self.filter.to_lowercase();
         let mut rows: Vec<&Event> = self
             .events
             .iter()
             .rev()
-            .filter(|e| e.seq <= upto && self.matches(e))
+            .filter(|e| e.seq <= upto && event_matches_lower(e, &needle))
             .skip(self.live.scroll)
             .take(height)
             .collect();
@@ -354,13 +442,81 @@ impl App {
 
     /// The Denials rows to show in `height` rows, newest first.
     pub fn denial_rows(&self, height: usize) -> Vec<&Event> {
+        let needle = self.filter.to_lowercase();
         self.denials
             .iter()
             .rev()
-            .filter(|e| self.matches(e))
+            .filter(|e| event_matches_lower(e, &needle))
             .skip(self.denial_scroll)
             .take(height)
             .collect()
+    }
+
+    /// Agents by denials, most first.
+    pub fn agents_by_denials(&self) -> Vec<(&str, u64)> {
+        let mut v: Vec<(&str, u64)> = self
+            .denials_by_agent
+            .iter()
+            .map(|(a, n)| (a.as_str(), *n))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        v
+    }
+
+    /// The agent the sparkline follows: the chosen one, else the top one.
+    pub fn spark_agent(&self) -> Option<&str> {
+        match &self.denial_agent {
+            Some(a) if self.denials_by_agent.contains_key(a) => Some(a),
+            _ => self.agents_by_denials().first().map(|(a, _)| *a),
+        }
+    }
+
+    /// Denials of `agent` per [`SPARK_BUCKET_MS`] over the last
+    /// [`SPARK_BUCKETS`] buckets, oldest first (the last bucket ends now).
+    pub fn denial_rate(&self, agent: &str) -> Vec<u64> {
+        let mut buckets = vec![0u64; SPARK_BUCKETS];
+        let span = SPARK_BUCKET_MS * SPARK_BUCKETS as i64;
+        let start = self.now_ms - span;
+        for e in self.denials.iter() {
+            if is_alert(e) || agent_of(e) != agent || e.time_ms <= start || e.time_ms > self.now_ms
+            {
+                continue;
+            }
+            // (start, now] in buckets of SPARK_BUCKET_MS, the last one ending now.
+            let i = ((e.time_ms - start - 1) / SPARK_BUCKET_MS) as usize;
+            if let Some(b) = buckets.get_mut(i) {
+                *b += 1;
+            }
+        }
+        buckets
+    }
+
+    fn cycle_denial_agent(&mut self, step: isize) {
+        let agents: Vec<String> = self
+            .agents_by_denials()
+            .iter()
+            .map(|(a, _)| (*a).to_owned())
+            .collect();
+        if agents.is_empty() {
+            return;
+        }
+        let cur = self
+            .spark_agent()
+            .and_then(|a| agents.iter().position(|x| x == a))
+            .unwrap_or(0);
+        let n = agents.len() as isize;
+        let next = (cur as isize + step).rem_euclid(n) as usize;
+        self.denial_agent = agents.get(next).cloned();
+    }
+
+    /// The selected alert.
+    pub fn selected_alert(&self) -> Option<&Event> {
+        self.alerts.nth_newest(self.alert_selected)
+    }
+
+    fn move_alert(&mut self, delta: isize) {
+        let last = self.alerts.len().saturating_sub(1);
+        self.alert_selected = self.alert_selected.saturating_add_signed(delta).min(last);
     }
 
     fn toggle_pause(&mut self) {
@@ -380,20 +536,22 @@ impl App {
         }
         self.live.scroll = self.live.scroll.saturating_add_signed(up);
         let upto = self.live.frozen_at.unwrap_or(u64::MAX);
+        let needle = self.filter.to_lowercase();
         let max = self
             .events
             .iter()
-            .filter(|e| e.seq <= upto && self.matches(e))
+            .filter(|e| e.seq <= upto && event_matches_lower(e, &needle))
             .count()
             .saturating_sub(1);
         self.live.scroll = self.live.scroll.min(max);
     }
 
     fn scroll_denials(&mut self, down: isize) {
+        let needle = self.filter.to_lowercase();
         let max = self
             .denials
             .iter()
-            .filter(|e| self.matches(e))
+            .filter(|e| event_matches_lower(e, &needle))
             .count()
             .saturating_sub(1);
         self.denial_scroll = self.denial_scroll.saturating_add_signed(down).min(max);
@@ -420,7 +578,94 @@ impl App {
             None => self.toast("no pending request selected", true),
         }
     }
+
+    /// Switches to `view`; the Audit view runs its first query when first shown.
+    pub fn show(&mut self, view: View) -> Option<Action> {
+        self.view = view;
+        if view == View::Audit && self.audit.query_id == 0 && self.audit.data_dir.is_some() {
+            let filter = self.audit.filter.clone();
+            return self.audit_query(filter, Page::Newest);
+        }
+        None
+    }
+
+    fn audit_query(&mut self, filter: AuditFilter, page: Page) -> Option<Action> {
+        self.view = View::Audit;
+        match self.audit.query(filter, page) {
+            Ok(q) => Some(Action::AuditQuery(q)),
+            Err(e) => {
+                self.toast(e, true);
+                None
+            }
+        }
+    }
+
+    fn start_verify(&mut self) -> Option<Action> {
+        self.view = View::Audit;
+        if matches!(self.audit.verify, Verify::Running { .. }) {
+            self.toast("a verification is already running", false);
+            return None;
+        }
+        match self.audit.data_dir.clone() {
+            Some(dir) => {
+                self.audit.verify = Verify::Running { done: 0, total: 0 };
+                Some(Action::Verify(dir))
+            }
+            None => {
+                self.toast("no audit log: start the console with --data-dir DIR", true);
+                None
+            }
+        }
+    }
+
+    fn run_command(&mut self, line: &str) -> Option<Action> {
+        match command::parse(line) {
+            Ok(Command::View(v)) => self.show(v),
+            Ok(Command::Audit(f)) => self.audit_query(f, Page::Newest),
+            Ok(Command::Verify) => self.start_verify(),
+            Ok(Command::Help) => {
+                self.mode = Mode::Help;
+                None
+            }
+            Ok(Command::Quit) => Some(Action::Quit),
+            Err(e) => {
+                self.toast(e, true);
+                None
+            }
+        }
+    }
+
+    /// Selects row `i` of the current view's list (a mouse click).
+    fn select_row(&mut self, i: usize) {
+        match self.view {
+            View::Pending => {
+                if let Some(r) = self.pending.get(i) {
+                    self.selected = Some(r.id.clone());
+                }
+            }
+            View::Alerts => {
+                if i < self.alerts.len() {
+                    self.alert_selected = i;
+                }
+            }
+            View::Audit if !self.audit.detail => {
+                if i < self.audit.len() {
+                    self.audit.selected = i;
+                }
+            }
+            View::Denials => {
+                let rows = self.denial_rows(i + 1);
+                if let Some(e) = rows.get(i).filter(|e| !is_alert(e)) {
+                    self.denial_agent = Some(agent_of(e).to_owned());
+                }
+            }
+            View::Live | View::Audit => {}
+        }
+    }
 }
+
+/// Where the agents beyond [`AGENT_CAP`] are counted.
+pub const OTHER_AGENTS: &str = "(other agents)";
 
 /// A key bar / help entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,6 +692,12 @@ pub fn commands(app: &App) -> Vec<Cmd> {
         Mode::Filter => vec![
             cmd("enter", "keep filter", true),
             cmd("esc", "clear filter", true),
+            cmd("ctrl-c", "quit", false),
+        ],
+        Mode::Command(_) => vec![
+            cmd("enter", "run", true),
+            cmd("tab", "complete", true),
+            cmd("esc", "cancel", true),
             cmd("ctrl-c", "quit", false),
         ],
         Mode::Help | Mode::Normal => {
@@ -476,12 +727,34 @@ pub fn commands(app: &App) -> Vec<Cmd> {
                     v.push(cmd("/", "filter", true));
                     v.push(cmd("j/k ↑/↓", "scroll", true));
                     v.push(cmd("g", "newest", false));
+                    v.push(cmd("[/]", "sparkline agent", true));
+                    v.push(cmd("click", "show that agent's rate", false));
+                }
+                View::Alerts => {
+                    v.push(cmd("j/k ↑/↓", "select", true));
+                    v.push(cmd("g/G", "newest / oldest", false));
+                    v.push(cmd("enter", "subject's events in Live", true));
+                }
+                View::Audit if app.audit.detail => {
+                    v.push(cmd("j/k ↑/↓", "scroll", true));
+                    v.push(cmd("esc", "back to the list", true));
+                    v.push(cmd("v", "verify the chains", true));
+                }
+                View::Audit => {
+                    v.push(cmd("j/k ↑/↓", "select", true));
+                    v.push(cmd("enter", "entry detail", true));
+                    v.push(cmd("/", "edit filter", true));
+                    v.push(cmd("v", "verify", true));
+                    v.push(cmd("r", "reload", false));
+                    v.push(cmd("[/]", "older / newer page", false));
+                    v.push(cmd("g/G", "newest / oldest", false));
                 }
             }
-            if !app.filter.is_empty() && app.view != View::Pending {
+            if !app.filter.is_empty() && matches!(app.view, View::Live | View::Denials) {
                 v.push(cmd("esc", "clear filter", false));
             }
-            v.push(cmd("1-3 tab", "views", true));
+            v.push(cmd(":", "command", true));
+            v.push(cmd("1-5 tab", "views", true));
             let help = if app.mode == Mode::Help {
                 "close help"
             } else {
@@ -494,6 +767,19 @@ pub fn commands(app: &App) -> Vec<Cmd> {
         }
     }
 }
+
+/// The `:` commands, for the help overlay.
+pub const COMMAND_HELP: [(&str, &str); 9] = [
+    (":pending :live :denials", "show a view"),
+    (":alerts", "alerts from the detection rules"),
+    (":audit [key=value ...]", "the audit log, filtered"),
+    ("  keys", "session human agent tool decision"),
+    ("", "kind chain since until"),
+    ("  e.g.", ":audit tool=issue_refund since=2h"),
+    (":verify", "verify the audit chains"),
+    (":help", "this overlay"),
+    (":q :quit", "quit"),
+];
 
 /// Handles one key. Returns what the event loop must do, if anything.
 pub fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
@@ -562,6 +848,28 @@ pub fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
             app.denial_scroll = 0;
             return None;
         }
+        Mode::Command(line) => {
+            match key.code {
+                KeyCode::Esc => app.mode = Mode::Normal,
+                KeyCode::Enter => {
+                    let line = std::mem::take(line);
+                    app.mode = Mode::Normal;
+                    return app.run_command(&line);
+                }
+                KeyCode::Tab => {
+                    if let Some(done) = command::complete(line) {
+                        *line = done;
+                    }
+                }
+                KeyCode::Backspace if line.is_empty() => app.mode = Mode::Normal,
+                KeyCode::Backspace => {
+                    line.pop();
+                }
+                KeyCode::Char(c) if plain => line.push(c),
+                _ => {}
+            }
+            return None;
+        }
         Mode::Help => {
             if matches!(key.code, KeyCode::Esc | KeyCode::Char('?')) {
                 app.mode = Mode::Normal;
@@ -579,10 +887,16 @@ pub fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
     match key.code {
         KeyCode::Char('q') => return Some(Action::Quit),
         KeyCode::Char('?') => app.mode = Mode::Help,
-        KeyCode::Tab => app.view = app.view.next(),
-        KeyCode::BackTab => app.view = app.view.prev(),
-        KeyCode::Char(c @ '1'..='3') => app.view = View::ALL[(c as u8 - b'1') as usize],
-        KeyCode::Esc if !app.filter.is_empty() && app.view != View::Pending => {
+        KeyCode::Char(':') => app.mode = Mode::Command(String::new()),
+        KeyCode::Tab => return app.show(app.view.next()),
+        KeyCode::BackTab => return app.show(app.view.prev()),
+        KeyCode::Char(c @ '1'..='5') => {
+            let i = (c as u8 - b'1') as usize;
+            return app.show(View::ALL[i.min(View::ALL.len() - 1)]);
+        }
+        KeyCode::Esc
+            if !app.filter.is_empty() && matches!(app.view, View::Live | View::Denials) =>
+        {
             app.filter.clear();
             app.live.scroll = 0;
             app.denial_scroll = 0;
@@ -616,9 +930,116 @@ pub fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
                 KeyCode::PageDown => app.scroll_denials(PAGE as isize),
                 KeyCode::PageUp => app.scroll_denials(-(PAGE as isize)),
                 KeyCode::Home | KeyCode::Char('g') => app.denial_scroll = 0,
+                KeyCode::Char(']') => app.cycle_denial_agent(1),
+                KeyCode::Char('[') => app.cycle_denial_agent(-1),
                 _ => {}
             },
+            View::Alerts => match code {
+                KeyCode::Down | KeyCode::Char('j') => app.move_alert(1),
+                KeyCode::Up | KeyCode::Char('k') => app.move_alert(-1),
+                KeyCode::PageDown => app.move_alert(PAGE as isize),
+                KeyCode::PageUp => app.move_alert(-(PAGE as isize)),
+                KeyCode::Home | KeyCode::Char('g') => app.alert_selected = 0,
+                KeyCode::End | KeyCode::Char('G') => app.move_alert(isize::MAX),
+                KeyCode::Enter => {
+                    if let Some(a) = app.selected_alert() {
+                        let subject = alert_info(a).subject;
+                        app.filter = subject;
+                        app.live = LiveState::default();
+                        app.view = View::Live;
+                    }
+                }
+                _ => {}
+            },
+            View::Audit => return audit_key(app, code),
         },
+    }
+    None
+}
+
+fn audit_key(app: &mut App, code: KeyCode) -> Option<Action> {
+    let a = &mut app.audit;
+    if a.detail {
+        match code {
+            KeyCode::Esc | KeyCode::Enter | KeyCode::Backspace => a.detail = false,
+            KeyCode::Down | KeyCode::Char('j') => {
+                a.detail_scroll = a.detail_scroll.saturating_add(1)
+            }
+            KeyCode::Up | KeyCode::Char('k') => a.detail_scroll = a.detail_scroll.saturating_sub(1),
+            KeyCode::PageDown => a.detail_scroll = a.detail_scroll.saturating_add(PAGE as u16),
+            KeyCode::PageUp => a.detail_scroll = a.detail_scroll.saturating_sub(PAGE as u16),
+            KeyCode::Home | KeyCode::Char('g') => a.detail_scroll = 0,
+            KeyCode::Char('v') => return app.start_verify(),
+            _ => {}
+        }
+        return None;
+    }
+    match code {
+        KeyCode::Down | KeyCode::Char('j') => a.move_selection(1),
+        KeyCode::Up | KeyCode::Char('k') => a.move_selection(-1),
+        KeyCode::PageDown => a.move_selection(PAGE as isize),
+        KeyCode::PageUp => a.move_selection(-(PAGE as isize)),
+        KeyCode::Home | KeyCode::Char('g') => a.selected = 0,
+        KeyCode::End | KeyCode::Char('G') => a.move_selection(isize::MAX),
+        KeyCode::Enter if a.selected_row().is_some() => {
+            a.detail = true;
+            a.detail_scroll = 0;
+        }
+        KeyCode::Char('/') => {
+            let mut line = String::from("audit ");
+            if !a.filter.is_empty() {
+                line.push_str(&a.filter.to_string());
+                line.push(' ');
+            }
+            app.mode = Mode::Command(line);
+        }
+        KeyCode::Char('r') => {
+            let (f, p) = (a.filter.clone(), a.page);
+            return app.audit_query(f, p);
+        }
+        KeyCode::Char('v') => return app.start_verify(),
+        KeyCode::Char('[') | KeyCode::Char(']') => {
+            let older = code == KeyCode::Char('[');
+            let next = a
+                .result
+                .as_ref()
+                .and_then(|p| if older { p.older() } else { p.newer() });
+            match next {
+                Some(page) => {
+                    let f = a.filter.clone();
+                    return app.audit_query(f, page);
+                }
+                None => {
+                    let end = if older { "oldest" } else { "newest" };
+                    app.toast(format!("this is the {end} page"), false);
+                }
+            }
+        }
+        _ => {}
+    }
+    None
+}
+
+/// Handles a mouse event: a left click selects a row or a tab, the wheel
+/// moves like j/k. Returns what the event loop must do, if anything.
+pub fn on_mouse(app: &mut App, ev: MouseEvent) -> Option<Action> {
+    if app.mode != Mode::Normal {
+        return None;
+    }
+    match ev.kind {
+        MouseEventKind::Down(MouseButton::Left) => match view::hit(app, ev.column, ev.row) {
+            Some(Hit::Tab(v)) => return app.show(v),
+            Some(Hit::Row(i)) => app.select_row(i),
+            Some(Hit::Agent(a)) => app.denial_agent = Some(a),
+            None => {}
+        },
+        MouseEventKind::ScrollDown => {
+            return on_key(app, KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+        }
+        MouseEventKind::ScrollUp => {
+            return on_key(app, KeyEvent::new(KeyCode::Up, KeyModifiers::NONE));
+        }
+        _ => {}
     }
     None
 }
@@ -643,11 +1064,70 @@ pub fn request_agent(req: &ApprovalRequest) -> &str {
     req.actors.first().map(String::as_str).unwrap_or("?")
 }
 
+/// An alert's parts, read from its summary ("high denial-spike: agent
+/// agent:x had 10 denials within 1m"); what cannot be read is "?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertInfo {
+    pub severity: String,
+    pub rule: String,
+    /// agent, session or human.
+    pub by: String,
+    pub subject: String,
+    pub count: Option<u32>,
+}
+
+pub fn alert_info(ev: &Event) -> AlertInfo {
+    let (head, tail) = ev.summary.split_once(": ").unwrap_or(("", &ev.summary));
+    let (severity, rule) = head.split_once(' ').unwrap_or(("", head));
+    let words: Vec<&str> = tail.split_whitespace().collect();
+    let (by, subject, count) = match words.as_slice() {
+        [by, subject, "had", count, ..] => (*by, *subject, count.parse().ok()),
+        _ => ("", "", None),
+    };
+    let or = |s: &str, fallback: &str| {
+        if s.is_empty() {
+            fallback.to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let fallback_subject = [&ev.agent, &ev.session_id, &ev.human]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .map_or("?", |s| s.as_str());
+    let rule = ev
+        .rules
+        .first()
+        .map(String::as_str)
+        .filter(|r| !r.is_empty())
+        .unwrap_or(rule);
+    AlertInfo {
+        severity: or(severity, "?"),
+        rule: or(rule, "?"),
+        by: or(by, "?"),
+        subject: or(subject, fallback_subject),
+        count,
+    }
+}
+
 fn event_matches(ev: &Event, filter: &str) -> bool {
-    if filter.is_empty() {
+    event_matches_lower(ev, &filter.to_lowercase())
+}
+
+/// `needle` is already lowercase (done once per list, not once per event).
+fn event_matches_lower(ev: &Event, needle: &str) -> bool {
+    if needle.is_empty() {
         return true;
     }
-    let needle = filter.to_lowercase();
+    let has = |f: &str| {
+        if f.is_ascii() && needle.is_ascii() {
+            f.as_bytes()
+                .windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+        } else {
+            f.to_lowercase().contains(needle)
+        }
+    };
     [
         &ev.kind,
         &ev.session_id,
@@ -659,8 +1139,8 @@ fn event_matches(ev: &Event, filter: &str) -> bool {
         &ev.request_id,
     ]
     .iter()
-    .any(|f| f.to_lowercase().contains(&needle))
-        || ev.rules.iter().any(|r| r.to_lowercase().contains(&needle))
+    .any(|f| has(f))
+        || ev.rules.iter().any(|r| has(r))
 }
 
 fn one_line(summary: &str, fallback: &str) -> String {
@@ -946,11 +1426,19 @@ pub(crate) mod tests {
         on_key(&mut app, code(KeyCode::Tab));
         assert_eq!(app.view, View::Denials);
         on_key(&mut app, code(KeyCode::Tab));
+        assert_eq!(app.view, View::Alerts);
+        on_key(&mut app, code(KeyCode::Tab));
+        assert_eq!(app.view, View::Audit);
+        on_key(&mut app, code(KeyCode::Tab));
         assert_eq!(app.view, View::Pending);
         on_key(&mut app, code(KeyCode::BackTab));
-        assert_eq!(app.view, View::Denials);
+        assert_eq!(app.view, View::Audit);
+        on_key(&mut app, key('4'));
+        assert_eq!(app.view, View::Alerts);
         on_key(&mut app, key('1'));
         assert_eq!(app.view, View::Pending);
+        // Without a data directory the Audit view asks for nothing.
+        assert_eq!(on_key(&mut app, key('5')), None);
     }
 
     #[test]
@@ -1119,6 +1607,349 @@ pub(crate) mod tests {
             app.toast
                 .as_ref()
                 .is_some_and(|t| t.text.contains("req-z9"))
+        );
+    }
+
+    fn run_command(app: &mut App, line: &str) -> Option<Action> {
+        assert_eq!(on_key(app, key(':')), None);
+        assert_eq!(app.mode, Mode::Command(String::new()));
+        typed(app, line);
+        on_key(app, code(KeyCode::Enter))
+    }
+
+    #[test]
+    fn command_mode_switches_views_and_quits() {
+        let mut app = sample(false);
+        assert_eq!(run_command(&mut app, "live"), None);
+        assert_eq!((app.view, &app.mode), (View::Live, &Mode::Normal));
+        run_command(&mut app, "denials");
+        assert_eq!(app.view, View::Denials);
+        run_command(&mut app, "alerts");
+        assert_eq!(app.view, View::Alerts);
+        run_command(&mut app, "pending");
+        assert_eq!(app.view, View::Pending);
+        run_command(&mut app, "help");
+        assert_eq!(app.mode, Mode::Help);
+        on_key(&mut app, code(KeyCode::Esc));
+        assert_eq!(run_command(&mut app, "q"), Some(Action::Quit));
+        assert_eq!(run_command(&mut app, "quit"), Some(Action::Quit));
+    }
+
+    #[test]
+    fn command_mode_keys_are_text_and_esc_leaves() {
+        let mut app = sample(false);
+        on_key(&mut app, key(':'));
+        // 'q', digits and '?' are text here, not quit / views / help.
+        assert_eq!(typed(&mut app, "q2?"), None);
+        assert_eq!(app.mode, Mode::Command("q2?".into()));
+        on_key(&mut app, code(KeyCode::Backspace));
+        assert_eq!(app.mode, Mode::Command("q2".into()));
+        assert_eq!(on_key(&mut app, code(KeyCode::Esc)), None);
+        assert_eq!((app.view, &app.mode), (View::Pending, &Mode::Normal));
+        // Backspace on an empty line leaves too (as in vim).
+        on_key(&mut app, key(':'));
+        on_key(&mut app, code(KeyCode::Backspace));
+        assert_eq!(app.mode, Mode::Normal);
+        // Tab completes.
+        on_key(&mut app, key(':'));
+        typed(&mut app, "de");
+        on_key(&mut app, code(KeyCode::Tab));
+        assert_eq!(app.mode, Mode::Command("denials".into()));
+        on_key(&mut app, code(KeyCode::Enter));
+        assert_eq!(app.view, View::Denials);
+    }
+
+    #[test]
+    fn unknown_commands_and_bad_filters_become_error_toasts() {
+        let mut app = sample(false);
+        assert_eq!(run_command(&mut app, "pods"), None);
+        let t = app.toast.clone().expect("toast");
+        assert!(t.error && t.text.contains("unknown command :pods"), "{t:?}");
+        assert_eq!((app.view, &app.mode), (View::Pending, &Mode::Normal));
+        app.audit.data_dir = Some("/data".into());
+        assert_eq!(run_command(&mut app, "audit colour=red"), None);
+        assert!(
+            app.toast
+                .as_ref()
+                .is_some_and(|t| t.error && t.text.contains("unknown filter key"))
+        );
+    }
+
+    #[test]
+    fn audit_command_queries_with_its_filter() {
+        let mut app = sample(false);
+        // No data directory: nothing to read, and it says so.
+        assert_eq!(run_command(&mut app, "audit tool=issue_refund"), None);
+        assert!(
+            app.toast
+                .as_ref()
+                .is_some_and(|t| t.text.contains("--data-dir"))
+        );
+
+        app.audit.data_dir = Some("/data".into());
+        let action = run_command(&mut app, "audit session=x tool=y");
+        let Some(Action::AuditQuery(q)) = action else {
+            panic!("no query: {action:?}");
+        };
+        assert_eq!(app.view, View::Audit);
+        assert_eq!(q.filter.to_string(), "session=x tool=y");
+        assert_eq!(q.db, std::path::PathBuf::from("/data/audit.db"));
+        assert_eq!(q.page, Page::Newest);
+        assert!(app.audit.loading);
+        // '/' in the Audit view edits the same filter on the command line.
+        on_key(&mut app, key('/'));
+        assert_eq!(app.mode, Mode::Command("audit session=x tool=y ".into()));
+        on_key(&mut app, code(KeyCode::Esc));
+        // 'r' reruns it; 'v' verifies, once at a time.
+        assert!(matches!(
+            on_key(&mut app, key('r')),
+            Some(Action::AuditQuery(_))
+        ));
+        assert_eq!(
+            on_key(&mut app, key('v')),
+            Some(Action::Verify("/data".into()))
+        );
+        assert_eq!(on_key(&mut app, key('v')), None);
+    }
+
+    #[test]
+    fn the_audit_view_queries_when_first_shown() {
+        let mut app = sample(false);
+        app.audit.data_dir = Some("/data".into());
+        assert!(matches!(
+            on_key(&mut app, key('5')),
+            Some(Action::AuditQuery(_))
+        ));
+        on_key(&mut app, key('1'));
+        assert_eq!(on_key(&mut app, key('5')), None, "not again on every visit");
+    }
+
+    #[test]
+    fn audit_rows_open_in_the_detail_and_esc_goes_back() {
+        let mut app = sample(false);
+        app.audit.data_dir = Some("/data".into());
+        let Some(Action::AuditQuery(q)) = on_key(&mut app, key('5')) else {
+            panic!("no query");
+        };
+        let mut c = crate::tui::audit_view::Collector::new(q.page, 10);
+        for seq in 1..=3u64 {
+            c.push(serde_json::json!({"chain": "broker", "seq": seq, "kind": "decision"}));
+        }
+        app.audit_answered(q.id, Ok(c.finish(3, 0)));
+        assert_eq!(app.audit.selected_row().map(|r| r.seq), Some(3));
+        on_key(&mut app, key('j'));
+        assert_eq!(app.audit.selected_row().map(|r| r.seq), Some(2));
+        on_key(&mut app, key('G'));
+        assert_eq!(app.audit.selected_row().map(|r| r.seq), Some(1));
+        on_key(&mut app, code(KeyCode::Enter));
+        assert!(app.audit.detail);
+        on_key(&mut app, key('j'));
+        assert_eq!(app.audit.detail_scroll, 1);
+        on_key(&mut app, code(KeyCode::Esc));
+        assert!(!app.audit.detail);
+        assert_eq!(app.audit.selected, 2);
+        // One page only: '[' and ']' say so.
+        on_key(&mut app, key('['));
+        assert!(
+            app.toast
+                .as_ref()
+                .is_some_and(|t| t.text.contains("oldest page"))
+        );
+    }
+
+    #[test]
+    fn the_event_ring_holds_100_000_and_drops_the_oldest() {
+        let mut app = App::new("http://x", false, None, NOW);
+        let n = EVENT_CAP as u64 + 5;
+        for seq in 1..=n {
+            app.push_event(event(seq, "allow", "a", "t", ""));
+        }
+        assert_eq!(app.events.len(), 100_000);
+        assert_eq!(app.events.dropped(), 5);
+        assert_eq!(app.events_total, n);
+        assert_eq!(app.events.iter().next().map(|e| e.seq), Some(6));
+        assert_eq!(app.events.newest().map(|e| e.seq), Some(n));
+    }
+
+    #[test]
+    fn alerts_are_listed_newest_first_and_parsed() {
+        let mut app = sample(false);
+        app.push_event(alert(
+            6,
+            "agent:rogue",
+            "high denial-spike: agent agent:rogue had 10 denials within 1m",
+        ));
+        let mut second = alert(
+            7,
+            "",
+            "medium near-cap-refunds: human bob had 3 refunds within 10% under the refund limit within 1h",
+        );
+        second.rules = vec!["near-cap-refunds".into()];
+        app.push_event(second);
+        assert_eq!(app.alerts.len(), 2);
+        let info = alert_info(app.selected_alert().expect("an alert"));
+        assert_eq!(
+            info,
+            AlertInfo {
+                severity: "medium".into(),
+                rule: "near-cap-refunds".into(),
+                by: "human".into(),
+                subject: "bob".into(),
+                count: Some(3),
+            }
+        );
+        on_key(&mut app, key('4'));
+        on_key(&mut app, key('j'));
+        assert_eq!(app.selected_alert().map(|e| e.seq), Some(6));
+        // A new alert keeps the selection on the same alert.
+        app.push_event(alert(
+            8,
+            "agent:x",
+            "low escalation-flood: agent agent:x had 5 escalations within 5m",
+        ));
+        assert_eq!(app.selected_alert().map(|e| e.seq), Some(6));
+        // Enter shows the subject's events in the Live view.
+        on_key(&mut app, code(KeyCode::Enter));
+        assert_eq!((app.view, app.filter.as_str()), (View::Live, "agent:rogue"));
+    }
+
+    #[test]
+    fn odd_alert_summaries_do_not_panic() {
+        for summary in [
+            "",
+            ":",
+            "high",
+            "high x: agent",
+            "  : had had had",
+            "ü: ü ü had ü",
+        ] {
+            let mut ev = alert(1, "", summary);
+            ev.rules.clear();
+            let info = alert_info(&ev);
+            assert!(
+                !info.rule.is_empty() && !info.subject.is_empty(),
+                "{summary:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_denial_rate_counts_per_ten_seconds() {
+        let mut app = App::new("http://x", false, None, NOW);
+        let mut seq = 0;
+        let mut deny = |app: &mut App, agent: &str, ago_ms: i64| {
+            seq += 1;
+            let mut e = event(seq, "deny", agent, "t", "");
+            e.time_ms = NOW - ago_ms;
+            app.push_event(e);
+        };
+        deny(&mut app, "a", 1_000); // last bucket
+        deny(&mut app, "a", 9_000); // last bucket
+        deny(&mut app, "a", 15_000); // the one before
+        deny(&mut app, "a", 400_000); // too old
+        deny(&mut app, "b", 1_000);
+        deny(&mut app, "b", 2_000);
+        deny(&mut app, "b", 3_000);
+        deny(&mut app, "b", 4_000);
+        deny(&mut app, "b", 5_000);
+        let rate = app.denial_rate("a");
+        assert_eq!(rate.len(), SPARK_BUCKETS);
+        assert_eq!(rate[SPARK_BUCKETS - 1], 2);
+        assert_eq!(rate[SPARK_BUCKETS - 2], 1);
+        assert_eq!(rate.iter().sum::<u64>(), 3);
+        // The top agent by default; [ and ] cycle.
+        assert_eq!(app.spark_agent(), Some("b"));
+        on_key(&mut app, key('3'));
+        on_key(&mut app, key(']'));
+        assert_eq!(app.spark_agent(), Some("a"));
+        on_key(&mut app, key(']'));
+        assert_eq!(app.spark_agent(), Some("b"));
+        on_key(&mut app, key('['));
+        assert_eq!(app.spark_agent(), Some("a"));
+    }
+
+    fn click(app: &mut App, col: u16, row: u16) -> Option<Action> {
+        on_mouse(
+            app,
+            MouseEvent {
+                kind: MouseEventKind::Down(MouseButton::Left),
+                column: col,
+                row,
+                modifiers: KeyModifiers::NONE,
+            },
+        )
+    }
+
+    #[test]
+    fn clicking_a_row_selects_it_and_a_tab_shows_it() {
+        let mut app = sample(false);
+        app.area = Rect::new(0, 0, 140, 40);
+        // Body starts at row 2; border, header, then the rows.
+        assert_eq!(app.selected.as_deref(), Some("req-a1"));
+        click(&mut app, 5, 5);
+        assert_eq!(app.selected.as_deref(), Some("req-b2"));
+        click(&mut app, 5, 4);
+        assert_eq!(app.selected.as_deref(), Some("req-a1"));
+        // Below the last row, on the border, outside: nothing happens.
+        click(&mut app, 5, 6);
+        click(&mut app, 0, 4);
+        click(&mut app, 500, 500);
+        assert_eq!(app.selected.as_deref(), Some("req-a1"));
+        // The tab bar: " 1 Pending (2)  2 Live  3 Denials (2) ..."
+        click(&mut app, 18, 1);
+        assert_eq!(app.view, View::Live);
+        // The wheel scrolls like j/k.
+        on_key(&mut app, key('1'));
+        on_mouse(
+            &mut app,
+            MouseEvent {
+                kind: MouseEventKind::ScrollDown,
+                column: 5,
+                row: 5,
+                modifiers: KeyModifiers::NONE,
+            },
+        );
+        assert_eq!(app.selected.as_deref(), Some("req-b2"));
+        // Clicks do nothing while a prompt is open.
+        on_key(&mut app, key('a'));
+        click(&mut app, 5, 4);
+        assert_eq!(app.selected.as_deref(), Some("req-b2"));
+    }
+
+    #[test]
+    fn clicking_a_denial_charts_its_agent() {
+        let mut app = sample(false);
+        app.area = Rect::new(0, 0, 140, 30);
+        app.push_event(event(6, "deny", "other-agent", "t", "x"));
+        on_key(&mut app, key('3'));
+        assert_eq!(app.spark_agent(), Some("rogue-agent"));
+        // Newest first: the first row is other-agent's denial.
+        click(&mut app, 20, 4);
+        assert_eq!(app.spark_agent(), Some("other-agent"));
+        // The per-agent table on the right: rows sorted by count.
+        click(&mut app, 115, 4);
+        assert_eq!(app.spark_agent(), Some("rogue-agent"));
+    }
+
+    #[test]
+    fn new_requests_queue_a_desktop_notice() {
+        let mut app = sample(false);
+        let mut ev = event(
+            9,
+            "escalate",
+            "support-agent",
+            "issue_refund",
+            "refund $200.00",
+        );
+        ev.kind = "request_pending".into();
+        ev.request_id = "req-z9".into();
+        app.push_event(ev);
+        assert_eq!(
+            app.notices,
+            [Notice {
+                title: "Approval needed".into(),
+                body: "refund $200.00 (req-z9)".into()
+            }]
         );
     }
 }

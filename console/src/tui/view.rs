@@ -1,24 +1,39 @@
 //! Drawing. Everything here reads the [`App`] and writes a frame; nothing
-//! mutates state, so any state can be rendered into a `TestBackend`.
+//! mutates state, so any state can be rendered into a `TestBackend`. The
+//! layout functions are shared with [`hit`], which maps a mouse click to
+//! what was drawn there.
 
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::{Constraint, Layout, Position, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{
-    Block, Cell, Clear, HighlightSpacing, Paragraph, Row, Table, TableState, Wrap,
+    Block, Cell, Clear, HighlightSpacing, LineGauge, Paragraph, Row, Sparkline, Table, TableState,
+    Wrap,
 };
+use serde_json::Value;
 use zt_proto::pb::{ApprovalRequest, Event};
 
 use super::app::{
-    self, App, Conn, Mode, View, agent_of, amount, commands, is_alert, request_agent,
+    self, App, COMMAND_HELP, Conn, Mode, SPARK_BUCKET_MS, SPARK_BUCKETS, View, agent_of,
+    alert_info, amount, commands, is_alert, request_agent,
 };
+use super::audit_view::{AuditRow, Page, Verify};
 use super::theme::Theme;
+use crate::audit_query::format_time;
 use crate::client::{approvals, dollars};
 
-/// Draws the whole console.
-pub fn draw(frame: &mut Frame, app: &App) {
-    let theme = app.theme;
+/// The screen's rows: status bar, tabs, the view, the status line, keys.
+#[derive(Debug, Clone, Copy)]
+pub struct Areas {
+    pub status: Rect,
+    pub tabs: Rect,
+    pub body: Rect,
+    pub line: Rect,
+    pub keys: Rect,
+}
+
+pub fn areas(area: Rect) -> Areas {
     let [status, tabs, body, line, keys] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(1),
@@ -26,23 +41,123 @@ pub fn draw(frame: &mut Frame, app: &App) {
         Constraint::Length(1),
         Constraint::Length(1),
     ])
-    .areas(frame.area());
-
-    frame.render_widget(status_bar(app, theme), status);
-    frame.render_widget(tab_bar(app, theme), tabs);
-    match app.view {
-        View::Pending => draw_pending(frame, body, app, theme),
-        View::Live => draw_live(frame, body, app, theme),
-        View::Denials => draw_denials(frame, body, app, theme),
+    .areas(area);
+    Areas {
+        status,
+        tabs,
+        body,
+        line,
+        keys,
     }
-    draw_status_line(frame, line, app, theme);
-    frame.render_widget(key_bar(app, theme), keys);
+}
+
+/// Draws the whole console.
+pub fn draw(frame: &mut Frame, app: &App) {
+    let theme = app.theme;
+    let a = areas(frame.area());
+
+    frame.render_widget(status_bar(app, theme), a.status);
+    frame.render_widget(tab_bar(app, theme), a.tabs);
+    match app.view {
+        View::Pending => draw_pending(frame, a.body, app, theme),
+        View::Live => draw_live(frame, a.body, app, theme),
+        View::Denials => draw_denials(frame, a.body, app, theme),
+        View::Alerts => draw_alerts(frame, a.body, app, theme),
+        View::Audit => draw_audit(frame, a.body, app, theme),
+    }
+    draw_status_line(frame, a.line, app, theme);
+    frame.render_widget(key_bar(app, theme), a.keys);
 
     match &app.mode {
         Mode::Help => draw_help(frame, app, theme),
         Mode::Prompt(p) => draw_prompt(frame, app, p, theme),
-        Mode::Normal | Mode::Filter => {}
+        Mode::Normal | Mode::Filter | Mode::Command(_) => {}
     }
+}
+
+/// What a mouse click at (`col`, `row`) lands on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hit {
+    /// A tab of the tab bar.
+    Tab(View),
+    /// A row of the current view's list (0: the first row of the list as
+    /// drawn, counting rows scrolled out of sight).
+    Row(usize),
+    /// An agent in the Denials view's per-agent table.
+    Agent(String),
+}
+
+/// Maps a click to what [`draw`] put there, for the last drawn size
+/// (`app.area`).
+pub fn hit(app: &App, col: u16, row: u16) -> Option<Hit> {
+    let a = areas(app.area);
+    let pos = Position::new(col, row);
+    if a.tabs.contains(pos) {
+        let mut x = a.tabs.x;
+        for (view, label) in tab_labels(app) {
+            let w = label.chars().count() as u16;
+            if col >= x && col < x.saturating_add(w) {
+                return Some(Hit::Tab(view));
+            }
+            x = x.saturating_add(w + 1);
+        }
+        return None;
+    }
+    if !a.body.contains(pos) {
+        return None;
+    }
+    match app.view {
+        View::Pending => {
+            let (list, _) = pending_areas(a.body, app);
+            let sel = app.selected_index().unwrap_or(0);
+            table_row(list, sel, pos).map(Hit::Row)
+        }
+        View::Alerts => table_row(a.body, app.alert_selected, pos).map(Hit::Row),
+        View::Audit if !app.audit.detail => {
+            let [_, _, table, _] = audit_areas(a.body);
+            table_row(table, app.audit.selected, pos).map(Hit::Row)
+        }
+        View::Denials => {
+            let [list, agents, _] = denials_areas(a.body);
+            if list.contains(pos) {
+                table_row(list, 0, pos).map(Hit::Row)
+            } else if agents.contains(pos) {
+                let i = table_row(agents, 0, pos)?;
+                app.agents_by_denials()
+                    .get(i)
+                    .map(|(a, _)| Hit::Agent((*a).to_owned()))
+            } else {
+                None
+            }
+        }
+        View::Live | View::Audit => None,
+    }
+}
+
+/// Rows of a bordered table with a header that fit in `area`.
+fn visible_rows(area: Rect) -> usize {
+    area.height.saturating_sub(3) as usize
+}
+
+/// The first row drawn so that `selected` is visible (the same offset the
+/// click mapping uses).
+pub fn table_offset(selected: usize, visible: usize) -> usize {
+    if visible == 0 {
+        0
+    } else {
+        selected.saturating_sub(visible - 1)
+    }
+}
+
+/// The list row under `pos` in a bordered table with a header in `area`.
+fn table_row(area: Rect, selected: usize, pos: Position) -> Option<usize> {
+    let first_y = area.y.saturating_add(2);
+    let visible = visible_rows(area);
+    if pos.x <= area.x || pos.x.saturating_add(1) >= area.right() || pos.y < first_y {
+        return None;
+    }
+    let i = (pos.y - first_y) as usize;
+    (i < visible).then(|| table_offset(selected, visible) + i)
 }
 
 fn status_bar(app: &App, theme: Theme) -> Paragraph<'static> {
@@ -64,23 +179,24 @@ fn status_bar(app: &App, theme: Theme) -> Paragraph<'static> {
         }
         None => spans.push(Span::styled("identifying…", theme.dim())),
     }
-    spans.push(sep());
-    spans.push(Span::raw(format!(
-        "pending {} · events {} · denials {}",
-        app.pending.len(),
-        app.events_total,
-        app.denials_total
-    )));
-    if app.alerts_total > 0 {
-        spans.push(Span::raw(" · "));
-        spans.push(Span::styled(
-            format!("alerts {}", app.alerts_total),
-            theme.alert(),
-        ));
-    }
     if app.readonly {
-        spans.push(sep());
+        spans.push(Span::raw(" · "));
         spans.push(Span::styled("read-only", theme.warn()));
+    }
+    spans.push(sep());
+    spans.push(Span::raw(format!("pending {} · ", app.pending.len())));
+    let alerts = format!("alerts {}", app.alerts_total);
+    spans.push(if app.alerts_total > 0 {
+        Span::styled(alerts, theme.alert())
+    } else {
+        Span::raw(alerts)
+    });
+    spans.push(Span::raw(format!(" · events {} held", app.events.len())));
+    if app.events.dropped() > 0 {
+        spans.push(Span::styled(
+            format!(" ({} older dropped)", app.events.dropped()),
+            theme.dim(),
+        ));
     }
     spans.push(sep());
     spans.push(conn_span(app, theme));
@@ -94,35 +210,47 @@ fn status_bar(app: &App, theme: Theme) -> Paragraph<'static> {
 fn conn_span(app: &App, theme: Theme) -> Span<'static> {
     match &app.conn {
         Conn::Connecting => Span::styled(format!("◌ connecting to {}", app.url), theme.warn()),
-        Conn::Live => Span::styled(format!("● live {}", app.url), theme.ok()),
+        // The URL only matters while it cannot be reached; keep the bar short.
+        Conn::Live => Span::styled("● connected", theme.ok()),
         Conn::Down {
-            error,
             attempt,
             retry_at_ms,
+            ..
         } => {
             let secs = ((retry_at_ms - app.now_ms).max(0) + 999) / 1000;
-            // The whole error is on the status line; keep the bar short.
-            let short: String = error.chars().take(40).collect();
-            let ellipsis = if short.len() < error.len() { "…" } else { "" };
+            // The error itself is on the status line; keep the bar short.
             Span::styled(
-                format!("✕ disconnected (retry {attempt} in {secs}s): {short}{ellipsis}"),
+                format!("✕ reconnecting in {secs}s (attempt {attempt})"),
                 theme.error(),
             )
         }
     }
 }
 
+/// The tab bar's labels, in order (the click mapping measures them too).
+fn tab_labels(app: &App) -> Vec<(View, String)> {
+    View::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let count = match v {
+                View::Pending => format!(" ({})", app.pending.len()),
+                View::Live | View::Audit => String::new(),
+                View::Denials => format!(" ({})", app.denials_total),
+                View::Alerts => format!(" ({})", app.alerts_total),
+            };
+            (*v, format!(" {} {}{count} ", i + 1, v.title()))
+        })
+        .collect()
+}
+
 fn tab_bar(app: &App, theme: Theme) -> Paragraph<'static> {
     let mut spans = Vec::new();
-    for (i, v) in View::ALL.iter().enumerate() {
-        let count = match v {
-            View::Pending => format!(" ({})", app.pending.len()),
-            View::Live => String::new(),
-            View::Denials => format!(" ({})", app.denials_total),
-        };
-        let text = format!(" {} {}{count} ", i + 1, v.title());
-        let style = if *v == app.view {
+    for (v, text) in tab_labels(app) {
+        let style = if v == app.view {
             theme.selected()
+        } else if v == View::Alerts && app.alerts_total > 0 {
+            theme.warn()
         } else {
             Style::new()
         };
@@ -142,7 +270,13 @@ fn key_bar(app: &App, theme: Theme) -> Paragraph<'static> {
 }
 
 fn draw_status_line(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    let line = if app.mode == Mode::Filter {
+    let line = if let Mode::Command(input) = &app.mode {
+        Line::from(vec![
+            Span::styled(":", theme.key()),
+            Span::raw(input.clone()),
+            Span::styled("█", theme.dim()),
+        ])
+    } else if app.mode == Mode::Filter {
         Line::from(vec![
             Span::styled("/", theme.key()),
             Span::raw(app.filter.clone()),
@@ -165,7 +299,7 @@ fn draw_status_line(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             format!(" could not refresh the queue: {e}"),
             theme.error(),
         ))
-    } else if !app.filter.is_empty() && app.view != View::Pending {
+    } else if !app.filter.is_empty() && matches!(app.view, View::Live | View::Denials) {
         Line::from(vec![
             Span::styled(" filter: ", theme.dim()),
             Span::raw(app.filter.clone()),
@@ -181,7 +315,7 @@ pub fn countdown(ms_left: i64) -> String {
     if ms_left <= 0 {
         return "expired".into();
     }
-    let s = (ms_left + 999) / 1000;
+    let s = ms_left.saturating_add(999) / 1000;
     match s {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m{:02}s", s / 60, s % 60),
@@ -207,8 +341,9 @@ fn ago(ms: i64) -> String {
     }
 }
 
-fn draw_pending(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    let (list, detail) = if area.width >= 120 {
+/// The Pending view's queue and detail pane: side by side when wide enough.
+fn pending_areas(area: Rect, app: &App) -> (Rect, Rect) {
+    if area.width >= 120 {
         let [l, d] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
             .areas(area);
         (l, d)
@@ -216,12 +351,16 @@ fn draw_pending(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         let rows = (app.pending.len() as u16 + 3).max(5).min(area.height / 2);
         let [l, d] = Layout::vertical([Constraint::Length(rows), Constraint::Min(3)]).areas(area);
         (l, d)
-    };
+    }
+}
+
+fn draw_pending(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let (list, detail) = pending_areas(area, app);
 
     let header = Row::new(["ID", "TOOL", "AMOUNT", "HUMAN", "AGENT", "APPR", "EXPIRES"])
         .style(theme.header());
     let rows = app.pending.iter().map(|r| {
-        let left = r.expires_at_ms - app.now_ms;
+        let left = r.expires_at_ms.saturating_sub(app.now_ms);
         let exp_style = if left < 60_000 {
             theme.error()
         } else {
@@ -262,7 +401,10 @@ fn draw_pending(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     .highlight_symbol("▶ ")
     .highlight_spacing(HighlightSpacing::Always)
     .block(Block::bordered().title(format!(" Pending ({}) — oldest first ", app.pending.len())));
-    let mut state = TableState::default().with_selected(app.selected_index());
+    let selected = app.selected_index();
+    let mut state = TableState::default()
+        .with_selected(selected)
+        .with_offset(table_offset(selected.unwrap_or(0), visible_rows(list)));
     frame.render_stateful_widget(table, list, &mut state);
 
     let block = Block::bordered().title(" Request ");
@@ -335,13 +477,13 @@ fn request_detail(app: &App, req: &ApprovalRequest, theme: Theme) -> Text<'stati
     }
     lines.push(Line::from(amount_spans));
 
-    let left = req.expires_at_ms - app.now_ms;
+    let left = req.expires_at_ms.saturating_sub(app.now_ms);
     lines.push(field(
         "Expires in",
         format!(
             "{}  (created {})",
             countdown(left),
-            ago(app.now_ms - req.created_at_ms)
+            ago(app.now_ms.saturating_sub(req.created_at_ms))
         ),
         theme,
     ));
@@ -492,7 +634,7 @@ const EVENT_WIDTHS: [Constraint; 6] = [
 ];
 
 fn draw_live(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    let height = area.height.saturating_sub(3) as usize;
+    let height = visible_rows(area);
     let rows = app.live_rows(height);
     let mut title = String::from(" Live ");
     match app.live.frozen_at {
@@ -517,16 +659,33 @@ fn draw_live(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         } else {
             "no events match the filter"
         };
-        let inner = Rect::new(area.x + 2, area.y + 2, area.width.saturating_sub(4), 1);
-        frame.render_widget(Paragraph::new(Span::styled(msg, theme.dim())), inner);
+        empty_note(frame, area, msg, theme);
     }
 }
 
-fn draw_denials(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+/// A dim line inside an empty table.
+fn empty_note(frame: &mut Frame, area: Rect, msg: &str, theme: Theme) {
+    if area.height < 4 || area.width < 5 {
+        return;
+    }
+    let inner = Rect::new(area.x + 2, area.y + 2, area.width.saturating_sub(4), 1);
+    frame.render_widget(
+        Paragraph::new(Span::styled(msg.to_owned(), theme.dim())),
+        inner,
+    );
+}
+
+/// The Denials view: the list, the per-agent table, the agent's rate.
+fn denials_areas(area: Rect) -> [Rect; 3] {
     let [list, side] =
         Layout::horizontal([Constraint::Min(40), Constraint::Length(32)]).areas(area);
-    let height = list.height.saturating_sub(3) as usize;
-    let rows = app.denial_rows(height);
+    let [agents, spark] = Layout::vertical([Constraint::Min(3), Constraint::Length(8)]).areas(side);
+    [list, agents, spark]
+}
+
+fn draw_denials(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let [list, side, spark] = denials_areas(area);
+    let rows = app.denial_rows(visible_rows(list));
     let mut title = format!(" Denials ({}) ", app.denials_total);
     if app.alerts_total > 0 {
         title.push_str(&format!("· alerts {} ", app.alerts_total));
@@ -537,6 +696,7 @@ fn draw_denials(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     }
     let header =
         Row::new(["TIME", "DECISION", "AGENT", "HUMAN", "TOOL", "REASON"]).style(theme.header());
+    let empty = rows.is_empty();
     let table = Table::new(
         rows.into_iter().map(|e| {
             let mut e = e.clone();
@@ -550,18 +710,31 @@ fn draw_denials(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     .header(header)
     .block(Block::bordered().title(title));
     frame.render_widget(table, list);
+    if empty {
+        let msg = if app.filter.is_empty() {
+            "no denials yet"
+        } else {
+            "no denials match the filter"
+        };
+        empty_note(frame, list, msg, theme);
+    }
 
-    let mut per_agent: Vec<(&String, &u64)> = app.denials_by_agent.iter().collect();
-    per_agent.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-    let max = per_agent.first().map(|(_, n)| **n).unwrap_or(1).max(1);
+    let chosen = app.spark_agent();
+    let per_agent = app.agents_by_denials();
+    let max = per_agent.first().map(|(_, n)| *n).unwrap_or(1).max(1);
     let bar_width = 8u64;
     let rows = per_agent.into_iter().map(|(agent, n)| {
         let filled = (n * bar_width).div_ceil(max) as usize;
-        Row::new(vec![
-            Cell::from(agent.clone()),
+        let row = Row::new(vec![
+            Cell::from(agent.to_owned()),
             Cell::from(n.to_string()),
             Cell::from(Span::styled("█".repeat(filled), theme.decision("deny"))),
-        ])
+        ]);
+        if Some(agent) == chosen {
+            row.style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED))
+        } else {
+            row
+        }
     });
     let table = Table::new(
         rows,
@@ -574,6 +747,407 @@ fn draw_denials(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     .header(Row::new(["AGENT", "N", ""]).style(theme.header()))
     .block(Block::bordered().title(" Per agent "));
     frame.render_widget(table, side);
+
+    draw_sparkline(frame, spark, app, chosen, theme);
+}
+
+/// Denials per 10 s over the last 5 minutes for one agent.
+fn draw_sparkline(frame: &mut Frame, area: Rect, app: &App, agent: Option<&str>, theme: Theme) {
+    let Some(agent) = agent else {
+        frame.render_widget(
+            Paragraph::new(Span::styled("no denials to chart", theme.dim()))
+                .block(Block::bordered().title(" Denial rate ")),
+            area,
+        );
+        return;
+    };
+    let data = app.denial_rate(agent);
+    let peak = data.iter().copied().max().unwrap_or(0);
+    let total: u64 = data.iter().sum();
+    let block = Block::bordered().title(format!(" {agent} "));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [chart, legend] =
+        Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(inner);
+    frame.render_widget(
+        Sparkline::default()
+            .data(&data)
+            .max(peak.max(1))
+            .style(theme.decision("deny")),
+        chart,
+    );
+    let minutes = SPARK_BUCKET_MS * SPARK_BUCKETS as i64 / 60_000;
+    frame.render_widget(
+        Paragraph::new(Span::styled(
+            format!(
+                "{total} in {minutes}m · peak {peak}/{}s",
+                SPARK_BUCKET_MS / 1000
+            ),
+            theme.dim(),
+        )),
+        legend,
+    );
+}
+
+fn severity_style(severity: &str, theme: Theme) -> Style {
+    match severity {
+        "high" => theme.error(),
+        "medium" => theme.warn(),
+        _ => theme.label(),
+    }
+}
+
+fn draw_alerts(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let header =
+        Row::new(["TIME", "SEVERITY", "RULE", "SUBJECT", "COUNT", "SUMMARY"]).style(theme.header());
+    let rows = app.alerts.iter().rev().map(|e| {
+        let info = alert_info(e);
+        Row::new(vec![
+            Cell::from(clock(e.time_ms)),
+            Cell::from(Span::styled(
+                format!("▲ {}", info.severity),
+                severity_style(&info.severity, theme),
+            )),
+            Cell::from(info.rule),
+            Cell::from(format!("{} {}", info.by, info.subject)),
+            Cell::from(info.count.map_or_else(|| "?".into(), |n| n.to_string())),
+            Cell::from(e.summary.clone()),
+        ])
+    });
+    let title = format!(" Alerts ({}) — newest first ", app.alerts_total);
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(8),
+            Constraint::Length(10),
+            Constraint::Length(18),
+            Constraint::Length(30),
+            Constraint::Length(5),
+            Constraint::Fill(1),
+        ],
+    )
+    .header(header)
+    .row_highlight_style(theme.selected())
+    .highlight_symbol("▶ ")
+    .highlight_spacing(HighlightSpacing::Always)
+    .block(Block::bordered().title(title));
+    let selected = (!app.alerts.is_empty()).then_some(app.alert_selected);
+    let mut state = TableState::default()
+        .with_selected(selected)
+        .with_offset(table_offset(app.alert_selected, visible_rows(area)));
+    frame.render_stateful_widget(table, area, &mut state);
+    if app.alerts.is_empty() {
+        empty_note(
+            frame,
+            area,
+            "No alerts. Detection rules (denial spikes, near-cap refunds, escalation floods) raise them here.",
+            theme,
+        );
+    }
+}
+
+/// The Audit view: filter bar, chain badge, the list (or the entry), a note.
+fn audit_areas(area: Rect) -> [Rect; 4] {
+    Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(area)
+}
+
+/// "2023-11-14 22:13:20" (UTC).
+fn date_time(ms: i64) -> String {
+    format_time(ms)
+        .replacen('T', " ", 1)
+        .chars()
+        .take(19)
+        .collect()
+}
+
+fn draw_audit(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let a = &app.audit;
+    if a.data_dir.is_none() {
+        frame.render_widget(
+            Paragraph::new(vec![
+                Line::styled("No audit log to read.", theme.label()),
+                Line::default(),
+                Line::raw("Start the console with --data-dir DIR (the stack's data directory):"),
+                Line::raw("it reads DIR/audit.db read-only and verifies it with v."),
+            ])
+            .block(Block::bordered().title(" Audit ")),
+            area,
+        );
+        return;
+    }
+    let [bar, badge, body, note] = audit_areas(area);
+
+    let filter = if a.filter.is_empty() {
+        Span::styled("none — every entry", theme.dim())
+    } else {
+        Span::styled(
+            a.filter.to_string(),
+            Style::new().add_modifier(Modifier::BOLD),
+        )
+    };
+    frame.render_widget(
+        Paragraph::new(Line::from(vec![
+            Span::styled(" filter: ", theme.label()),
+            filter,
+            Span::styled("   (/ or :audit key=value … to change)", theme.dim()),
+        ])),
+        bar,
+    );
+    draw_badge(frame, badge, app, theme);
+
+    if a.detail {
+        draw_audit_detail(frame, body, app, theme);
+    } else {
+        draw_audit_table(frame, body, app, theme);
+    }
+
+    let text = match (&a.result, &a.error) {
+        (_, Some(e)) => Span::styled(format!(" could not read the log: {e}"), theme.error()),
+        (None, None) => Span::styled(" reading the log…", theme.dim()),
+        (Some(p), None) => {
+            let mut s = if p.rows.len() as u64 >= p.matched {
+                format!(" {} matching entries", p.matched)
+            } else {
+                format!(
+                    " entries {}–{} of {} matching (newest first)",
+                    p.first + 1,
+                    p.first + p.rows.len() as u64,
+                    p.matched
+                )
+            };
+            match (p.older().is_some(), p.newer().is_some()) {
+                (true, true) => s.push_str(" · [ older  ] newer"),
+                (true, false) => s.push_str(" · more… [ for older"),
+                (false, true) => s.push_str(" · more… ] for newer"),
+                (false, false) => {}
+            }
+            if p.skipped > 0 {
+                s.push_str(&format!(
+                    " · {} unreadable entries skipped (verify with v)",
+                    p.skipped
+                ));
+            }
+            Span::styled(s, theme.dim())
+        }
+    };
+    frame.render_widget(Paragraph::new(Line::from(text)), note);
+}
+
+fn draw_badge(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let line = match &app.audit.verify {
+        Verify::NotYet => Line::from(vec![
+            Span::styled(" chain: ", theme.label()),
+            Span::styled("not verified yet", theme.warn()),
+            Span::styled(" (v to verify)", theme.dim()),
+        ]),
+        Verify::Running { done, total } => {
+            let ratio = if *total == 0 {
+                0.0
+            } else {
+                (*done as f64 / *total as f64).clamp(0.0, 1.0)
+            };
+            frame.render_widget(
+                LineGauge::default()
+                    .ratio(ratio)
+                    .label(format!(" verifying {done}/{total} entries "))
+                    .filled_symbol("━")
+                    .unfilled_symbol("─")
+                    .filled_style(theme.ok())
+                    .unfilled_style(theme.dim()),
+                area,
+            );
+            return;
+        }
+        Verify::Done(b) => {
+            let style = match b {
+                super::audit_view::Badge::Intact { .. } => theme.ok(),
+                super::audit_view::Badge::Broken { .. } => theme.error(),
+            };
+            Line::from(vec![
+                Span::styled(" chain: ", theme.label()),
+                Span::styled(b.text(), style),
+            ])
+        }
+        Verify::Failed(e) => Line::from(vec![
+            Span::styled(" chain: ", theme.label()),
+            Span::styled(format!("could not verify: {e}"), theme.error()),
+        ]),
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+fn audit_row(r: &AuditRow, theme: Theme) -> Row<'static> {
+    let style = match r.decision.as_str() {
+        "approve" => theme.decision("approved"),
+        d => theme.decision(d),
+    };
+    Row::new(vec![
+        Cell::from(date_time(r.time_ms)),
+        Cell::from(format!("{}#{}", r.chain, r.seq)),
+        Cell::from(r.kind.clone()),
+        Cell::from(r.human.clone()),
+        Cell::from(r.agent.clone()),
+        Cell::from(r.tool.clone()),
+        Cell::from(Span::styled(r.decision.clone(), style)),
+        Cell::from(r.status.clone()),
+    ])
+}
+
+fn draw_audit_table(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let a = &app.audit;
+    let header = Row::new([
+        "TIME", "ENTRY", "KIND", "HUMAN", "AGENT", "TOOL", "DECISION", "STATUS",
+    ])
+    .style(theme.header());
+    let mut title = String::from(" Audit log ");
+    if a.loading {
+        title.push_str("— loading… ");
+    } else if let Some(p) = &a.result {
+        title.push_str(&format!("— {} matching ", p.matched));
+        if a.page != Page::Newest {
+            title.push_str("— older page ");
+        }
+    }
+    // Only the visible rows are built, however long the page.
+    let visible = visible_rows(area);
+    let offset = table_offset(a.selected, visible);
+    let rows: Vec<Row> = a
+        .rows_newest_first()
+        .skip(offset)
+        .take(visible)
+        .map(|r| audit_row(r, theme))
+        .collect();
+    let empty = rows.is_empty();
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(19),
+            Constraint::Length(14),
+            Constraint::Length(12),
+            Constraint::Length(10),
+            Constraint::Fill(1),
+            Constraint::Length(15),
+            Constraint::Length(10),
+            Constraint::Length(10),
+        ],
+    )
+    .header(header)
+    .row_highlight_style(theme.selected())
+    .highlight_symbol("▶ ")
+    .highlight_spacing(HighlightSpacing::Always)
+    .block(Block::bordered().title(title));
+    let mut state = TableState::default().with_selected((!empty).then_some(a.selected - offset));
+    frame.render_stateful_widget(table, area, &mut state);
+    if empty && !a.loading && a.result.is_some() {
+        empty_note(frame, area, "no entries match the filter", theme);
+    }
+}
+
+/// Fields of an entry in the order an auditor reads them; the rest follow.
+const ENTRY_FIELDS: [&str; 13] = [
+    "kind",
+    "session",
+    "human",
+    "agent",
+    "actors",
+    "tool",
+    "decision",
+    "status",
+    "rules",
+    "request_id",
+    "grant_id",
+    "detail",
+    "args_hash",
+];
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    }
+}
+
+fn draw_audit_detail(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let a = &app.audit;
+    let Some(r) = a.selected_row() else {
+        return;
+    };
+    let mut lines = vec![Line::from(vec![
+        Span::styled(r.position(), Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(format!("  {}  ", format_time(r.time_ms))),
+        Span::styled(r.kind.clone(), theme.label()),
+    ])];
+    let position = match &a.verify {
+        Verify::Done(b) if b.covers(&r.chain, r.seq) => Span::styled("  (verified)", theme.ok()),
+        Verify::Done(_) => Span::styled("  (not covered by the last verification)", theme.warn()),
+        _ => Span::styled("  (not verified yet: v)", theme.dim()),
+    };
+    lines.push(Line::from(vec![
+        Span::styled(format!("{:<14}", "Chain"), theme.label()),
+        Span::raw(r.position()),
+        position,
+    ]));
+    let obj = r.line.as_object();
+    let get = |k: &str| obj.and_then(|o| o.get(k));
+    let hash = |k: &str| get(k).map(value_text).unwrap_or_default();
+    lines.push(field("hash", hash("hash"), theme));
+    lines.push(field("prev_hash", hash("prev_hash"), theme));
+    for k in ENTRY_FIELDS {
+        if let Some(v) = get(k).filter(|v| !is_blank(v)) {
+            lines.push(field(k, value_text(v), theme));
+        }
+    }
+    let known = |k: &str| {
+        ENTRY_FIELDS.contains(&k)
+            || matches!(
+                k,
+                "time" | "time_ms" | "chain" | "seq" | "args" | "hash" | "prev_hash"
+            )
+    };
+    if let Some(o) = obj {
+        for (k, v) in o.iter().filter(|(k, v)| !known(k) && !is_blank(v)) {
+            lines.push(field(k, value_text(v), theme));
+        }
+    }
+    lines.push(Line::default());
+    lines.push(Line::styled("Arguments:", theme.label()));
+    match get("args").filter(|v| !is_blank(v)) {
+        Some(args) => {
+            let text = serde_json::to_string_pretty(args).unwrap_or_else(|_| args.to_string());
+            for l in text.lines() {
+                lines.push(Line::raw(format!("  {l}")));
+            }
+        }
+        None => lines.push(Line::styled("  none", theme.dim())),
+    }
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .scroll((a.detail_scroll, 0))
+            .block(Block::bordered().title(format!(" Entry {} — esc to go back ", r.position()))),
+        area,
+    );
+}
+
+fn is_blank(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
 }
 
 fn popup(frame: &Frame, width: u16, height: u16) -> Rect {
@@ -597,11 +1171,19 @@ fn draw_help(frame: &mut Frame, app: &App, theme: Theme) {
         ]));
     }
     lines.push(Line::default());
+    lines.push(Line::styled("Commands", theme.label()));
+    for (keys, desc) in COMMAND_HELP {
+        lines.push(Line::from(vec![
+            Span::styled(format!("  {keys:<24}"), theme.key()),
+            Span::raw(desc),
+        ]));
+    }
+    lines.push(Line::default());
     lines.push(Line::styled(
         "Decisions are checked again by the approval service.",
         theme.dim(),
     ));
-    let area = popup(frame, 60, lines.len() as u16 + 2);
+    let area = popup(frame, 72, lines.len() as u16 + 2);
     frame.render_widget(Clear, area);
     frame.render_widget(
         Paragraph::new(lines).block(Block::bordered().title(" Help — esc to close ")),
@@ -659,7 +1241,7 @@ fn draw_prompt(frame: &mut Frame, app: &App, p: &app::Prompt, theme: Theme) {
 mod tests {
     use super::*;
     use crate::tui::app::tests::{NOW, event, sample};
-    use crate::tui::app::{Action, on_key};
+    use crate::tui::app::{Action, on_key, on_mouse};
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
@@ -717,8 +1299,8 @@ mod tests {
         let t = text(&buf);
         for want in [
             "alice (approver, limit $500.00)",
-            "● live",
-            "pending 2 · events 5 · denials 2",
+            "events 5 held │ ● connected",
+            "pending 2 · alerts 0 · events 5 held",
             "1 Pending (2)",
             "req-a1",
             "req-b2",
@@ -950,10 +1532,7 @@ mod tests {
             let buf = render(&app, COLOR, 180, 20);
             let t = text(&buf);
             assert!(t.contains(title), "{t}");
-            assert!(
-                t.contains("pending 2 · events 6 · denials 2 · alerts 1"),
-                "{t}"
-            );
+            assert!(t.contains("pending 2 · alerts 1 · events 6 held"), "{t}");
             let (x, y) = find(&buf, "▲ ALERT").unwrap_or_else(|| panic!("no alert row:\n{t}"));
             let row: String = t.lines().nth(y as usize).unwrap_or("").into();
             assert!(
@@ -1015,9 +1594,9 @@ mod tests {
             retry_at_ms: NOW + 4_000,
         };
         let t = text(&render(&app, COLOR, 200, 20));
-        assert!(t.contains("disconnected (retry 3 in 4s)"), "{t}");
+        assert!(t.contains("✕ reconnecting in 4s (attempt 3)"), "{t}");
         assert!(
-            t.contains("pending 2 · events 5"),
+            t.contains("pending 2 · alerts 0 · events 5 held"),
             "counts stay visible: {t}"
         );
         assert!(
@@ -1029,10 +1608,180 @@ mod tests {
     #[test]
     fn tiny_terminal_does_not_panic() {
         let mut app = sample(false);
-        for v in ['1', '2', '3', '?'] {
+        app.audit = crate::tui::snapshots::audit_app().audit;
+        for v in ['1', '2', '3', '4', '5', '?', ':'] {
             press(&mut app, v);
             render(&app, COLOR, 10, 4);
             render(&app, COLOR, 1, 1);
+            render(&app, COLOR, 0, 0);
+            on_key(&mut app, KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+        }
+        on_key(&mut app, KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+        assert!(app.audit.detail);
+        render(&app, COLOR, 10, 4);
+        render(&app, COLOR, 1, 1);
+    }
+
+    #[test]
+    fn alert_severities_are_coloured_and_worded() {
+        let mut app = sample(false);
+        app.push_event(crate::tui::app::tests::alert(
+            6,
+            "rogue-agent",
+            "high denial-spike: agent rogue-agent had 10 denials within 1m",
+        ));
+        app.push_event(crate::tui::app::tests::alert(
+            7,
+            "x",
+            "medium escalation-flood: agent x had 5 escalations within 5m",
+        ));
+        press(&mut app, '4');
+        let buf = render(&app, COLOR, 140, 20);
+        let t = text(&buf);
+        assert!(t.contains("4 Alerts (2)"), "{t}");
+        let (x, y) = find(&buf, "▲ high").unwrap_or_else(|| panic!("{t}"));
+        assert_eq!(buf[(x, y)].fg, Color::Red);
+        let (x, y) = find(&buf, "▲ medium").unwrap_or_else(|| panic!("{t}"));
+        assert_eq!(buf[(x, y)].fg, Color::Yellow);
+        let row = t.lines().nth(y as usize).unwrap_or("");
+        assert!(
+            row.contains("escalation-flood") && row.contains("agent x"),
+            "{row}"
+        );
+        let buf = render(&app, Theme { color: false }, 140, 20);
+        let (x, y) = find(&buf, "▲ high").unwrap_or_else(|| panic!("no alert"));
+        assert_eq!(buf[(x, y)].fg, Color::Reset);
+        assert!(buf[(x, y)].modifier.contains(Modifier::BOLD));
+    }
+
+    #[test]
+    fn the_chain_badge_is_green_when_intact_and_red_when_broken() {
+        use crate::tui::audit_view::{Badge, Verify};
+        let mut app = crate::tui::snapshots::audit_app();
+        app.audit.verify = Verify::Done(Badge::Intact {
+            chains: vec![("broker".into(), 3)],
+            entries: 3,
+            unsigned: 0,
+        });
+        let buf = render(&app, COLOR, 140, 30);
+        let (x, y) =
+            find(&buf, "✓ verified through broker #3").unwrap_or_else(|| panic!("{}", text(&buf)));
+        assert_eq!(buf[(x, y)].fg, Color::Green);
+        app.audit.verify = Verify::Done(Badge::Broken {
+            chain: "broker".into(),
+            seq: 2,
+            problem: "hash".into(),
+            detail: "edited".into(),
+            more: 1,
+        });
+        let buf = render(&app, COLOR, 140, 30);
+        let (x, y) = find(&buf, "✕ BROKEN at chain broker #2 (hash): edited (+1 more)")
+            .unwrap_or_else(|| panic!("{}", text(&buf)));
+        assert_eq!(buf[(x, y)].fg, Color::Red);
+        // The approval row's decision reads in the approval colour.
+        let (x, y) = find(&buf, "approve ").unwrap_or_else(|| panic!("{}", text(&buf)));
+        assert_eq!(buf[(x, y)].fg, Color::Blue);
+    }
+
+    #[test]
+    fn the_denial_sparkline_is_drawn_in_the_denial_colour() {
+        let mut app = sample(false);
+        press(&mut app, '3');
+        let buf = render(&app, COLOR, 140, 30);
+        let t = text(&buf);
+        assert!(t.contains("2 in 5m · peak 2/10s"), "{t}");
+        let bars: Vec<_> = buf
+            .content()
+            .iter()
+            .filter(|c| "▁▂▃▄▅▆▇█".contains(c.symbol()) && c.fg == Color::Red)
+            .collect();
+        assert!(!bars.is_empty(), "no red bars:\n{t}");
+    }
+
+    #[test]
+    fn no_color_holds_in_every_view() {
+        let mut app = crate::tui::snapshots::audit_app();
+        app.push_event(crate::tui::app::tests::alert(
+            6,
+            "rogue-agent",
+            "high denial-spike: agent rogue-agent had 10 denials within 1m",
+        ));
+        for v in ['1', '2', '3', '4', '5'] {
+            press(&mut app, v);
+            let buf = render(&app, Theme { color: false }, 140, 30);
+            for cell in buf.content() {
+                assert_eq!(cell.fg, Color::Reset, "colour in view {v} with NO_COLOR");
+                assert_eq!(cell.bg, Color::Reset, "colour in view {v} with NO_COLOR");
+            }
+        }
+    }
+
+    #[test]
+    fn the_entry_detail_shows_every_field_and_both_hashes() {
+        let mut app = crate::tui::snapshots::audit_app();
+        // The approval entry: third newest.
+        on_key(
+            &mut app,
+            KeyEvent::new(KeyCode::Char('j'), KeyModifiers::NONE),
+        );
+        on_key(
+            &mut app,
+            KeyEvent::new(KeyCode::Char('j'), KeyModifiers::NONE),
+        );
+        on_key(&mut app, KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+        let t = text(&render(&app, COLOR, 160, 45));
+        for want in [
+            "Entry approval #2",
+            "Chain         approval #2  (not verified yet: v)",
+            "human         carol",
+            "decision      approve",
+            "detail        customer is owed it",
+            "\"order_id\": \"ord-77\"",
+            "\"amount\": 20000",
+            &format!("hash          {:064x}", 3 * 0x1111),
+            &format!("prev_hash     {:064x}", 2 * 0x1111),
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+    }
+
+    #[test]
+    fn odd_events_and_clicks_do_not_panic() {
+        use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
+        let mut app = sample(false);
+        for (seq, time_ms) in [(10u64, i64::MIN), (11, i64::MAX), (12, 0), (0, -1)] {
+            let mut e = event(seq, "deny", "", "", "");
+            e.time_ms = time_ms;
+            e.summary = "ü\u{0}\t\n".repeat(500);
+            app.push_event(e.clone());
+            e.kind = "alert".into();
+            e.seq += 100;
+            app.push_event(e);
+        }
+        let mut list = app.pending.clone();
+        let mut odd = crate::tui::app::tests::request("req-odd", "", i64::MIN, 0, 0);
+        odd.expires_at_ms = i64::MIN;
+        odd.created_at_ms = i64::MAX;
+        odd.args_json = "{not json".into();
+        list.push(odd);
+        app.set_pending(list);
+        for v in ['1', '2', '3', '4', '5'] {
+            press(&mut app, v);
+            for (w, h) in [(140, 40), (20, 6), (u16::MAX / 300, 3)] {
+                app.area = Rect::new(0, 0, w, h);
+                render(&app, COLOR, w, h);
+                for (col, row) in [(0, 0), (5, 4), (u16::MAX, u16::MAX), (w - 1, h - 1)] {
+                    on_mouse(
+                        &mut app,
+                        MouseEvent {
+                            kind: MouseEventKind::Down(MouseButton::Left),
+                            column: col,
+                            row,
+                            modifiers: KeyModifiers::NONE,
+                        },
+                    );
+                }
+            }
         }
     }
 }
