@@ -80,6 +80,80 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// A data directory initialized for a stack (approval service, broker),
+/// with the broker's wait for a human set to `wait_secs` and, with
+/// `roomy`, the rate limits raised for long runs of trials.
+pub fn prepare_dir(tag: &str, wait_secs: u64, roomy: bool) -> PathBuf {
+    let dir = temp_dir(tag);
+    let d = dir.to_string_lossy().into_owned();
+    run_ok("zt-approval", &["init", "--data-dir", &d]);
+    run_ok("zt-broker", &["init", "--data-dir", &d]);
+    let config = dir.join("broker").join("broker.toml");
+    let text = std::fs::read_to_string(&config).expect("broker config");
+    let text = text.replace(
+        "approval_wait_secs = 60",
+        &format!("approval_wait_secs = {wait_secs}"),
+    );
+    std::fs::remove_file(&config).expect("replace broker config");
+    std::fs::write(&config, text).expect("broker config");
+    if roomy {
+        std::fs::write(
+            dir.join("policies").join("limits.toml"),
+            "[session]\nburst = 100000\nper_minute = 100000\n\n\
+             [tool.issue_refund]\nburst = 100000\nper_minute = 100000\n\n\
+             [tool.change_plan]\nburst = 100000\nper_minute = 100000\n",
+        )
+        .expect("limits");
+    }
+    dir
+}
+
+/// Starts `PROGRAM serve --replica NAME` (`zt-broker` or `zt-approval`) on
+/// the stack at `dir`, with its stores in `database` when given and, for a
+/// broker, the approval service at `approval`; returns it with the URL it
+/// prints (`broker_url=` or `approval_url=`).
+pub fn spawn_replica(
+    program: &str,
+    dir: &Path,
+    name: &str,
+    database: Option<&str>,
+    approval: Option<&str>,
+) -> (Child, String) {
+    let mut cmd = bin(program);
+    cmd.args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--replica", name, "--listen", "127.0.0.1:0"])
+        .env("ZT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(url) = database {
+        cmd.env("ZT_DATABASE_URL", url);
+    }
+    if let Some(url) = approval {
+        cmd.args(["--approval", url]);
+    }
+    let mut child = cmd.spawn().expect("replica starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let key = if program == "zt-approval" {
+        "approval_url="
+    } else {
+        "broker_url="
+    };
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("replica prints its URL")
+            .expect("a line");
+        if let Some(u) = line.strip_prefix(key) {
+            break u.to_owned();
+        }
+    };
+    // Keep draining stdout so the replica never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
 /// A stack started with `zt-console up`, stopped on drop.
 pub struct Stack {
     child: Child,

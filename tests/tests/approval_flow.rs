@@ -5,44 +5,16 @@
 //! grant raced by two broker replicas runs once; and escalation fails
 //! closed when the approval service is unreachable.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::Connection;
 use zt_proto::pb::DecideRequest;
 use zt_tests::{
-    Agent, Grpc, Stack, audit_bodies, bin, call, connect, raw_post, run_ok, status, temp_dir, text,
+    Agent, Grpc, Stack, audit_bodies, call, connect, prepare_dir, raw_post, spawn_replica, status,
+    text,
 };
-
-/// A data directory initialized with the broker's wait set to `wait_secs`
-/// and, with `roomy`, rate limits raised for long trial runs.
-fn prepared(tag: &str, wait_secs: u64, roomy: bool) -> std::path::PathBuf {
-    let dir = temp_dir(tag);
-    let d = dir.to_string_lossy().into_owned();
-    run_ok("zt-approval", &["init", "--data-dir", &d]);
-    run_ok("zt-broker", &["init", "--data-dir", &d]);
-    let config = dir.join("broker").join("broker.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace(
-        "approval_wait_secs = 60",
-        &format!("approval_wait_secs = {wait_secs}"),
-    );
-    std::fs::remove_file(&config).unwrap();
-    std::fs::write(&config, text).unwrap();
-    if roomy {
-        std::fs::write(
-            dir.join("policies").join("limits.toml"),
-            "[session]\nburst = 100000\nper_minute = 100000\n\n\
-             [tool.issue_refund]\nburst = 100000\nper_minute = 100000\n\n\
-             [tool.change_plan]\nburst = 100000\nper_minute = 100000\n",
-        )
-        .unwrap();
-    }
-    dir
-}
 
 fn body(r: &rmcp::model::CallToolResult) -> Value {
     r.structured_content.clone().unwrap_or(Value::Null)
@@ -69,7 +41,7 @@ async fn status_of(agent: &Agent, id: &str) -> rmcp::model::CallToolResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_status_runs_an_approved_call_once_even_across_a_restart() {
-    let dir = prepared("approval-status", 1, false);
+    let dir = prepare_dir("approval-status", 1, false);
     let stack = Stack::up_at(&dir).expect("stack starts");
     let token = stack.session_token("agent:a", "alice");
     let alice = connect(&stack.broker_url, &token).await.unwrap();
@@ -229,36 +201,16 @@ async fn a_waiting_call_sends_progress_then_its_result() {
     assert!(result > progress, "progress comes before the result");
 }
 
-/// Starts `zt-broker serve --replica NAME` on the stack's data directory
-/// and returns it with its MCP URL.
-fn replica(dir: &Path, name: &str, approval: Option<&str>) -> (Child, String) {
-    let mut cmd = bin("zt-broker");
-    cmd.args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--replica", name])
-        .env("ZT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if let Some(url) = approval {
-        cmd.args(["--approval", url]);
-    }
-    let mut child = cmd.spawn().expect("replica starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines.next().expect("replica prints its URL").unwrap();
-        if let Some(u) = line.strip_prefix("broker_url=") {
-            break u.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, url)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escalation_fails_closed_without_the_approval_service() {
     let stack = Stack::up("approval-down").expect("stack starts");
-    let (mut child, url) = replica(&stack.data_dir, "cut-off", Some("http://127.0.0.1:9"));
+    let (mut child, url) = spawn_replica(
+        "zt-broker",
+        &stack.data_dir,
+        "cut-off",
+        None,
+        Some("http://127.0.0.1:9"),
+    );
     let alice = connect(&url, &stack.session_token("agent:c", "alice"))
         .await
         .unwrap();
@@ -297,9 +249,9 @@ async fn escalation_fails_closed_without_the_approval_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_racing_for_one_grant_run_it_once() {
     const TRIALS: usize = 1000;
-    let dir = prepared("grant-race", 0, true);
+    let dir = prepare_dir("grant-race", 0, true);
     let stack = Stack::up_at(&dir).expect("stack starts");
-    let (mut other, other_url) = replica(&dir, "b", None);
+    let (mut other, other_url) = spawn_replica("zt-broker", &dir, "b", None, None);
     let token = stack.session_token("agent:race", "alice");
     let here = connect(&stack.broker_url, &token).await.unwrap();
     let there = connect(&other_url, &token).await.unwrap();

@@ -8,9 +8,6 @@
 //!   audit entry and leaves the survivors serving;
 //! - every chain of every replica verifies together.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -18,32 +15,7 @@ use zt_proto::db::{Db, Location};
 use zt_proto::pb::{DecideRequest, WatchEventsRequest};
 use zt_proto::with_db;
 use zt_tests::pg::Postgres;
-use zt_tests::{Grpc, Stack, bin, call, connect, run_ok, status, temp_dir, text};
-
-/// Starts a replica (`zt-broker serve` or `zt-approval serve`) on the
-/// stack's data directory and database; returns it with its URL.
-fn replica(program: &str, dir: &Path, name: &str, database: &str, key: &str) -> (Child, String) {
-    let mut child = bin(program)
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--replica", name, "--listen", "127.0.0.1:0"])
-        .env("ZT_DATABASE_URL", database)
-        .env("ZT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("replica starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let prefix = format!("{key}=");
-    let url = loop {
-        let line = lines.next().expect("replica prints its URL").unwrap();
-        if let Some(u) = line.strip_prefix(&prefix) {
-            break u.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, url)
-}
+use zt_tests::{Grpc, Stack, bin, call, connect, prepare_dir, spawn_replica, status, text};
 
 fn body(r: &rmcp::model::CallToolResult) -> Value {
     r.structured_content.clone().unwrap_or(Value::Null)
@@ -62,32 +34,16 @@ async fn count(url: &str, schema: &str, sql: &str) -> i64 {
 async fn replicas_share_one_postgres_database() {
     let pg = Postgres::start().expect("a PostgreSQL server");
     let url = pg.database("stack").await.unwrap();
-    let dir = temp_dir("pg-stack");
+    let dir = prepare_dir("pg-stack", 0, true);
     let d = dir.to_string_lossy().into_owned();
-    run_ok("zt-approval", &["init", "--data-dir", &d]);
-    run_ok("zt-broker", &["init", "--data-dir", &d]);
-    let config = dir.join("broker").join("broker.toml");
-    let text_cfg = std::fs::read_to_string(&config).unwrap();
-    std::fs::remove_file(&config).unwrap();
-    std::fs::write(
-        &config,
-        text_cfg.replace("approval_wait_secs = 60", "approval_wait_secs = 0"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("policies").join("limits.toml"),
-        "[session]\nburst = 100000\nper_minute = 100000\n\n\
-         [tool.issue_refund]\nburst = 100000\nper_minute = 100000\n\n\
-         [tool.change_plan]\nburst = 100000\nper_minute = 100000\n",
-    )
-    .unwrap();
     let stack = Stack::up_with(&dir, Some(&url)).expect("stack starts on PostgreSQL");
     // Nothing of the stack's state went to SQLite files.
     assert!(!dir.join("approval").join("approval.db").exists());
     assert!(!dir.join("broker").join("broker.db").exists());
 
-    let (mut approval_b, approval_b_url) = replica("zt-approval", &dir, "b", &url, "approval_url");
-    let (mut broker_b, broker_b_url) = replica("zt-broker", &dir, "b", &url, "broker_url");
+    let (mut approval_b, approval_b_url) =
+        spawn_replica("zt-approval", &dir, "b", Some(&url), None);
+    let (mut broker_b, broker_b_url) = spawn_replica("zt-broker", &dir, "b", Some(&url), None);
     let carol_token = stack.operator_token("carol", "approver", 500_000);
     let carol_a = Grpc::connect(&stack.approval_url, &carol_token).await;
     let carol_b = Grpc::connect(&approval_b_url, &carol_token).await;
@@ -177,7 +133,7 @@ async fn replicas_share_one_postgres_database() {
     assert_eq!(redeemed, TRIALS as i64);
 
     // A broker replica killed with SIGKILL under load.
-    let (mut doomed, doomed_url) = replica("zt-broker", &dir, "k", &url, "broker_url");
+    let (mut doomed, doomed_url) = spawn_replica("zt-broker", &dir, "k", Some(&url), None);
     let load_token = stack.session_token("agent:load", "alice");
     let load = tokio::spawn(async move {
         let agent = connect(&doomed_url, &load_token).await.unwrap();

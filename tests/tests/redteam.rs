@@ -313,19 +313,7 @@ async fn run_table(stack: &Stack, class: &str, cases: Vec<Case>, report: &mut Re
 
 /// A short wait for the stack: escalations answer after 1 s.
 fn quick_stack(tag: &str) -> Stack {
-    let dir = zt_tests::temp_dir(tag);
-    let d = dir.to_string_lossy().into_owned();
-    run_ok("zt-approval", &["init", "--data-dir", &d]);
-    run_ok("zt-broker", &["init", "--data-dir", &d]);
-    let config = dir.join("broker").join("broker.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::remove_file(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("approval_wait_secs = 60", "approval_wait_secs = 1"),
-    )
-    .unwrap();
-    Stack::up_at(&dir).expect("stack starts")
+    Stack::up_at(&zt_tests::prepare_dir(tag, 1, false)).expect("stack starts")
 }
 
 // ------------------------------------------------------------ the classes
@@ -1050,26 +1038,13 @@ async fn grants() {
     );
 
     // A second broker replica asked for the same, already run, grant.
-    let mut cmd = zt_tests::bin("zt-broker");
-    cmd.args(["serve", "--data-dir", &stack.dir(), "--replica", "rt"])
-        .env("ZT_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
-    if let Some(url) = &stack.database {
-        cmd.env("ZT_DATABASE_URL", url);
-    }
-    let mut replica = cmd.spawn().unwrap();
-    let url = {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(replica.stdout.take().unwrap()).lines();
-        loop {
-            let l = lines.next().unwrap().unwrap();
-            if let Some(u) = l.strip_prefix("broker_url=") {
-                std::thread::spawn(move || for _ in lines {});
-                break u.to_owned();
-            }
-        }
-    };
+    let (mut replica, url) = zt_tests::spawn_replica(
+        "zt-broker",
+        &stack.data_dir,
+        "rt",
+        stack.database.as_deref(),
+        None,
+    );
     // The same session, through the other replica: it gets the first
     // result back; nothing runs again.
     let same_session = connect(&url, &token).await.unwrap();
