@@ -28,7 +28,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
+use zt_proto::db::{Db, Location};
 use zt_proto::stack::Layout;
 
 use crate::ledger::{self, LedgerError, PlanChangeRequest, RefundRequest};
@@ -108,7 +108,7 @@ pub async fn init(layout: &Layout, key_out: Option<&Path>) -> anyhow::Result<()>
             api_keys: Vec::new(),
         }
     };
-    crate::db::open(&config.database)
+    crate::db::open(&Location::File(config.database.clone()))
         .await
         .with_context(|| format!("opening {}", config.database.display()))?
         .close()
@@ -149,7 +149,7 @@ pub async fn init(layout: &Layout, key_out: Option<&Path>) -> anyhow::Result<()>
 
 #[derive(Debug)]
 struct AppState {
-    pool: SqlitePool,
+    pool: Db,
     keys: Vec<ApiKey>,
 }
 
@@ -162,11 +162,13 @@ pub struct Running {
     pub done: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Loads the config, opens the database and serves on `listen` until
+/// Loads the config, opens the database (the config's SQLite file, or the
+/// PostgreSQL database `database` when given) and serves on `listen` until
 /// `shutdown` resolves. Records the endpoint in `DIR/run/billing.url`.
 pub async fn start(
     layout: &Layout,
     listen: std::net::SocketAddr,
+    database: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     let config = read_config(&config_path(layout))?;
@@ -174,9 +176,13 @@ pub async fn start(
         !config.api_keys.is_empty(),
         "no API keys configured; issue one with `zt-billing init --key-out FILE`"
     );
-    let pool = crate::db::open(&config.database)
+    let location = match database.filter(|u| !u.is_empty()) {
+        Some(url) => Location::parse(url)?,
+        None => Location::File(config.database.clone()),
+    };
+    let pool = crate::db::open(&location)
         .await
-        .with_context(|| format!("opening {}", config.database.display()))?;
+        .with_context(|| format!("opening {}", location.display()))?;
     let state = Arc::new(AppState {
         pool,
         keys: config.api_keys,

@@ -1,31 +1,58 @@
 //! The records database: accounts, orders, refunds, plan changes and
-//! support articles (SQLite through sqlx, migrated with `sqlx::migrate!`).
+//! support articles (SQLite or PostgreSQL through sqlx, migrated with
+//! `sqlx::migrate!`).
 //!
 //! The broker reads it (resource attributes and the read-only tools); the
 //! billing service alone writes money and plans into it ([`crate::ledger`]).
 
-use std::path::Path;
+use zt_proto::db::{Db, Location};
+use zt_proto::with_db;
 
-use sqlx::SqlitePool;
+/// The PostgreSQL schema of the example backend.
+pub const SCHEMA: &str = "zt_backend";
 
-/// Opens (creating, migrating and seeding on first use) the database file.
-pub async fn open(path: &Path) -> Result<SqlitePool, sqlx::Error> {
-    let pool = zt_proto::store::open_sqlite(path).await?;
-    sqlx::migrate!("./migrations").run(&pool).await?;
-    seed(&pool).await?;
-    Ok(pool)
+/// Why the backend database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Connecting failed.
+    #[error(transparent)]
+    Db(#[from] zt_proto::db::DbError),
+    /// A migration failed.
+    #[error("migrating the backend database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Seeding failed.
+    #[error("seeding the backend database: {0}")]
+    Seed(#[from] sqlx::Error),
 }
 
-async fn seed(pool: &SqlitePool) -> Result<(), sqlx::Error> {
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
-        .fetch_one(pool)
-        .await?;
-    if count > 0 {
-        return Ok(());
+/// Opens (creating, migrating and seeding on first use) the records
+/// database: an SQLite file, or the `zt_backend` schema of a PostgreSQL
+/// database. Several processes may open it at once: migrations take the
+/// driver's lock and seeding skips rows that exist.
+pub async fn open(location: &Location) -> Result<Db, OpenError> {
+    let db = Db::open(location, SCHEMA, false).await?;
+    match &db {
+        Db::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
+        Db::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
     }
-    let mut tx = pool.begin().await?;
-    for (id, name, email, region, plan) in SEED_ACCOUNTS {
-        sqlx::query("INSERT INTO accounts (id, name, email, region, plan) VALUES (?, ?, ?, ?, ?)")
+    seed(&db).await?;
+    Ok(db)
+}
+
+async fn seed(db: &Db) -> Result<(), sqlx::Error> {
+    with_db!(db, p => {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(p)
+            .await?;
+        if count > 0 {
+            return Ok(());
+        }
+        let mut tx = p.begin().await?;
+        for (id, name, email, region, plan) in SEED_ACCOUNTS {
+            sqlx::query(
+                "INSERT INTO accounts (id, name, email, region, plan) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
             .bind(id)
             .bind(name)
             .bind(email)
@@ -33,9 +60,12 @@ async fn seed(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             .bind(plan)
             .execute(&mut *tx)
             .await?;
-    }
-    for (id, account, desc, amount, date) in SEED_ORDERS {
-        sqlx::query("INSERT INTO orders (id, account_id, description, amount_cents, created_at) VALUES (?, ?, ?, ?, ?)")
+        }
+        for (id, account, desc, amount, date) in SEED_ORDERS {
+            sqlx::query(
+                "INSERT INTO orders (id, account_id, description, amount_cents, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+            )
             .bind(id)
             .bind(account)
             .bind(desc)
@@ -43,16 +73,19 @@ async fn seed(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             .bind(date)
             .execute(&mut *tx)
             .await?;
-    }
-    for (id, title, body) in SEED_DOCUMENTS {
-        sqlx::query("INSERT INTO documents (id, title, body) VALUES (?, ?, ?)")
+        }
+        for (id, title, body) in SEED_DOCUMENTS {
+            sqlx::query(
+                "INSERT INTO documents (id, title, body) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+            )
             .bind(id)
             .bind(title)
             .bind(body)
             .execute(&mut *tx)
             .await?;
-    }
-    tx.commit().await
+        }
+        tx.commit().await
+    })
 }
 
 /// Seed accounts: id, name, email, region, plan.

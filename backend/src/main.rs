@@ -35,6 +35,10 @@ enum Command {
         /// Address to listen on; port 0 picks a free one.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Keep the records in this PostgreSQL database (postgres://...)
+        /// instead of the SQLite file in DIR/backend.
+        #[arg(long, env = "ZT_DATABASE_URL", value_name = "URL")]
+        database: Option<String>,
     },
 }
 
@@ -51,7 +55,11 @@ async fn main() -> std::process::ExitCode {
         Command::Init { data_dir, key_out } => {
             zt_backend::billing::init(&Layout::new(data_dir), key_out.as_deref()).await
         }
-        Command::Serve { data_dir, listen } => serve(Layout::new(data_dir), listen).await,
+        Command::Serve {
+            data_dir,
+            listen,
+            database,
+        } => serve(Layout::new(data_dir), listen, database).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -62,8 +70,8 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(layout: Layout, listen: SocketAddr) -> anyhow::Result<()> {
-    let running = zt_backend::billing::start(&layout, listen, async {
+async fn serve(layout: Layout, listen: SocketAddr, database: Option<String>) -> anyhow::Result<()> {
+    let running = zt_backend::billing::start(&layout, listen, database.as_deref(), async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;

@@ -438,7 +438,11 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let m = setup::load(&layout)?;
     let policy = PolicyStore::open(layout.policies())
         .with_context(|| format!("loading policies from {}", layout.policies().display()))?;
-    let records = Records::open(&m.config.backend_database)
+    let records_at = match opts.database.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => Location::parse(url)?,
+        None => Location::File(m.config.backend_database.clone()),
+    };
+    let records = Records::open(&records_at)
         .await
         .context("opening the backend records database")?;
     let mut adapters: Vec<Arc<dyn Adapter>> = Vec::new();

@@ -178,7 +178,7 @@ impl Stack {
             &["serve", "--data-dir", &dir, "--listen", "127.0.0.1:0"],
             "billing_url",
             &run.join("billing.log"),
-            &[],
+            &shared,
         )
         .await?;
         let (approval, approval_url) = spawn_ready(

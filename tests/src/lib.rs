@@ -264,6 +264,14 @@ impl Stack {
         }
     }
 
+    /// Where the example backend's records are.
+    pub fn backend_location(&self) -> zt_proto::db::Location {
+        match &self.database {
+            Some(url) => zt_proto::db::Location::Postgres(url.clone()),
+            None => zt_proto::db::Location::File(self.data_dir.join("backend").join("backend.db")),
+        }
+    }
+
     /// Where the approval service's state is.
     pub fn approval_location(&self) -> zt_proto::db::Location {
         match &self.database {

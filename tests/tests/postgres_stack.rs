@@ -6,7 +6,8 @@
 //! - the replica race for one grant, 1,000 trials: exactly one execution each;
 //! - a broker replica killed with SIGKILL under load loses no acknowledged
 //!   audit entry and leaves the survivors serving;
-//! - every chain of every replica verifies together.
+//! - every chain of every replica verifies together;
+//! - the example backend (records, billing ledger) lives there too.
 
 use std::time::Duration;
 
@@ -131,6 +132,14 @@ async fn replicas_share_one_postgres_database() {
     )
     .await;
     assert_eq!(redeemed, TRIALS as i64);
+    // The billing API wrote each plan change once, into PostgreSQL too.
+    let changes = count(
+        &url,
+        "zt_backend",
+        "SELECT COUNT(*) FROM plan_changes WHERE grant_id IS NOT NULL",
+    )
+    .await;
+    assert_eq!(changes, TRIALS as i64);
 
     // A broker replica killed with SIGKILL under load.
     let (mut doomed, doomed_url) = spawn_replica("zt-broker", &dir, "k", Some(&url), None);

@@ -20,7 +20,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::Connection;
 use zt_proto::keys::KeyPair;
 use zt_proto::pb::DecideRequest;
 use zt_proto::stack::Layout;
@@ -40,22 +39,30 @@ struct Backend {
 }
 
 async fn backend(stack: &Stack) -> Backend {
-    let mut conn = zt_tests::backend(&stack.data_dir).await;
-    let (refunds, refunded): (i64, i64) =
-        sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(amount_cents), 0) FROM refunds")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-    let plan_changes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM plan_changes")
-        .fetch_one(&mut conn)
+    let db = zt_proto::db::Db::open(&stack.backend_location(), "zt_backend", true)
         .await
         .unwrap();
-    let plans: String =
-        sqlx::query_scalar("SELECT group_concat(id || '=' || plan, ',') FROM accounts")
-            .fetch_one(&mut conn)
+    let plans = match db.dialect() {
+        zt_proto::db::Dialect::Sqlite => {
+            "(SELECT group_concat(id || '=' || plan, ',') FROM (SELECT id, plan FROM accounts ORDER BY id))"
+        }
+        zt_proto::db::Dialect::Postgres => {
+            "(SELECT STRING_AGG(id || '=' || plan, ',' ORDER BY id) FROM accounts)"
+        }
+    };
+    let sql = format!(
+        "SELECT (SELECT COUNT(*) FROM refunds), \
+                (SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM refunds), \
+                (SELECT COUNT(*) FROM plan_changes), \
+                {plans}"
+    );
+    let (refunds, refunded, plan_changes, plans): (i64, i64, i64, String) = with_db!(&db, p => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(p)
             .await
-            .unwrap();
-    let _ = conn.close().await;
+            .unwrap()
+    });
+    db.close().await;
     Backend {
         refunds,
         refunded,

@@ -3,20 +3,24 @@
 //! object a call acts on. Its location is a credential in the broker's
 //! private config; it never writes money or plans (the billing API does).
 
-use std::path::Path;
-
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
-use sqlx::{Row, SqlitePool};
 use zt_policies::Resource;
+use zt_proto::db::{Db, Location};
+use zt_proto::with_db;
 
 use super::{Actor, Adapter, BackendError, Fetched};
 
 /// The records database.
 #[derive(Debug, Clone)]
 pub struct Records {
-    pool: SqlitePool,
+    pool: Db,
 }
+
+/// An `accounts` row: id, name, email, region, plan.
+type Account = (String, String, String, String, String);
+
+const ACCOUNT: &str = "SELECT id, name, email, region, plan FROM accounts WHERE id = $1";
 
 fn s(v: &Value, key: &str) -> String {
     v.get(key)
@@ -30,10 +34,20 @@ fn i(v: &Value, key: &str) -> i64 {
 }
 
 impl Records {
-    /// Opens (creating, migrating and seeding on first use) the database file.
-    pub async fn open(path: &Path) -> Result<Records, BackendError> {
-        let pool = zt_backend::db::open(path).await?;
+    /// Opens (creating, migrating and seeding on first use) the database.
+    pub async fn open(location: &Location) -> Result<Records, BackendError> {
+        let pool = zt_backend::db::open(location)
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("opening the records database: {e}")))?;
         Ok(Records { pool })
+    }
+
+    async fn account(&self, id: &str) -> Result<Value, BackendError> {
+        let row: Option<Account> = with_db!(&self.pool, p => {
+            sqlx::query_as(ACCOUNT).bind(id).fetch_optional(p).await?
+        });
+        row.map(account_json)
+            .ok_or_else(|| BackendError::NotFound(format!("account {id}")))
     }
 
     /// The attributes the policy needs about the object a call acts on, in
@@ -47,13 +61,7 @@ impl Records {
         match tool {
             "lookup_account" | "list_orders" | "change_plan" => {
                 let id = s(args, "account_id");
-                let row =
-                    sqlx::query("SELECT id, name, email, region, plan FROM accounts WHERE id = ?")
-                        .bind(&id)
-                        .fetch_optional(&self.pool)
-                        .await?
-                        .ok_or_else(|| BackendError::NotFound(format!("account {id}")))?;
-                let account = account_json(&row);
+                let account = self.account(&id).await?;
                 let resource = Resource {
                     id,
                     attrs: attrs(json!({"region": account["region"], "plan": account["plan"]})),
@@ -65,22 +73,25 @@ impl Records {
             }
             "issue_refund" => {
                 let id = s(args, "order_id");
-                let row = sqlx::query(
-                    "SELECT o.account_id, a.region, o.amount_cents, o.refunded_cents \
-                     FROM orders o JOIN accounts a ON a.id = o.account_id WHERE o.id = ?",
-                )
-                .bind(&id)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or_else(|| BackendError::NotFound(format!("order {id}")))?;
+                let row: Option<(String, String, i64, i64)> = with_db!(&self.pool, p => {
+                    sqlx::query_as(
+                        "SELECT o.account_id, a.region, o.amount_cents, o.refunded_cents \
+                         FROM orders o JOIN accounts a ON a.id = o.account_id WHERE o.id = $1",
+                    )
+                    .bind(&id)
+                    .fetch_optional(p)
+                    .await?
+                });
+                let (account, region, amount, refunded) =
+                    row.ok_or_else(|| BackendError::NotFound(format!("order {id}")))?;
                 Ok(Fetched {
                     resource: Some(Resource {
                         id,
                         attrs: attrs(json!({
-                            "account": row.get::<String, _>(0),
-                            "region": row.get::<String, _>(1),
-                            "amount": row.get::<i64, _>(2),
-                            "refunded": row.get::<i64, _>(3),
+                            "account": account,
+                            "region": region,
+                            "amount": amount,
+                            "refunded": refunded,
                         })),
                     }),
                     snapshot: None,
@@ -116,16 +127,20 @@ impl Records {
         if tool != "issue_refund" {
             return Ok(None);
         }
-        let row = sqlx::query(
-            "SELECT r.id, r.order_id, r.amount_cents, o.refunded_cents, o.amount_cents \
-             FROM refunds r JOIN orders o ON o.id = r.order_id WHERE r.human = ? AND r.idempotency_key = ?",
-        )
-        .bind(human)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let (id, order, amount): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+        let row: Option<(String, String, i64, i64, i64)> = with_db!(&self.pool, p => {
+            sqlx::query_as(
+                "SELECT r.id, r.order_id, r.amount_cents, o.refunded_cents, o.amount_cents \
+                 FROM refunds r JOIN orders o ON o.id = r.order_id \
+                 WHERE r.human = $1 AND r.idempotency_key = $2",
+            )
+            .bind(human)
+            .bind(key)
+            .fetch_optional(p)
+            .await?
+        });
+        let Some((id, order, amount, refunded_total, order_total)) = row else {
+            return Ok(None);
+        };
         if order != s(args, "order_id") || amount != i(args, "amount") {
             return Err(BackendError::Refused(
                 "this idempotency key was already used for a different refund".into(),
@@ -135,8 +150,8 @@ impl Records {
             "refund_id": id,
             "order_id": order,
             "amount": amount,
-            "refunded_total": row.get::<i64, _>(3),
-            "order_total": row.get::<i64, _>(4),
+            "refunded_total": refunded_total,
+            "order_total": order_total,
             "replayed": true,
         })))
     }
@@ -154,32 +169,29 @@ impl Records {
     }
 
     async fn lookup_account(&self, id: &str) -> Result<Value, BackendError> {
-        let row = sqlx::query("SELECT id, name, email, region, plan FROM accounts WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| BackendError::NotFound(format!("account {id}")))?;
-        Ok(account_json(&row))
+        self.account(id).await
     }
 
     async fn list_orders(&self, account: &str, limit: i64) -> Result<Value, BackendError> {
-        let rows = sqlx::query(
-            "SELECT id, description, amount_cents, refunded_cents, created_at FROM orders \
-             WHERE account_id = ? ORDER BY created_at DESC, id LIMIT ?",
-        )
-        .bind(account)
-        .bind(limit.clamp(1, 100))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String, String, i64, i64, String)> = with_db!(&self.pool, p => {
+            sqlx::query_as(
+                "SELECT id, description, amount_cents, refunded_cents, created_at FROM orders \
+                 WHERE account_id = $1 ORDER BY created_at DESC, id LIMIT $2",
+            )
+            .bind(account)
+            .bind(limit.clamp(1, 100))
+            .fetch_all(p)
+            .await?
+        });
         let orders: Vec<Value> = rows
-            .iter()
-            .map(|r| {
+            .into_iter()
+            .map(|(order_id, description, amount, refunded, created_at)| {
                 json!({
-                    "order_id": r.get::<String, _>(0),
-                    "description": r.get::<String, _>(1),
-                    "amount": r.get::<i64, _>(2),
-                    "refunded": r.get::<i64, _>(3),
-                    "created_at": r.get::<String, _>(4),
+                    "order_id": order_id,
+                    "description": description,
+                    "amount": amount,
+                    "refunded": refunded,
+                    "created_at": created_at,
                 })
             })
             .collect();
@@ -187,24 +199,25 @@ impl Records {
     }
 
     async fn fetch_document(&self, id: &str) -> Result<Value, BackendError> {
-        let row = sqlx::query("SELECT id, title, body FROM documents WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| BackendError::NotFound(format!("document {id}")))?;
-        Ok(
-            json!({ "doc_id": row.get::<String, _>(0), "title": row.get::<String, _>(1), "body": row.get::<String, _>(2) }),
-        )
+        let row: Option<(String, String, String)> = with_db!(&self.pool, p => {
+            sqlx::query_as("SELECT id, title, body FROM documents WHERE id = $1")
+                .bind(id)
+                .fetch_optional(p)
+                .await?
+        });
+        let (doc_id, title, body) =
+            row.ok_or_else(|| BackendError::NotFound(format!("document {id}")))?;
+        Ok(json!({ "doc_id": doc_id, "title": title, "body": body }))
     }
 }
 
-fn account_json(row: &sqlx::sqlite::SqliteRow) -> Value {
+fn account_json((id, name, email, region, plan): Account) -> Value {
     json!({
-        "account_id": row.get::<String, _>(0),
-        "name": row.get::<String, _>(1),
-        "email": row.get::<String, _>(2),
-        "region": row.get::<String, _>(3),
-        "plan": row.get::<String, _>(4),
+        "account_id": id,
+        "name": name,
+        "email": email,
+        "region": region,
+        "plan": plan,
     })
 }
 
