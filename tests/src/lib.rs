@@ -154,6 +154,36 @@ pub fn spawn_replica(
     (child, url)
 }
 
+/// Starts `zt-approval serve` on the data directory `dir` expecting it to
+/// refuse to start (a broken policy file): returns its exit code and what
+/// it printed on stderr. Panics if it is still running after 30 s.
+pub fn approval_refuses_to_start(dir: &str) -> (Option<i32>, String) {
+    let mut child = bin("zt-approval")
+        .args(["serve", "--data-dir", dir, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting zt-approval");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("waiting") {
+            break s.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("zt-approval started despite the broken file");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    (code, stderr)
+}
+
 /// A stack started with `zt-console up`, stopped on drop.
 pub struct Stack {
     child: Child,

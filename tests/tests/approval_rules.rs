@@ -839,29 +839,7 @@ fn a_broken_approval_rules_file_stops_the_approval_service() {
     let shipped = std::fs::read_to_string(&rules).expect("init installs the approval rules");
     std::fs::write(&rules, shipped.replacen("quorum = 2", "quorum = 0", 1)).expect("write");
 
-    let mut child = bin("zt-approval")
-        .args(["serve", "--data-dir", &d, "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting zt-approval");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("waiting") {
-            break s.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("zt-approval started with a broken approvals.toml");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
+    let (code, err) = zt_tests::approval_refuses_to_start(&d);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&rules.display().to_string()), "{err}");
     assert!(err.contains("`quorum`: must be between 1 and 5"), "{err}");

@@ -3,12 +3,11 @@
 //! shown to watching operators; a normal session raises none; a broken rule
 //! file stops the approval service from starting.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use zt_proto::pb::WatchEventsRequest;
-use zt_tests::{Grpc, Stack, audit_bodies, bin, call, connect, run_ok, status, temp_dir, text};
+use zt_tests::{Grpc, Stack, audit_bodies, call, connect, run_ok, status, temp_dir, text};
 
 /// The approval chain's alert entries.
 async fn alerts(stack: &Stack) -> Vec<Value> {
@@ -140,29 +139,7 @@ fn a_broken_rule_file_stops_the_approval_service() {
     )
     .unwrap();
 
-    let mut child = bin("zt-approval")
-        .args(["serve", "--data-dir", &d, "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting zt-approval");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("waiting") {
-            break s.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("zt-approval started with a broken detections.toml");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let (code, stderr) = zt_tests::approval_refuses_to_start(&d);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("detections.toml"), "{stderr}");
     assert!(
