@@ -547,20 +547,7 @@ impl Broker {
         progress: Option<Progress>,
     ) -> CallToolResult {
         let bundle = self.policy.current();
-        if let Err(which) = self
-            .limiter
-            .check(bundle.limits(), &claims.sid, APPROVAL_STATUS)
-        {
-            let scope = match which {
-                crate::ratelimit::Exceeded::Session => "this session",
-                crate::ratelimit::Exceeded::Tool => "this tool",
-            };
-            let r = Refusal::new(
-                "deny",
-                "rate-limit",
-                format!("rate limit reached for {scope}; slow down and try again later"),
-                format!("rate limit exceeded ({scope})"),
-            );
+        if let Err(r) = self.rate_limit(&bundle, claims, APPROVAL_STATUS) {
             return self.refuse(claims, APPROVAL_STATUS, &args, r).await;
         }
         let id = match request_id(&args) {
@@ -655,18 +642,9 @@ impl Broker {
                 .conclude(claims, &req.tool, &args_hash, &decision, &request, &req)
                 .await;
         }
-        let fetched = match self.backend.resource(&req.tool, &call_args).await {
+        let fetched = match self.fetch(&req.tool, &call_args).await {
             Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = ?e, tool = %req.tool, "backend lookup failed");
-                let r = Refusal::new(
-                    "deny",
-                    "backend",
-                    "the backend is unavailable; try again later",
-                    "resource lookup failed",
-                );
-                return self.refuse(claims, &req.tool, &call_args, r).await;
-            }
+            Err(r) => return self.refuse(claims, &req.tool, &call_args, r).await,
         };
         let request = DecisionRequest {
             tool: req.tool.clone(),

@@ -208,6 +208,57 @@ impl Broker {
         error_result(&r.message, "denied", json!({ "rules": r.rules }))
     }
 
+    /// The session's and the tool's token buckets: a refusal when either
+    /// is empty.
+    pub(crate) fn rate_limit(
+        &self,
+        bundle: &zt_policies::PolicyBundle,
+        claims: &SessionClaims,
+        tool: &str,
+    ) -> Result<(), Refusal> {
+        self.limiter
+            .check(bundle.limits(), &claims.sid, tool)
+            .map_err(|which| {
+                let scope = match which {
+                    crate::ratelimit::Exceeded::Session => "this session",
+                    crate::ratelimit::Exceeded::Tool => "this tool",
+                };
+                Refusal::new(
+                    "deny",
+                    "rate-limit",
+                    format!("rate limit reached for {scope}; slow down and try again later"),
+                    format!("rate limit exceeded ({scope})"),
+                )
+            })
+    }
+
+    /// The attributes the policy needs about the call's object, or the
+    /// refusal a failed lookup becomes.
+    pub(crate) async fn fetch(
+        &self,
+        tool: &str,
+        args: &Value,
+    ) -> Result<backend::Fetched, Refusal> {
+        match self.backend.resource(tool, args).await {
+            Ok(f) => Ok(f),
+            Err(BackendError::NotFound(what)) => Err(Refusal::new(
+                "deny",
+                "backend",
+                format!("{what} not found"),
+                format!("{what} not found"),
+            )),
+            Err(e) => {
+                tracing::error!(error = ?e, tool, "backend lookup failed");
+                Err(Refusal::new(
+                    "deny",
+                    "backend",
+                    "the backend is unavailable; try again later",
+                    "resource lookup failed",
+                ))
+            }
+        }
+    }
+
     /// Runs one `tools/call` through the gate. `progress`, when the client
     /// asked for it, hears about a call waiting for a human.
     pub async fn call(
@@ -237,17 +288,7 @@ impl Broker {
             );
             return self.refuse(claims, tool, &args, r).await;
         }
-        if let Err(which) = self.limiter.check(bundle.limits(), &claims.sid, tool) {
-            let scope = match which {
-                crate::ratelimit::Exceeded::Session => "this session",
-                crate::ratelimit::Exceeded::Tool => "this tool",
-            };
-            let r = Refusal::new(
-                "deny",
-                "rate-limit",
-                format!("rate limit reached for {scope}; slow down and try again later"),
-                format!("rate limit exceeded ({scope})"),
-            );
+        if let Err(r) = self.rate_limit(&bundle, claims, tool) {
             return self.refuse(claims, tool, &args, r).await;
         }
         let size = serde_json::to_vec(&args)
@@ -303,27 +344,9 @@ impl Broker {
                 return self.refuse(claims, tool, &args, r).await;
             }
         }
-        let fetched = match self.backend.resource(tool, &args).await {
+        let fetched = match self.fetch(tool, &args).await {
             Ok(f) => f,
-            Err(BackendError::NotFound(what)) => {
-                let r = Refusal::new(
-                    "deny",
-                    "backend",
-                    format!("{what} not found"),
-                    format!("{what} not found"),
-                );
-                return self.refuse(claims, tool, &args, r).await;
-            }
-            Err(e) => {
-                tracing::error!(error = ?e, tool, "backend lookup failed");
-                let r = Refusal::new(
-                    "deny",
-                    "backend",
-                    "the backend is unavailable; try again later",
-                    "resource lookup failed",
-                );
-                return self.refuse(claims, tool, &args, r).await;
-            }
+            Err(r) => return self.refuse(claims, tool, &args, r).await,
         };
         let request = DecisionRequest {
             tool: tool.to_owned(),
