@@ -28,8 +28,7 @@ use zt_proto::with_db;
 use crate::gate::{Broker, Refusal, error_result, ok_result};
 use crate::upstream::UpstreamError;
 
-/// The built-in tool an agent uses to follow up on an approval request.
-pub const APPROVAL_STATUS: &str = "approval_status";
+pub use zt_proto::builtin::{APPROVAL_STATUS, approval_status_schema};
 
 /// How long a claimed grant may stay unfinished before another broker may
 /// take it over (longer than any backend call may take).
@@ -40,49 +39,6 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Tells the MCP client how a long call is going: `(message, progress, total)`.
 pub type Progress = Arc<dyn Fn(String, f64, f64) -> BoxFuture<'static, ()> + Send + Sync>;
-
-/// The strict input schema of [`APPROVAL_STATUS`].
-pub fn approval_status_schema() -> serde_json::Map<String, Value> {
-    match json!({
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["request_id"],
-        "properties": {
-            "request_id": {
-                "type": "string",
-                "pattern": "^req_[0-9a-f]{32}$",
-                "description": "The id from an \"awaiting approval\" result, e.g. req_3f2a…"
-            }
-        }
-    }) {
-        Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    }
-}
-
-/// The request id of valid `approval_status` arguments, or why not.
-fn request_id(args: &Value) -> Result<String, String> {
-    let Value::Object(m) = args else {
-        return Err("arguments must be an object".into());
-    };
-    if let Some(extra) = m.keys().find(|k| k.as_str() != "request_id") {
-        return Err(format!("unknown field `{}`", crate::gate::printable(extra)));
-    }
-    let id = m
-        .get("request_id")
-        .ok_or("missing field `request_id`")?
-        .as_str()
-        .ok_or("`request_id` must be a string")?;
-    let ok = id.len() == 36
-        && id.starts_with("req_")
-        && id[4..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !ok {
-        return Err("`request_id` must look like req_ followed by 32 hex digits".into());
-    }
-    Ok(id.to_owned())
-}
 
 /// What a finished redemption left for replays.
 fn stored_result(result: &CallToolResult) -> String {
@@ -550,7 +506,7 @@ impl Broker {
         if let Err(r) = self.rate_limit(&bundle, claims, APPROVAL_STATUS) {
             return self.refuse(claims, APPROVAL_STATUS, &args, r).await;
         }
-        let id = match request_id(&args) {
+        let id = match zt_proto::builtin::approval_status_request_id(&args) {
             Ok(id) => id,
             Err(why) => {
                 let msg = format!("invalid arguments for `{APPROVAL_STATUS}`: {why}");

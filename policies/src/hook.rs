@@ -9,11 +9,32 @@
 //! is stopped before it leaves the agent; the broker decides the rest with
 //! the real data. The broker re-checks everything either way.
 //!
-//! Claude Code treats any exit code other than 0 and 2 as "go ahead", so the
-//! binary edge turns every error here into exit 2.
+//! What each verdict becomes, and what Claude Code 2.1.x does with it
+//! (measured with the real CLI; the README's behaviour table):
+//!
+//! - allow → `permissionDecision: "allow"`: the call goes to the broker
+//!   (with `updatedInput`, the whole rewritten input, when the policy
+//!   constrained it).
+//! - escalate → also `"allow"`, with a reason saying a support lead must
+//!   approve: the broker holds the call for an operator and tells the model
+//!   it awaits approval. `"ask"` would be wrong twice over: headless
+//!   (`claude -p`, the Agent SDK) turns it into an error before the broker
+//!   sees the call, so no operator ever hears of it; interactive, it asks the
+//!   person at the agent's terminal — often the human the agent acts for,
+//!   who must never approve their own request.
+//! - deny → `"deny"` with a reason safe for the model: blocked in every
+//!   permission mode.
+//! - The broker's built-in tools ([`zt_proto::builtin`]) are allowed once
+//!   their arguments are valid: the broker decides what they may see.
+//!
+//! Claude Code treats any exit code other than 0 and 2 as "go ahead" (unless
+//! the hook entry says `"onFailure": "block"`, as the shipped settings do),
+//! so the binary edge turns every error here into exit 2.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use zt_proto::builtin;
 
 use crate::{DecisionRequest, Effect, PolicyBundle, Resource};
 
@@ -43,9 +64,10 @@ pub enum Verdict {
         /// The rewritten input (every field), if any.
         updated_input: Option<Value>,
     },
-    /// A human must decide (the broker will also hold it for an operator).
-    Ask {
-        /// Why.
+    /// Go ahead to the broker, which holds the call for an operator (the
+    /// policy escalates): the client must not ask anyone itself.
+    Escalate {
+        /// Why, and that a support lead must approve.
         reason: String,
     },
     /// Blocked; the reason goes to the model.
@@ -129,6 +151,9 @@ pub fn evaluate(
         return Err(HookError::Event(ev.clone()));
     }
     let tool = tool_of(&input.tool_name)?;
+    if builtin::is_builtin(tool) {
+        return Ok(builtin_verdict(tool, &input.tool_input));
+    }
     if bundle.tool(tool).is_none() {
         return Err(HookError::UnknownTool(tool.to_owned()));
     }
@@ -149,13 +174,33 @@ pub fn evaluate(
             reason: format!("{} (arguments rewritten)", d.model_message),
             updated_input: Some(d.args),
         },
-        Effect::Escalate => Verdict::Ask {
-            reason: d.model_message,
+        Effect::Escalate => Verdict::Escalate {
+            reason: format!(
+                "{} The broker holds the call until an operator decides.",
+                d.model_message
+            ),
         },
         Effect::Deny => Verdict::Deny {
             reason: d.model_message,
         },
     })
+}
+
+/// The verdict on a call of one of the broker's built-in tools.
+fn builtin_verdict(tool: &str, args: &Value) -> Verdict {
+    let checked = match tool {
+        builtin::APPROVAL_STATUS => builtin::approval_status_request_id(args).map(drop),
+        _ => Err(format!("no rule for the built-in tool `{tool}`")),
+    };
+    match checked {
+        Ok(()) => Verdict::Allow {
+            reason: format!("`{tool}` is a built-in broker tool; the broker checks the request is this session's"),
+            updated_input: None,
+        },
+        Err(why) => Verdict::Deny {
+            reason: format!("Invalid arguments: {why}."),
+        },
+    }
 }
 
 /// The JSON Claude Code reads from stdout on exit 0.
@@ -165,7 +210,8 @@ pub fn output(verdict: &Verdict) -> Value {
             reason,
             updated_input,
         } => ("allow", reason, updated_input.clone()),
-        Verdict::Ask { reason } => ("ask", reason, None),
+        // Never "ask": see the module's documentation.
+        Verdict::Escalate { reason } => ("allow", reason, None),
         Verdict::Deny { reason } => ("deny", reason, None),
     };
     let mut out = json!({

@@ -45,7 +45,9 @@ fn effects_map_to_client_decisions() {
     assert_eq!(decision(&allow)["permissionDecision"], "allow");
     assert!(decision(&allow).get("updatedInput").is_none());
 
-    let ask = hook::evaluate(
+    // Escalate goes through to the broker, which holds it for an operator:
+    // "ask" would be an error headless and would prompt the agent's own human.
+    let escalate = hook::evaluate(
         &b,
         &input(
             "mcp__broker__issue_refund",
@@ -55,7 +57,13 @@ fn effects_map_to_client_decisions() {
         "a",
     )
     .unwrap();
-    assert_eq!(decision(&ask)["permissionDecision"], "ask");
+    assert!(matches!(escalate, Verdict::Escalate { .. }));
+    let d = decision(&escalate);
+    assert_eq!(d["permissionDecision"], "allow");
+    assert!(d.get("updatedInput").is_none());
+    let reason = d["permissionDecisionReason"].as_str().unwrap();
+    assert!(reason.contains("support lead"), "{reason}");
+    assert!(reason.contains("operator"), "{reason}");
 
     let deny = hook::evaluate(
         &b,
@@ -109,6 +117,35 @@ fn effects_map_to_client_decisions() {
     )
     .unwrap();
     assert_eq!(decision(&smuggled)["permissionDecision"], "deny");
+}
+
+#[test]
+fn builtin_broker_tools_are_known_and_checked() {
+    let b = bundle();
+    let id = format!("req_{}", "ab".repeat(16));
+    let ok = hook::evaluate(
+        &b,
+        &input("mcp__broker__approval_status", json!({ "request_id": id })),
+        "alice",
+        "a",
+    )
+    .unwrap();
+    assert_eq!(decision(&ok)["permissionDecision"], "allow");
+    assert!(decision(&ok).get("updatedInput").is_none());
+    for bad in [
+        json!({}),
+        json!({ "request_id": "req_1; DROP" }),
+        json!({ "request_id": id, "amount": 100 }),
+    ] {
+        let v = hook::evaluate(
+            &b,
+            &input("mcp__broker__approval_status", bad.clone()),
+            "alice",
+            "a",
+        )
+        .unwrap();
+        assert_eq!(decision(&v)["permissionDecision"], "deny", "{bad}");
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! Every byte that one trust domain hands to another is defined here and
 //! nowhere else: the gRPC contract of the approval service ([`pb`]), the
 //! session, operator and service tokens ([`token`]), the signed one-time
-//! grant ([`grant`]), the audit entry and its chain ([`audit`]), and the
+//! grant ([`grant`]), the broker's built-in tools ([`builtin`]), the audit entry and its chain ([`audit`]), and the
 //! canonical encoding and domain-separated hashing they all share
 //! ([`canonical`]).
 //!
@@ -19,6 +19,7 @@
 //! on-disk format writers and the auditor's verifier share.
 
 pub mod audit;
+pub mod builtin;
 pub mod canonical;
 #[cfg(feature = "store")]
 pub mod db;
