@@ -194,7 +194,9 @@ fn builtin_verdict(tool: &str, args: &Value) -> Verdict {
     };
     match checked {
         Ok(()) => Verdict::Allow {
-            reason: format!("`{tool}` is a built-in broker tool; the broker checks the request is this session's"),
+            reason: format!(
+                "`{tool}` is a built-in broker tool; the broker checks the request is this session's"
+            ),
             updated_input: None,
         },
         Err(why) => Verdict::Deny {

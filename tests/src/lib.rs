@@ -2,6 +2,7 @@
 //! a real stack with `zt-console up`, and speaks to it the way outside users
 //! do — MCP over HTTP for agents, the CLIs for operators and auditors.
 
+pub mod model;
 pub mod pg;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -506,4 +507,35 @@ pub async fn backend(data_dir: &Path) -> sqlx::SqliteConnection {
     sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", db.display()))
         .await
         .expect("backend db")
+}
+
+/// The model saw nothing of the internals.
+pub fn safe(shown: &str) -> Result<(), String> {
+    let lower = shown.to_lowercase();
+    for leak in [
+        "select ",
+        "insert ",
+        "sqlite",
+        "sqlx",
+        "panicked",
+        "backtrace",
+        "/tmp/",
+        ".rs:",
+        "127.0.0.1",
+        "private key",
+        "ztb_",
+        "stack trace",
+        "error {",
+    ] {
+        if lower.contains(leak) {
+            return Err(format!("leaks `{leak}`: {shown}"));
+        }
+    }
+    if shown.chars().count() > 600 {
+        return Err(format!(
+            "message too long ({} chars)",
+            shown.chars().count()
+        ));
+    }
+    Ok(())
 }
