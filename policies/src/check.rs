@@ -84,6 +84,12 @@ fn check_tools(src: &Sources, out: &mut Vec<Problem>) {
         if !seen.insert(tool.name.as_str()) {
             out.push(Problem::new(&culprit, "declared twice"));
         }
+        if zt_proto::builtin::is_builtin(&tool.name) {
+            out.push(Problem::new(
+                &culprit,
+                "is the name of a built-in broker tool, which every session has",
+            ));
+        }
         let mut strict = Vec::new();
         strictness(&tool.input_schema, "input_schema", true, &mut strict);
         for m in strict {

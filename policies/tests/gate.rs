@@ -983,6 +983,19 @@ fn load_errors_name_the_file() {
         other => panic!("{other:?}"),
     }
 
+    // A registry tool may not take a built-in broker tool's name: the
+    // broker answers that name itself, so the entry would be shadowed.
+    let dir = temp_copy("builtin-name");
+    edit(&dir, "tools.toml", |t| {
+        t.replace("name = \"fetch_document\"", "name = \"approval_status\"")
+    });
+    let found = problems(&dir);
+    assert!(
+        found.iter().any(|p| p
+            == "tools.toml: tool `approval_status`: is the name of a built-in broker tool, which every session has"),
+        "{found:?}"
+    );
+
     let dir = temp_copy("dup-human");
     append(
         &dir,

@@ -70,6 +70,24 @@ pub fn run_ok(name: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Runs `fut` to completion on a runtime of its own (on a thread of its
+/// own, so it works from sync tests and from inside another runtime alike).
+pub fn block_on<F>(fut: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(fut)
+    })
+    .join()
+    .expect("the future panicked")
+}
+
 /// A fresh directory for one test.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -220,14 +238,7 @@ impl Stack {
     pub fn up_at(dir: &Path) -> anyhow::Result<Stack> {
         match std::env::var("ZT_TEST_STACK_POSTGRES") {
             Ok(base) if !base.is_empty() => {
-                let url = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    rt.block_on(pg::database_on(&base, "stack"))
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("creating a database panicked"))??;
+                let url = block_on(async move { pg::database_on(&base, "stack").await })?;
                 Stack::up_with(dir, Some(&url))
             }
             _ => Stack::up_with(dir, None),

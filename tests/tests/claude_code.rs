@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use zt_tests::model::{Model, Received, Turn, request_id_in};
-use zt_tests::{Stack, bin, bin_dir, prepare_dir, safe, temp_dir};
+use zt_tests::{Stack, bin, bin_dir, block_on, prepare_dir, safe, temp_dir};
 
 /// How long the broker holds an escalated call before answering "awaiting
 /// approval" (so the agent follows up with `approval_status`).
@@ -217,40 +217,24 @@ fn audit(stack: &Stack, agent: &str) -> Vec<Value> {
 /// The refunds in the example ledger.
 fn refunds(stack: &Stack) -> Vec<(String, i64, Option<String>)> {
     let dir = stack.data_dir.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let mut db = zt_tests::backend(&dir).await;
-            sqlx::query_as("SELECT order_id, amount_cents, grant_id FROM refunds ORDER BY id")
-                .fetch_all(&mut db)
-                .await
-                .expect("refunds")
-        })
+    block_on(async move {
+        let mut db = zt_tests::backend(&dir).await;
+        sqlx::query_as("SELECT order_id, amount_cents, grant_id FROM refunds ORDER BY id")
+            .fetch_all(&mut db)
+            .await
+            .expect("refunds")
     })
-    .join()
-    .expect("reading the ledger")
 }
 
 fn plan_changes(stack: &Stack) -> i64 {
     let dir = stack.data_dir.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let mut db = zt_tests::backend(&dir).await;
-            sqlx::query_scalar("SELECT COUNT(*) FROM plan_changes")
-                .fetch_one(&mut db)
-                .await
-                .expect("plan changes")
-        })
+    block_on(async move {
+        let mut db = zt_tests::backend(&dir).await;
+        sqlx::query_scalar("SELECT COUNT(*) FROM plan_changes")
+            .fetch_one(&mut db)
+            .await
+            .expect("plan changes")
     })
-    .join()
-    .expect("reading the ledger")
 }
 
 /// As the support lead: waits for `request` in `zt-console pending --json`,
