@@ -365,6 +365,25 @@ impl Stack {
         )
     }
 
+    /// Runs `zt-console ARGS --data-dir DIR` (e.g. `audit query --json`)
+    /// and parses each line of its output as JSON, failing on a non-zero exit.
+    pub fn json_lines(&self, args: &[&str]) -> Vec<Value> {
+        let out = bin("zt-console")
+            .args(args)
+            .args(["--data-dir", &self.dir()])
+            .output()
+            .expect("running zt-console");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
     /// Runs `zt-console ARGS --data-dir DIR` as operator `token`.
     pub fn console(&self, token: &str, args: &[&str]) -> Output {
         bin("zt-console")

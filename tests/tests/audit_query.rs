@@ -2,25 +2,8 @@
 //! tool, decision and time, and exported as JSON Lines with the fields a
 //! SIEM expects.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use zt_tests::{Stack, bin, call, connect, status};
-
-fn lines(stack: &Stack, args: &[&str]) -> Vec<Value> {
-    let out = bin("zt-console")
-        .args(args)
-        .args(["--data-dir", &stack.dir()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_are_found_and_exported() {
@@ -47,7 +30,7 @@ async fn entries_are_found_and_exported() {
         .await
         .unwrap();
 
-    let all = lines(&stack, &["audit", "export"]);
+    let all = stack.json_lines(&["audit", "export"]);
     assert!(all.len() >= 6, "{}", all.len());
     for l in &all {
         for field in [
@@ -75,34 +58,31 @@ async fn entries_are_found_and_exported() {
     let times: Vec<i64> = all.iter().map(|l| l["time_ms"].as_i64().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order");
 
-    let by_alice = lines(&stack, &["audit", "query", "--json", "--human", "alice"]);
+    let by_alice = stack.json_lines(&["audit", "query", "--json", "--human", "alice"]);
     assert!(!by_alice.is_empty());
     assert!(by_alice.iter().all(|l| l["human"] == "alice"));
-    let by_agent = lines(&stack, &["audit", "query", "--json", "--agent", "agent:b"]);
+    let by_agent = stack.json_lines(&["audit", "query", "--json", "--agent", "agent:b"]);
     assert!(!by_agent.is_empty());
     assert!(by_agent.iter().all(|l| l["agent"] == "agent:b"));
     let session = by_agent[0]["session"].as_str().unwrap().to_owned();
-    let by_session = lines(&stack, &["audit", "query", "--json", "--session", &session]);
+    let by_session = stack.json_lines(&["audit", "query", "--json", "--session", &session]);
     assert_eq!(by_session.len(), by_agent.len(), "one session for agent:b");
 
-    let denials = lines(
-        &stack,
-        &[
-            "audit",
-            "export",
-            "--decision",
-            "deny",
-            "--tool",
-            "issue_refund",
-        ],
-    );
+    let denials = stack.json_lines(&[
+        "audit",
+        "export",
+        "--decision",
+        "deny",
+        "--tool",
+        "issue_refund",
+    ]);
     assert_eq!(denials.len(), 1, "{denials:?}");
     assert_eq!(denials[0]["human"], "bob");
     assert_eq!(denials[0]["status"], "refused");
 
-    let recent = lines(&stack, &["audit", "export", "--since", "1h"]);
+    let recent = stack.json_lines(&["audit", "export", "--since", "1h"]);
     assert_eq!(recent.len(), all.len());
-    let old = lines(&stack, &["audit", "export", "--until", "1h"]);
+    let old = stack.json_lines(&["audit", "export", "--until", "1h"]);
     assert!(old.is_empty());
 
     // The table for people, and a clear error for a bad time.

@@ -198,20 +198,7 @@ fn result(run: &Run, turn: usize) -> Received {
 
 /// Every audit entry an agent caused, in both chains.
 fn audit(stack: &Stack, agent: &str) -> Vec<Value> {
-    let out = bin("zt-console")
-        .args(["audit", "query", "--json", "--agent", agent, "--data-dir"])
-        .arg(&stack.data_dir)
-        .output()
-        .expect("audit query");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("an audit line"))
-        .collect()
+    stack.json_lines(&["audit", "query", "--json", "--agent", agent])
 }
 
 /// The refunds in the example ledger.
