@@ -561,10 +561,7 @@ impl Broker {
     }
 }
 
-/// An attacker-chosen name, bounded and printable, for messages and the audit trail.
-pub fn printable(name: &str) -> String {
-    name.chars().filter(|c| !c.is_control()).take(64).collect()
-}
+pub use zt_proto::printable;
 
 pub(crate) fn effect_name(effect: Effect) -> &'static str {
     match effect {

@@ -384,10 +384,9 @@ fn out_of_scope(claims: &SessionClaims, body: &[u8]) -> Option<String> {
             .pointer("/params/name")
             .and_then(|v| v.as_str())
             .unwrap_or_default();
-        // Built-in tools (`approval_status` follows up only on this session's
-        // own requests, escalated from in-scope calls): every session has them.
-        (!zt_proto::builtin::is_builtin(name) && !claims.allows_tool(name))
-            .then(|| crate::gate::printable(name))
+        // Built-in tools pass whatever the scope (`approval_status` follows
+        // up only on this session's own requests, escalated from in-scope calls).
+        (!claims.may_call(name)).then(|| crate::gate::printable(name))
     })
 }
 

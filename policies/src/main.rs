@@ -172,7 +172,7 @@ fn hook_decision(
     .map_err(|e| anyhow::anyhow!("session token refused: {e}"))?;
 
     let tool = hook::tool_of(&input.tool_name)?;
-    if !claims.allows_tool(tool) && !zt_proto::builtin::is_builtin(tool) {
+    if !claims.may_call(tool) {
         let verdict = Verdict::Deny {
             reason: format!("This session is not allowed to call `{tool}`."),
         };

@@ -42,8 +42,7 @@ pub fn approval_status_request_id(args: &Value) -> Result<String, String> {
         return Err("arguments must be an object".into());
     };
     if let Some(extra) = m.keys().find(|k| k.as_str() != "request_id") {
-        let shown: String = extra.chars().filter(|c| !c.is_control()).take(64).collect();
-        return Err(format!("unknown field `{shown}`"));
+        return Err(format!("unknown field `{}`", crate::printable(extra)));
     }
     let id = m
         .get("request_id")

@@ -3,9 +3,9 @@
 //! Every byte that one trust domain hands to another is defined here and
 //! nowhere else: the gRPC contract of the approval service ([`pb`]), the
 //! session, operator and service tokens ([`token`]), the signed one-time
-//! grant ([`grant`]), the broker's built-in tools ([`builtin`]), the audit entry and its chain ([`audit`]), and the
-//! canonical encoding and domain-separated hashing they all share
-//! ([`canonical`]).
+//! grant ([`grant`]), the broker's built-in tools ([`builtin`]), the audit
+//! entry and its chain ([`audit`]), and the canonical encoding and
+//! domain-separated hashing they all share ([`canonical`]).
 //!
 //! Why one crate: a format defined twice drifts, and a drifted format in a
 //! security boundary is a bypass. The broker and the approval service both
@@ -35,6 +35,11 @@ pub mod token;
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("zt.v1");
+}
+
+/// An attacker-chosen name, bounded and printable, for messages and the audit trail.
+pub fn printable(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 /// Current time in Unix milliseconds.

@@ -182,6 +182,12 @@ impl SessionClaims {
     pub fn allows_tool(&self, tool: &str) -> bool {
         self.scope.trim().is_empty() || self.scope.split_whitespace().any(|t| t == tool)
     }
+
+    /// Whether this session may call `tool` at all: a tool its scope admits,
+    /// or one of the broker's built-in tools, which every session has.
+    pub fn may_call(&self, tool: &str) -> bool {
+        crate::builtin::is_builtin(tool) || self.allows_tool(tool)
+    }
 }
 
 /// An operator's role at the console.
@@ -536,6 +542,8 @@ mod tests {
         assert_eq!(c.chain(), ["agent:subscription", "launcher:web", "alice"]);
         assert!(c.allows_tool("issue_refund"));
         assert!(!c.allows_tool("change_plan"));
+        assert!(!c.may_call("change_plan"));
+        assert!(c.may_call(crate::builtin::APPROVAL_STATUS));
     }
 
     #[test]
