@@ -23,7 +23,7 @@ use zt_proto::pb::{
     IssueSessionRequest, ListRevokedRequest, RefreshSessionRequest, RevokeSessionRequest, Revoked,
     RevokedSessions, SessionToken,
 };
-use zt_proto::pinned::PinnedKeys;
+use zt_proto::pinned::{PinnedKeys, TrustRoots};
 use zt_proto::stack::{Layout, StackInfo};
 use zt_proto::store::AuditLog;
 use zt_proto::token::{self, Expect, OperatorClaims, ServiceClaims, TokenType};
@@ -157,7 +157,10 @@ impl Service {
             }
         };
         let audit = AuditLog::open(audit_pool, &chain, keys.audit.clone()).await?;
-        let operator_keys = PinnedKeys::load(&layout, "approval-token")?;
+        let trust = crate::setup::trust_path(&layout);
+        let roots = TrustRoots::ensure(&trust, &layout, &["approval-token"])?;
+        let operator_keys =
+            PinnedKeys::load(&layout, "approval-token", roots.get("approval-token"))?;
         let approval_rules = load_approval_rules(&layout.policies())?;
         let request_ttl = opts.request_ttl.unwrap_or(approval_rules.request_ttl());
         tracing::info!(
@@ -175,7 +178,7 @@ impl Service {
             HashMap::new()
         };
         let state = State {
-            broker_keys: PinnedKeys::lazy(&layout, "broker-service"),
+            broker_keys: PinnedKeys::on_first_sight(&layout, "broker-service", &trust),
             stack,
             layout,
             keys,
@@ -218,12 +221,20 @@ impl Service {
     }
 
     fn operator<T>(&self, req: &Request<T>) -> Result<OperatorClaims, Status> {
-        self.verify_bearer(
+        let op: OperatorClaims = self.verify_bearer(
             req,
             &self.0.operator_keys,
             TokenType::Operator,
             &self.0.stack.issuer,
-        )
+        )?;
+        // One spelling per person: a token naming `Carol` or `carol ` (not
+        // minted by this service's issuer, which normalises) is no one.
+        if token::identity(&op.sub).as_deref() != Some(op.sub.as_str()) {
+            return Err(Status::unauthenticated(
+                "the operator token does not name a canonical identity",
+            ));
+        }
+        Ok(op)
     }
 
     /// A broker, with a service token signed by its own (lazily pinned) key.

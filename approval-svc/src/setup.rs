@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use zt_proto::keys::KeyPair;
+use zt_proto::pinned::TrustRoots;
 use zt_proto::stack::{Layout, StackInfo};
 use zt_proto::token::{
     self, Actor, DEFAULT_SESSION_TTL_SECS, MAX_LAUNCHER_TTL_SECS, MAX_OPERATOR_TTL_SECS,
@@ -49,11 +50,20 @@ pub fn init(layout: &Layout) -> anyhow::Result<(StackInfo, Keys)> {
             &layout.audit_key(AUDIT_CHAIN),
         )?,
     };
+    // The service trusts its own token keys only as pinned here, and the
+    // keys they introduce by rotation, never a file that appears in public/.
+    TrustRoots::ensure(&trust_path(layout), layout, &["approval-token"])?;
     if !layout.policies().join("tools.toml").exists() {
         zt_policies::shipped::install(&layout.policies())
             .with_context(|| format!("writing policy data to {}", layout.policies().display()))?;
     }
     Ok((stack, keys))
+}
+
+/// The approval service's trust roots (`DIR/approval/trust.json`): its own
+/// token key as set up, and the broker's service key pinned on first sight.
+pub fn trust_path(layout: &Layout) -> std::path::PathBuf {
+    layout.private("approval").join("trust.json")
 }
 
 /// Loads the keys of an initialized stack (never creates any).
@@ -212,9 +222,12 @@ pub fn issue_operator(
     limit: i64,
     ttl_secs: i64,
 ) -> anyhow::Result<String> {
-    if name.trim().is_empty() || name.len() > 64 {
-        bail!("--name must be 1 to 64 characters");
-    }
+    let Some(name) = token::identity(name) else {
+        bail!(
+            "--name must be 1 to 64 characters of a-z, 0-9, '.', '_', '-', starting with a letter \
+             (letter case and surrounding spaces are ignored)"
+        );
+    };
     if limit < 0 {
         bail!("--limit must not be negative");
     }
@@ -228,7 +241,7 @@ pub fn issue_operator(
     let claims = OperatorClaims {
         iss: stack.issuer.clone(),
         aud: stack.approval_audience.clone(),
-        sub: name.to_owned(),
+        sub: name,
         role,
         limit,
         jti: zt_proto::random_id("jti_"),
@@ -289,6 +302,9 @@ pub fn rotate(layout: &Layout, which: KeyName) -> anyhow::Result<(String, String
     let retired = layout.public_key(&format!("{}-{}", which.public(), old.kid()));
     old.public().write(&retired)?;
     let new = KeyPair::generate()?;
+    // The old key introduces the new one: verifiers trust it from this
+    // signed record, never from its key file alone.
+    zt_proto::pinned::write_introduction(layout, which.public(), &new.public(), &old)?;
     let tmp = path.with_extension("key.new");
     let _ = std::fs::remove_file(&tmp);
     zt_proto::keys::write_private(&tmp, &new.to_pkcs8_pem()?)?;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use zt_proto::keys::KeyPair;
-use zt_proto::pinned::PinnedKeys;
+use zt_proto::pinned::{PinnedKeys, TrustRoots};
 use zt_proto::stack::{Layout, StackInfo};
 
 /// Name of this broker's audit chain.
@@ -115,6 +115,9 @@ pub fn init(layout: &Layout) -> anyhow::Result<()> {
         &layout.public_key("broker-service"),
     )?;
     KeyPair::load_or_generate(&key_path(layout, "audit"), &layout.audit_key(AUDIT_CHAIN))?;
+    // The approval service's keys as they are at set-up: the only keys the
+    // broker trusts for them, besides those they introduce by rotation.
+    TrustRoots::ensure(&trust_path(layout), layout, TRUSTED)?;
     let path = config_path(layout);
     if !path.exists() {
         let config = Config {
@@ -143,10 +146,20 @@ fn read_config(path: &Path) -> anyhow::Result<Config> {
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// The key names the broker verifies: session tokens and grants.
+const TRUSTED: &[&str] = &["approval-token", "approval-grant"];
+
+/// The broker's trust roots (`DIR/broker/trust.json`).
+pub fn trust_path(layout: &Layout) -> PathBuf {
+    layout.private("broker").join("trust.json")
+}
+
 /// Loads everything the broker needs; fails if anything is missing.
 pub fn load(layout: &Layout) -> anyhow::Result<Material> {
+    let roots = TrustRoots::ensure(&trust_path(layout), layout, TRUSTED)
+        .with_context(|| format!("trust roots {}", trust_path(layout).display()))?;
     let pinned = |name: &str| -> anyhow::Result<Arc<PinnedKeys>> {
-        let keys = PinnedKeys::load(layout, name)
+        let keys = PinnedKeys::load(layout, name, roots.get(name))
             .with_context(|| format!("pinned key {}", layout.public_key(name).display()))?;
         Ok(Arc::new(keys))
     };

@@ -188,10 +188,52 @@ pub async fn verify(
     })
 }
 
-/// The report as JSON.
+/// What a verification proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every chain verified against pinned keys (exit 0).
+    Intact,
+    /// A finding (exit 1).
+    Tampered,
+    /// The chains are consistent, but no key was pinned: whoever can write
+    /// the database could have rewritten them and the keys recorded beside
+    /// them, so nothing is proved (exit 2, "could not check").
+    Unpinned,
+}
+
+impl Verdict {
+    /// The verdict of `report`.
+    pub fn of(report: &Report) -> Verdict {
+        if !report.intact() {
+            Verdict::Tampered
+        } else if report.keys == store::KeySource::Database {
+            Verdict::Unpinned
+        } else {
+            Verdict::Intact
+        }
+    }
+
+    /// The exit code `audit verify` gives it.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Intact => 0,
+            Verdict::Tampered => 1,
+            Verdict::Unpinned => 2,
+        }
+    }
+}
+
+/// The report as JSON. `intact` is `null` when nothing could be proved
+/// (no pinned keys); `consistent` says whether the chains recompute.
 pub fn report_json(report: &Report) -> Value {
+    let intact = match Verdict::of(report) {
+        Verdict::Intact => json!(true),
+        Verdict::Tampered => json!(false),
+        Verdict::Unpinned => Value::Null,
+    };
     json!({
-        "intact": report.intact(),
+        "intact": intact,
+        "consistent": report.intact(),
         "entries": report.entries(),
         "keys": report.keys,
         "chains": report.verified,
@@ -211,6 +253,16 @@ pub fn report_text(report: &Report) -> String {
         store::KeySource::Database => "keys from the database only (not pinned)",
     };
     let checkpoints: u64 = report.verified.iter().map(|v| v.checkpoints).sum();
+    if Verdict::of(report) == Verdict::Unpinned {
+        return format!(
+            "audit chain: NOT VERIFIED: {} entries in {} chains ({}) are consistent, but no writer's \
+             key is pinned, and whoever can write the database could have rewritten the chains and \
+             the keys recorded beside them; give --data-dir DIR for the stack's pinned keys",
+            report.entries(),
+            report.verified.len(),
+            chains.join(", ")
+        );
+    }
     if report.intact() {
         let mut out = format!(
             "audit chain: verified {} entries ({} chains: {}; {checkpoints} signed checkpoints; {keys})",

@@ -139,7 +139,9 @@ enum AuditCommand {
     /// Verify every chain: exit 0 intact, 1 tampered, 2 could not check.
     Verify {
         /// The log's database (sqlite://PATH or postgres://...). With
-        /// --data-dir too, the writers' keys pinned there are used.
+        /// --data-dir too, the writers' keys pinned there are used; without,
+        /// the chains are only checked for consistency and the exit code is
+        /// 2 (nothing proved: no key pinned) unless something is wrong (1).
         #[arg(long, value_name = "URL")]
         database: Option<String>,
         /// As JSON.
@@ -361,11 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     } else {
                         println!("{}", audit::report_text(&report));
                     }
-                    Ok(if report.intact() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    })
+                    Ok(ExitCode::from(audit::Verdict::of(&report).exit_code()))
                 }
                 Err(e) => {
                     if json {

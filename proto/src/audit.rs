@@ -17,8 +17,10 @@
 //! This module is pure: [`ChainWriter`] seals entries, [`verify_chain`]
 //! checks a stored chain. Storage lives with the services.
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::Sha256;
 
 use crate::canonical::{self, CanonError, Domain};
 use crate::keys::{KeyPair, PublicKey};
@@ -137,8 +139,15 @@ pub struct Sealed {
     pub body: String,
     /// Hex leaf hash of `body`.
     pub hash: String,
-    /// Hex Ed25519 signature of the hash by the chain's key.
+    /// Hex Ed25519 signature of the hash by the chain's key (entries of
+    /// older logs only; checkpoints sign chains now).
     pub sig: String,
+    /// Hex HMAC-SHA256 of the hash under a key only the chain's writer can
+    /// derive ([`WriterMac`]): how a writer recognises its own entries, so it
+    /// never adopts rows someone else inserted. Verifiers cannot check it and
+    /// do not need to.
+    #[serde(default)]
+    pub mac: String,
 }
 
 impl Sealed {
@@ -167,6 +176,26 @@ pub struct Checkpoint {
     pub time_ms: i64,
     /// Hash of the previous checkpoint of the chain, or [`GENESIS`].
     pub prev: String,
+    /// Entries the writer found in its chain that it did not write (rows
+    /// inserted by someone else at its next positions). It never adopts
+    /// them: its next entry follows them in position but links to its own
+    /// head, and this signed statement names them for every verifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign: Option<Span>,
+    /// The writer stopped after signing this: any entry after `seq` that a
+    /// later checkpoint does not cover was not written by it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closed: bool,
+}
+
+/// Positions `from..=to` of a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Span {
+    /// First position.
+    pub from: u64,
+    /// Last position.
+    pub to: u64,
 }
 
 /// A checkpoint as stored: its canonical text, hash and signature.
@@ -192,6 +221,84 @@ impl SignedCheckpoint {
             sig: sig.to_owned(),
         })
     }
+
+    /// Whether this is a well-formed checkpoint of `chain` (canonical body,
+    /// matching hash) signed by `key`.
+    pub fn is_signed_by(&self, chain: &str, key: &PublicKey) -> bool {
+        let c = &self.checkpoint;
+        if c.v != 1 || c.chain != chain {
+            return false;
+        }
+        if canonical::canonical_of(c).ok().as_deref() != Some(self.body.as_str()) {
+            return false;
+        }
+        let hash = canonical::digest(Domain::Checkpoint, self.body.as_bytes());
+        if hex::encode(hash) != self.hash {
+            return false;
+        }
+        let sig = hex::decode(&self.sig).unwrap_or_default();
+        key.verify(Domain::Checkpoint, &hash, &sig).is_ok()
+    }
+}
+
+/// The key a writer recognises its own entries by: HMAC-SHA256 keyed with a
+/// secret derived from its private signing key, so only the holder of that
+/// key can make or check one.
+#[derive(Clone)]
+pub struct WriterMac(Hmac<Sha256>);
+
+impl std::fmt::Debug for WriterMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterMac(..)")
+    }
+}
+
+impl WriterMac {
+    /// The MAC key of the writer holding `key`.
+    pub fn of(key: &KeyPair) -> WriterMac {
+        let secret = key.derive(Domain::AuditMacKey);
+        // HMAC takes a key of any length.
+        let mac = Hmac::<Sha256>::new_from_slice(&secret)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
+        WriterMac(mac)
+    }
+
+    fn tag(&self, hash_hex: &str) -> [u8; 32] {
+        let mut m = self.0.clone();
+        m.update(Domain::AuditMac.label().as_bytes());
+        m.update(&[0u8]);
+        m.update(hash_hex.as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    /// The MAC of an entry with hash `hash_hex`, in hex.
+    pub fn mac(&self, hash_hex: &str) -> String {
+        hex::encode(self.tag(hash_hex))
+    }
+
+    /// Whether `sealed` carries this writer's MAC (constant time).
+    pub fn is_own(&self, sealed: &Sealed) -> bool {
+        let Ok(tag) = hex::decode(&sealed.mac) else {
+            return false;
+        };
+        let mut m = self.0.clone();
+        m.update(Domain::AuditMac.label().as_bytes());
+        m.update(&[0u8]);
+        m.update(sealed.hash.as_bytes());
+        m.verify_slice(&tag).is_ok()
+    }
+}
+
+/// Where a writer resumes its chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// Its own last entry (sequence number and hash), if it wrote any.
+    pub head: Option<(u64, String)>,
+    /// The position its next entry takes (after its head, and after any
+    /// foreign entries it quarantined).
+    pub next_seq: u64,
+    /// Its own latest checkpoint (hash, covered sequence number), if any.
+    pub checkpoint: Option<(String, u64)>,
 }
 
 /// Appends to one chain. Not thread-safe by itself: the store serializes appends.
@@ -199,7 +306,9 @@ impl SignedCheckpoint {
 pub struct ChainWriter {
     chain: String,
     key: KeyPair,
+    mac: WriterMac,
     next_seq: u64,
+    head_seq: u64,
     head: String,
     last_checkpoint: String,
     covered: u64,
@@ -214,15 +323,28 @@ impl ChainWriter {
         last: Option<(u64, String)>,
         checkpoint: Option<(String, u64)>,
     ) -> ChainWriter {
-        let (next_seq, head) = match last {
-            Some((seq, hash)) => (seq + 1, hash),
-            None => (1, GENESIS.to_owned()),
-        };
-        let (last_checkpoint, covered) = checkpoint.unwrap_or_else(|| (GENESIS.to_owned(), 0));
-        ChainWriter {
+        let next_seq = last.as_ref().map_or(1, |(seq, _)| seq + 1);
+        ChainWriter::resume(
             chain,
             key,
-            next_seq,
+            Resume {
+                head: last,
+                next_seq,
+                checkpoint,
+            },
+        )
+    }
+
+    /// A writer resuming `chain` where `at` says.
+    pub fn resume(chain: String, key: KeyPair, at: Resume) -> ChainWriter {
+        let (head_seq, head) = at.head.unwrap_or_else(|| (0, GENESIS.to_owned()));
+        let (last_checkpoint, covered) = at.checkpoint.unwrap_or_else(|| (GENESIS.to_owned(), 0));
+        ChainWriter {
+            chain,
+            mac: WriterMac::of(&key),
+            key,
+            next_seq: at.next_seq.max(head_seq + 1),
+            head_seq,
             head,
             last_checkpoint,
             covered,
@@ -239,9 +361,19 @@ impl ChainWriter {
         self.key.public()
     }
 
+    /// How this writer recognises its own entries.
+    pub fn writer_mac(&self) -> &WriterMac {
+        &self.mac
+    }
+
+    /// The position the next entry takes.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Entries written after the latest checkpoint.
     pub fn uncovered(&self) -> u64 {
-        (self.next_seq - 1).saturating_sub(self.covered)
+        self.head_seq.saturating_sub(self.covered)
     }
 
     /// Seals the next entry. The writer advances only through [`ChainWriter::advance`],
@@ -256,34 +388,39 @@ impl ChainWriter {
             record,
             prev_hash: self.head.clone(),
         };
-        let body = canonical::canonical_of(&entry)?;
-        let hash = canonical::digest(Domain::AuditLeaf, body.as_bytes());
+        self.seal_entry(&entry)
+    }
+
+    fn seal_entry(&self, entry: &Entry) -> Result<Sealed, CanonError> {
+        let body = canonical::canonical_of(entry)?;
+        let hash = hex::encode(canonical::digest(Domain::AuditLeaf, body.as_bytes()));
         Ok(Sealed {
             chain: self.chain.clone(),
             seq: entry.seq,
+            mac: self.mac.mac(&hash),
             body,
-            hash: hex::encode(hash),
+            hash,
             sig: String::new(),
         })
+    }
+
+    /// Seals again, at the writer's current position, an entry this writer
+    /// sealed before but could not store (its position was taken).
+    pub fn reseal(&self, sealed: &Sealed) -> Option<Sealed> {
+        let mut entry: Entry = serde_json::from_str(&sealed.body).ok()?;
+        entry.seq = self.next_seq;
+        entry.prev_hash = self.head.clone();
+        self.seal_entry(&entry).ok()
     }
 
     /// Moves the head past `sealed`, which must be the entry just sealed.
     pub fn advance(&mut self, sealed: &Sealed) {
         self.next_seq = sealed.seq + 1;
+        self.head_seq = sealed.seq;
         self.head = sealed.hash.clone();
     }
 
-    /// Signs a checkpoint over the current head. Like entries, it counts
-    /// only once stored: then call [`ChainWriter::advance_checkpoint`].
-    pub fn checkpoint(&self, time_ms: i64) -> Result<SignedCheckpoint, CanonError> {
-        let checkpoint = Checkpoint {
-            v: 1,
-            chain: self.chain.clone(),
-            seq: self.next_seq - 1,
-            head: self.head.clone(),
-            time_ms,
-            prev: self.last_checkpoint.clone(),
-        };
+    fn sign(&self, checkpoint: Checkpoint) -> Result<SignedCheckpoint, CanonError> {
         let body = canonical::canonical_of(&checkpoint)?;
         let hash = canonical::digest(Domain::Checkpoint, body.as_bytes());
         let sig = self.key.sign(Domain::Checkpoint, &hash);
@@ -295,10 +432,50 @@ impl ChainWriter {
         })
     }
 
+    fn unsigned(&self, time_ms: i64) -> Checkpoint {
+        Checkpoint {
+            v: 1,
+            chain: self.chain.clone(),
+            seq: self.head_seq,
+            head: self.head.clone(),
+            time_ms,
+            prev: self.last_checkpoint.clone(),
+            foreign: None,
+            closed: false,
+        }
+    }
+
+    /// Signs a checkpoint over the current head. Like entries, it counts
+    /// only once stored: then call [`ChainWriter::advance_checkpoint`].
+    pub fn checkpoint(&self, time_ms: i64) -> Result<SignedCheckpoint, CanonError> {
+        self.sign(self.unsigned(time_ms))
+    }
+
+    /// The checkpoint a writer signs when it stops.
+    pub fn closing_checkpoint(&self, time_ms: i64) -> Result<SignedCheckpoint, CanonError> {
+        self.sign(Checkpoint {
+            closed: true,
+            ..self.unsigned(time_ms)
+        })
+    }
+
+    /// Signs a checkpoint over the current head that names `foreign`, the
+    /// rows someone else stored at the writer's next positions. Once it is
+    /// stored, [`ChainWriter::advance_checkpoint`] moves the writer past them.
+    pub fn quarantine(&self, foreign: Span, time_ms: i64) -> Result<SignedCheckpoint, CanonError> {
+        self.sign(Checkpoint {
+            foreign: Some(foreign),
+            ..self.unsigned(time_ms)
+        })
+    }
+
     /// Records that `cp` is stored.
     pub fn advance_checkpoint(&mut self, cp: &SignedCheckpoint) {
         self.last_checkpoint = cp.hash.clone();
         self.covered = cp.checkpoint.seq;
+        if let Some(span) = cp.checkpoint.foreign {
+            self.next_seq = self.next_seq.max(span.to + 1);
+        }
     }
 }
 
@@ -336,6 +513,13 @@ pub enum Problem {
     /// covered by a signed checkpoint (appended by someone else, or left by
     /// a writer that crashed and never came back).
     Unsigned,
+    /// Entries the chain's writer did not write: rows someone else stored
+    /// at its positions (its signed checkpoint names them), or after it had
+    /// stopped.
+    Foreign,
+    /// An entry's time is in the future, or earlier than the entry before
+    /// it, by more than [`MAX_SKEW_MS`].
+    Time,
 }
 
 impl Problem {
@@ -355,6 +539,8 @@ impl Problem {
             Problem::Rollback => "rollback",
             Problem::Missing => "missing",
             Problem::Unsigned => "unsigned",
+            Problem::Foreign => "foreign",
+            Problem::Time => "time",
         }
     }
 }
@@ -442,7 +628,17 @@ pub struct ChainVerifier<'k> {
     trusted: Option<Trusted>,
     signed_through: u64,
     first_unsigned_time: i64,
+    now_ms: i64,
+    prev_time: i64,
+    /// The first span of foreign entries a signed checkpoint names.
+    foreign: Option<(Span, i64)>,
+    /// The latest checkpoint's position, when its writer had stopped.
+    closed_at: Option<u64>,
 }
+
+/// How far an entry's time may lie in the verifier's future, or before the
+/// entry preceding it (a clock stepped back), before it is a finding.
+pub const MAX_SKEW_MS: i64 = 60_000;
 
 /// How long entries may wait for a checkpoint before the verifier calls
 /// them unsigned: a running writer signs within a second and heartbeats
@@ -451,12 +647,14 @@ pub const UNSIGNED_GRACE_MS: i64 = 120_000;
 
 impl<'k> ChainVerifier<'k> {
     /// Starts verifying `chain` with its stored checkpoints (in stored
-    /// order) and the checkpoint this verifier trusted last time, if any.
+    /// order) and the checkpoint this verifier trusted last time, if any;
+    /// `now_ms` is the verifier's clock.
     pub fn new(
         chain: &str,
         key: &'k PublicKey,
         checkpoints: &[SignedCheckpoint],
         trusted: Option<Trusted>,
+        now_ms: i64,
     ) -> Result<ChainVerifier<'k>, Finding> {
         let fail = |seq: u64, problem: Problem, detail: String| Finding {
             chain: chain.to_owned(),
@@ -467,6 +665,7 @@ impl<'k> ChainVerifier<'k> {
         let mut prev = GENESIS.to_owned();
         let mut last: Option<&Checkpoint> = None;
         let mut heads: Vec<(u64, String)> = Vec::new();
+        let mut foreign: Option<(Span, i64)> = None;
         for cp in checkpoints {
             let c = &cp.checkpoint;
             let canonical = canonical::canonical_of(c).ok();
@@ -515,7 +714,7 @@ impl<'k> ChainVerifier<'k> {
                 ));
             }
             if let Some(l) = last
-                && (c.seq < l.seq || c.time_ms < l.time_ms)
+                && (c.seq < l.seq || c.time_ms.saturating_add(MAX_SKEW_MS) < l.time_ms)
             {
                 return Err(fail(
                     c.seq,
@@ -535,6 +734,11 @@ impl<'k> ChainVerifier<'k> {
                     Some((s, _)) if *s == c.seq => {}
                     _ => heads.push((c.seq, c.head.clone())),
                 }
+            }
+            if let Some(span) = c.foreign
+                && foreign.is_none_or(|(f, _): (Span, i64)| span.from < f.from)
+            {
+                foreign = Some((span, c.time_ms));
             }
             prev = cp.hash.clone();
             last = Some(c);
@@ -557,6 +761,10 @@ impl<'k> ChainVerifier<'k> {
             trusted,
             signed_through: last.map_or(0, |c| c.seq),
             first_unsigned_time: 0,
+            now_ms,
+            prev_time: i64::MIN,
+            foreign,
+            closed_at: last.filter(|c| c.closed).map(|c| c.seq),
         })
     }
 
@@ -586,6 +794,30 @@ impl<'k> ChainVerifier<'k> {
                     format!("entry #{} appears again after #{}", s.seq, expected - 1),
                 )
             });
+        }
+        if let Some((span, when)) = self.foreign
+            && s.seq >= span.from
+        {
+            return Err(self.fail(
+                span.from,
+                Problem::Foreign,
+                format!(
+                    "entries #{}..#{} were stored by someone without the writer's key: the writer found them at its next positions, never adopted them, and named them in its checkpoint signed at {when} ms",
+                    span.from, span.to
+                ),
+            ));
+        }
+        if let Some(closed) = self.closed_at
+            && s.seq > closed
+        {
+            return Err(self.fail(
+                s.seq,
+                Problem::Foreign,
+                format!(
+                    "entry #{} was stored after the writer's closing checkpoint at #{closed} (it had stopped, so someone else wrote it)",
+                    s.seq
+                ),
+            ));
         }
         let link: Link<'_> = serde_json::from_str(&s.body).map_err(|_| {
             self.fail(
@@ -617,6 +849,27 @@ impl<'k> ChainVerifier<'k> {
                     .into(),
             ));
         }
+        if link.time_ms > self.now_ms.saturating_add(MAX_SKEW_MS) {
+            return Err(self.fail(
+                s.seq,
+                Problem::Time,
+                format!(
+                    "entry #{} is dated {} ms, after this verifier's clock ({} ms): no writer stores entries from the future",
+                    s.seq, link.time_ms, self.now_ms
+                ),
+            ));
+        }
+        if link.time_ms.saturating_add(MAX_SKEW_MS) < self.prev_time {
+            return Err(self.fail(
+                s.seq,
+                Problem::Time,
+                format!(
+                    "entry #{} is dated {} ms, earlier than the entry before it ({} ms)",
+                    s.seq, link.time_ms, self.prev_time
+                ),
+            ));
+        }
+        self.prev_time = self.prev_time.max(link.time_ms);
         // Entries of older logs carry their own signature.
         if !s.sig.is_empty() {
             let sig = hex::decode(&s.sig).unwrap_or_default();
@@ -671,8 +924,9 @@ impl<'k> ChainVerifier<'k> {
 
     /// Ends the chain: every checkpoint and the trusted one must be
     /// reached, and entries not covered by a checkpoint must be recent
-    /// (younger than [`UNSIGNED_GRACE_MS`] at `now_ms`).
-    pub fn finish(self, now_ms: i64) -> Result<Verified, Finding> {
+    /// (younger than [`UNSIGNED_GRACE_MS`] at the verifier's clock).
+    pub fn finish(self) -> Result<Verified, Finding> {
+        let now_ms = self.now_ms;
         let entries = self.expected - 1;
         if let Some((seq, _)) = self.heads.front() {
             return Err(self.fail(
@@ -737,11 +991,11 @@ pub fn verify_chain<'a>(
     trusted: Option<Trusted>,
     now_ms: i64,
 ) -> Result<Verified, Finding> {
-    let mut v = ChainVerifier::new(chain, key, checkpoints, trusted)?;
+    let mut v = ChainVerifier::new(chain, key, checkpoints, trusted, now_ms)?;
     for s in entries {
         v.push(s)?;
     }
-    v.finish(now_ms)
+    v.finish()
 }
 
 #[cfg(test)]

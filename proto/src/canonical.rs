@@ -29,6 +29,12 @@ pub enum Domain {
     Grant,
     /// A key's identifier (its thumbprint).
     KeyId,
+    /// The secret an audit writer derives from its signing key for MACs.
+    AuditMacKey,
+    /// An audit writer's MAC over one of its entries.
+    AuditMac,
+    /// A key introducing its successor (a rotation record).
+    KeyIntro,
     /// Fallback randomness for identifiers.
     Id,
 }
@@ -43,6 +49,9 @@ impl Domain {
             Domain::Checkpoint => "zt/checkpoint/v1",
             Domain::Grant => "zt/grant/v1",
             Domain::KeyId => "zt/key-id/v1",
+            Domain::AuditMacKey => "zt/audit-mac-key/v1",
+            Domain::AuditMac => "zt/audit-mac/v1",
+            Domain::KeyIntro => "zt/key-intro/v1",
             Domain::Id => "zt/id/v1",
         }
     }

@@ -90,6 +90,13 @@ impl KeyPair {
         self.signing.sign(&framed(domain, message)).to_bytes()
     }
 
+    /// A 32-byte secret for `domain` derived from the private key: only the
+    /// key's holder can compute it, and secrets for different domains are
+    /// independent.
+    pub fn derive(&self, domain: Domain) -> [u8; 32] {
+        digest(domain, self.signing.as_bytes())
+    }
+
     /// The private key as PKCS#8 PEM.
     pub fn to_pkcs8_pem(&self) -> Result<String, KeyError> {
         self.signing

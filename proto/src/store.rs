@@ -24,8 +24,8 @@ use crate::db::{Db, DbError, Dialect, Location};
 use crate::with_db;
 
 use crate::audit::{
-    ChainVerifier, ChainWriter, Checkpoint, Finding, Kind, Problem, Record, Sealed,
-    SignedCheckpoint, Trusted, Verified,
+    ChainVerifier, ChainWriter, Finding, GENESIS, Kind, Problem, Record, Resume, Sealed,
+    SignedCheckpoint, Span, Trusted, Verified, WriterMac,
 };
 use crate::keys::{KeyPair, PublicKey};
 
@@ -36,9 +36,6 @@ pub enum StoreError {
     /// The database failed.
     #[error("audit database: {0}")]
     Db(#[from] sqlx::Error),
-    /// The chain exists with another key.
-    #[error("audit chain `{0}` was started with a different key")]
-    KeyMismatch(String),
     /// The entry could not be encoded.
     #[error("audit entry could not be encoded: {0}")]
     Encode(String),
@@ -73,6 +70,7 @@ const SQLITE_SCHEMA: &[&str] = &[
         body TEXT NOT NULL,
         hash TEXT NOT NULL,
         sig TEXT NOT NULL,
+        mac TEXT NOT NULL DEFAULT '',
         PRIMARY KEY (chain, seq))",
     "CREATE TRIGGER IF NOT EXISTS audit_entries_no_update BEFORE UPDATE ON audit_entries
         BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
@@ -106,7 +104,9 @@ CREATE TABLE IF NOT EXISTS audit_entries (
     body TEXT NOT NULL,
     hash TEXT NOT NULL,
     sig TEXT NOT NULL,
+    mac TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (chain, seq));
+ALTER TABLE audit_entries ADD COLUMN IF NOT EXISTS mac TEXT NOT NULL DEFAULT '';
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     chain TEXT NOT NULL,
     seq BIGINT NOT NULL,
@@ -152,6 +152,17 @@ pub async fn open_pool(location: &Location) -> Result<Db, StoreError> {
         Db::Sqlite(pool) => {
             for stmt in SQLITE_SCHEMA {
                 sqlx::query(*stmt).execute(pool).await?;
+            }
+            // Logs from before writers kept MACs gain the column.
+            let has_mac: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pragma_table_info('audit_entries') WHERE name = 'mac'",
+            )
+            .fetch_one(pool)
+            .await?;
+            if has_mac == 0 {
+                sqlx::query("ALTER TABLE audit_entries ADD COLUMN mac TEXT NOT NULL DEFAULT ''")
+                    .execute(pool)
+                    .await?;
             }
         }
         Db::Postgres(pool) => {
@@ -241,74 +252,123 @@ impl AuditLog {
     }
 
     /// [`AuditLog::open`] with a checkpoint policy.
+    ///
+    /// The writer resumes after its own latest checkpoint (one its key
+    /// signed; rows anyone else inserted into the checkpoint table are
+    /// ignored) and its own entries after it (those carrying its MAC and
+    /// linking to its head). Rows someone else stored at its next positions
+    /// are never adopted: the writer signs a checkpoint naming them
+    /// ([`Checkpoint::foreign`]), which every verifier then reports, and
+    /// continues after them. Only a chain cut back or rewritten below the
+    /// writer's own signature stops it.
     pub async fn open_with(
         pool: Db,
         chain: &str,
         key: KeyPair,
         policy: CheckpointPolicy,
     ) -> Result<AuditLog, StoreError> {
-        let public = key.public().to_hex();
-        let existing: Option<String> = with_db!(&pool, p => {
+        let public = key.public();
+        let public_hex = public.to_hex();
+        let registered: Option<String> = with_db!(&pool, p => {
             sqlx::query_scalar("SELECT public_key FROM audit_chains WHERE chain = $1")
                 .bind(chain)
                 .fetch_optional(p)
                 .await?
         });
-        match existing {
-            Some(k) if k != public => return Err(StoreError::KeyMismatch(chain.to_owned())),
+        match registered {
+            // Verifiers trust pinned keys, not this row; a row registered
+            // first by someone else must not keep the writer from starting.
+            Some(k) if k != public_hex => tracing::error!(
+                chain,
+                "the audit chain is registered with a key that is not this writer's; \
+                 writing on (verifiers with pinned keys report the row)"
+            ),
             Some(_) => {}
             None => {
                 with_db!(&pool, p => {
                     sqlx::query(
-                        "INSERT INTO audit_chains (chain, public_key, created_ms) VALUES ($1, $2, $3)",
+                        "INSERT INTO audit_chains (chain, public_key, created_ms) VALUES ($1, $2, $3) \
+                         ON CONFLICT (chain) DO NOTHING",
                     )
                     .bind(chain)
-                    .bind(&public)
+                    .bind(&public_hex)
                     .bind(crate::now_ms())
                     .execute(p)
                     .await?;
                 });
             }
         }
-        let last: Option<(i64, String)> = with_db!(&pool, p => {
-            sqlx::query_as(
-                "SELECT seq, hash FROM audit_entries WHERE chain = $1 ORDER BY seq DESC LIMIT 1",
-            )
-            .bind(chain)
-            .fetch_optional(p)
-            .await?
+        let own = own_latest_checkpoint(&pool, chain, &public).await?;
+        let (mut head_seq, mut head) = own.as_ref().map_or((0, GENESIS.to_owned()), |c| {
+            (c.checkpoint.seq, c.checkpoint.head.clone())
         });
-        let last = last.map(|(seq, hash)| (u64::try_from(seq).unwrap_or(0), hash));
-        let checkpoint = latest_checkpoint(&pool, chain).await?;
-        if let Some((_, cp)) = &checkpoint {
+        if head_seq > 0 {
             // Never continue a chain that was cut back or rewritten below
             // its own signature: new entries would reuse signed positions.
             let at: Option<String> = with_db!(&pool, p => {
                 sqlx::query_scalar("SELECT hash FROM audit_entries WHERE chain = $1 AND seq = $2")
                     .bind(chain)
-                    .bind(i64::try_from(cp.seq).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(head_seq).unwrap_or(i64::MAX))
                     .fetch_optional(p)
                     .await?
             });
-            if cp.seq > 0 && at.as_deref() != Some(cp.head.as_str()) {
+            if at.as_deref() != Some(head.as_str()) {
                 return Err(StoreError::Tampered {
                     chain: chain.to_owned(),
                     why: format!(
-                        "a checkpoint signed entry #{} but the stored entry is {}",
-                        cp.seq,
+                        "a checkpoint signed entry #{head_seq} but the stored entry is {}",
                         if at.is_some() { "different" } else { "gone" }
                     ),
                 });
             }
         }
-        let fresh = last.is_none();
-        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
-        let writer = ChainWriter::new(
+        let mut next = own
+            .as_ref()
+            .and_then(|c| c.checkpoint.foreign)
+            .map_or(head_seq + 1, |span| span.to.max(head_seq) + 1);
+        // The writer's own entries after its checkpoint (a crash can leave
+        // up to a second of them unsigned).
+        let mac = WriterMac::of(&key);
+        let mut foreign_at = None;
+        'walk: loop {
+            let rows = rows_from(&pool, chain, next, WALK_CHUNK).await?;
+            let n = rows.len();
+            for row in rows {
+                if row.seq != next {
+                    break 'walk;
+                }
+                if !is_own_entry(&row, &mac, chain, &head) {
+                    foreign_at = Some(next);
+                    break 'walk;
+                }
+                head_seq = row.seq;
+                head = row.hash;
+                next += 1;
+            }
+            if n < WALK_CHUNK as usize {
+                break;
+            }
+        }
+        let fresh = head_seq == 0 && own.is_none();
+        let mut writer = ChainWriter::resume(
             chain.to_owned(),
             key,
-            last,
-            checkpoint.map(|(hash, cp)| (hash, cp.seq)),
+            Resume {
+                head: Some((head_seq, head)),
+                next_seq: next,
+                checkpoint: own.as_ref().map(|c| (c.hash.clone(), c.checkpoint.seq)),
+            },
         );
+        let quarantined = match foreign_at {
+            Some(_) => quarantine_foreign(&pool, &mut writer).await?,
+            None => false,
+        };
+        // A closing checkpoint is superseded before anything new is written,
+        // and an unsigned tail of the writer's own is signed at once.
+        if !quarantined && own.is_some() {
+            checkpoint_now(&pool, &mut writer).await?;
+        }
+        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(write_batches(pool.clone(), writer, policy, rx));
         let log = AuditLog { pool, jobs };
         if fresh {
@@ -316,7 +376,7 @@ impl AuditLog {
                 Kind::ChainStart,
                 Record {
                     subject: chain.to_owned(),
-                    detail: format!("chain started with key {public}"),
+                    detail: format!("chain started with key {public_hex}"),
                     ..Record::default()
                 },
             )
@@ -401,40 +461,196 @@ enum Reply {
     Many(usize, oneshot::Sender<Result<Vec<Sealed>, StoreError>>),
 }
 
-/// The latest stored checkpoint of `chain` with its hash.
-async fn latest_checkpoint(
+/// Rows read at a time when a writer walks its tail or measures a run of
+/// foreign rows.
+const WALK_CHUNK: i64 = 1024;
+
+/// A stored entry row as the writer reads it back.
+struct TailRow {
+    seq: u64,
+    body: String,
+    hash: String,
+    mac: String,
+}
+
+/// Up to `limit` rows of `chain` from position `from`, in order.
+async fn rows_from(
     pool: &Db,
     chain: &str,
-) -> Result<Option<(String, Checkpoint)>, StoreError> {
+    from: u64,
+    limit: i64,
+) -> Result<Vec<TailRow>, StoreError> {
+    let Ok(from) = i64::try_from(from) else {
+        return Ok(Vec::new());
+    };
+    let rows: Vec<(i64, String, String, String)> = with_db!(pool, p => {
+        sqlx::query_as(
+            "SELECT seq, body, hash, mac FROM audit_entries WHERE chain = $1 AND seq >= $2 \
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(chain)
+        .bind(from)
+        .bind(limit)
+        .fetch_all(p)
+        .await?
+    });
+    Ok(rows
+        .into_iter()
+        .filter_map(|(seq, body, hash, mac)| {
+            Some(TailRow {
+                seq: u64::try_from(seq).ok()?,
+                body,
+                hash,
+                mac,
+            })
+        })
+        .collect())
+}
+
+/// Whether `row` is an entry this writer stored right after `head`: its
+/// MAC is the writer's, its body hashes to its hash, and it names its
+/// chain, its position and `head`.
+fn is_own_entry(row: &TailRow, mac: &WriterMac, chain: &str, head: &str) -> bool {
+    let sealed = Sealed {
+        chain: chain.to_owned(),
+        seq: row.seq,
+        body: String::new(),
+        hash: row.hash.clone(),
+        sig: String::new(),
+        mac: row.mac.clone(),
+    };
+    if !mac.is_own(&sealed) {
+        return false;
+    }
+    if crate::canonical::digest_hex(crate::canonical::Domain::AuditLeaf, row.body.as_bytes())
+        != row.hash
+    {
+        return false;
+    }
+    serde_json::from_str::<crate::audit::Entry>(&row.body)
+        .is_ok_and(|e| e.chain == chain && e.seq == row.seq && e.prev_hash == head)
+}
+
+/// The latest stored checkpoint of `chain` that `key` signed. Checkpoint
+/// rows anyone else inserted (malformed, unsigned, signed by another key)
+/// are passed over: they cannot stop the writer, and the verifier reports
+/// them.
+async fn own_latest_checkpoint(
+    pool: &Db,
+    chain: &str,
+    key: &PublicKey,
+) -> Result<Option<SignedCheckpoint>, StoreError> {
     let sql = match pool.dialect() {
         Dialect::Sqlite => {
-            "SELECT body, hash FROM audit_checkpoints WHERE chain = $1 \
-             ORDER BY seq DESC, time_ms DESC, rowid DESC LIMIT 1"
+            "SELECT body, hash, sig FROM audit_checkpoints WHERE chain = $1 \
+             ORDER BY seq DESC, time_ms DESC, rowid DESC LIMIT $2 OFFSET $3"
         }
         Dialect::Postgres => {
-            "SELECT body, hash FROM audit_checkpoints WHERE chain = $1 \
-             ORDER BY seq DESC, time_ms DESC LIMIT 1"
+            "SELECT body, hash, sig FROM audit_checkpoints WHERE chain = $1 \
+             ORDER BY seq DESC, time_ms DESC LIMIT $2 OFFSET $3"
         }
     };
-    let row: Option<(String, String)> = with_db!(pool, p => {
-        sqlx::query_as(sql).bind(chain).fetch_optional(p).await?
-    });
-    match row {
-        None => Ok(None),
-        Some((body, hash)) => {
-            let cp: Checkpoint = serde_json::from_str(&body).map_err(|e| StoreError::Tampered {
-                chain: chain.to_owned(),
-                why: format!("its latest checkpoint is malformed: {e}"),
-            })?;
-            Ok(Some((hash, cp)))
+    let mut offset = 0i64;
+    loop {
+        let rows: Vec<(String, String, String)> = with_db!(pool, p => {
+            sqlx::query_as(sql)
+                .bind(chain)
+                .bind(WALK_CHUNK)
+                .bind(offset)
+                .fetch_all(p)
+                .await?
+        });
+        let n = rows.len();
+        for (body, hash, sig) in rows {
+            if let Ok(cp) = SignedCheckpoint::parse(&body, &hash, &sig)
+                && cp.is_signed_by(chain, key)
+            {
+                return Ok(Some(cp));
+            }
+        }
+        if n < WALK_CHUNK as usize {
+            return Ok(None);
+        }
+        offset += WALK_CHUNK;
+    }
+}
+
+/// The last position of the unbroken run of stored rows of `chain` that
+/// starts at `from`, if there is a row at `from`.
+async fn run_end(pool: &Db, chain: &str, from: u64) -> Result<Option<u64>, StoreError> {
+    let mut at = from;
+    let mut end = None;
+    loop {
+        let Ok(start) = i64::try_from(at) else {
+            return Ok(end);
+        };
+        let seqs: Vec<i64> = with_db!(pool, p => {
+            sqlx::query_scalar(
+                "SELECT seq FROM audit_entries WHERE chain = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(chain)
+            .bind(start)
+            .bind(WALK_CHUNK)
+            .fetch_all(p)
+            .await?
+        });
+        let n = seqs.len();
+        for seq in seqs {
+            if u64::try_from(seq).ok() != Some(at) {
+                return Ok(end);
+            }
+            end = Some(at);
+            at += 1;
+        }
+        if n < WALK_CHUNK as usize {
+            return Ok(end);
         }
     }
 }
 
-/// Signs and stores a checkpoint over the writer's head.
+/// If rows someone else stored occupy the writer's next positions, signs
+/// and stores a checkpoint naming them and moves the writer past them.
+/// Returns whether it did.
+async fn quarantine_foreign(pool: &Db, writer: &mut ChainWriter) -> Result<bool, StoreError> {
+    let from = writer.next_seq();
+    let Some(to) = run_end(pool, writer.chain(), from).await? else {
+        return Ok(false);
+    };
+    let cp = writer
+        .quarantine(Span { from, to }, crate::now_ms())
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    insert_checkpoint(pool, &cp).await?;
+    writer.advance_checkpoint(&cp);
+    tracing::error!(
+        chain = writer.chain(),
+        from,
+        to,
+        "audit entries this writer did not write were stored at its next positions; \
+         not adopted, named in a signed checkpoint, writing on after them"
+    );
+    Ok(true)
+}
+
+/// Signs and stores a checkpoint over the writer's head, after naming any
+/// rows someone else stored at its next positions (looked for each time, so
+/// a row inserted while the writer is idle is named within a second).
 async fn checkpoint_now(pool: &Db, writer: &mut ChainWriter) -> Result<(), StoreError> {
+    if quarantine_foreign(pool, writer).await? {
+        return Ok(());
+    }
     let cp = writer
         .checkpoint(crate::now_ms())
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    insert_checkpoint(pool, &cp).await?;
+    writer.advance_checkpoint(&cp);
+    Ok(())
+}
+
+/// Signs and stores the checkpoint a writer leaves when it stops.
+async fn close_chain(pool: &Db, writer: &mut ChainWriter) -> Result<(), StoreError> {
+    quarantine_foreign(pool, writer).await?;
+    let cp = writer
+        .closing_checkpoint(crate::now_ms())
         .map_err(|e| StoreError::Encode(e.to_string()))?;
     insert_checkpoint(pool, &cp).await?;
     writer.advance_checkpoint(&cp);
@@ -530,13 +746,42 @@ async fn write_batches(
         }
         if !batch.is_empty() {
             let due = writer.uncovered() >= policy.every || last_cp.elapsed() >= policy.after;
-            let cp = if due {
+            let mut cp = if due {
                 writer.checkpoint(now).ok()
             } else {
                 None
             };
             let entries: Vec<&Sealed> = batch.iter().collect();
-            match write(&pool, &entries, cp.as_ref()).await {
+            let mut outcome = write(&pool, &entries, cp.as_ref()).await;
+            // Where the writer stands if the batch fails after all.
+            let mut base = before;
+            if outcome.is_err() {
+                // Rows someone else stored at the batch's positions: name
+                // them, move past them, and store the batch once more there.
+                if let Ok(true) = quarantine_foreign(&pool, &mut base).await {
+                    let mut moved = base.clone();
+                    let mut again = Vec::with_capacity(batch.len());
+                    for s in &batch {
+                        match moved.reseal(s) {
+                            Some(r) => {
+                                moved.advance(&r);
+                                again.push(r);
+                            }
+                            None => break,
+                        }
+                    }
+                    if again.len() == batch.len() {
+                        let entries: Vec<&Sealed> = again.iter().collect();
+                        outcome = write(&pool, &entries, None).await;
+                        if outcome.is_ok() {
+                            writer = moved;
+                            batch = again;
+                            cp = None;
+                        }
+                    }
+                }
+            }
+            match outcome {
                 Ok(()) => {
                     if let Some(cp) = &cp {
                         writer.advance_checkpoint(cp);
@@ -559,7 +804,7 @@ async fn write_batches(
                 Err(e) => {
                     // Nothing of the batch is stored: the chain continues from
                     // where it was, and every caller learns its entry failed.
-                    writer = before;
+                    writer = base;
                     let why = e.to_string();
                     for reply in replies {
                         match reply {
@@ -578,10 +823,9 @@ async fn write_batches(
             break 'run;
         }
     }
-    // Stopping: sign the head, so what was written is covered.
-    if writer.uncovered() > 0
-        && let Err(e) = checkpoint_now(&pool, &mut writer).await
-    {
+    // Stopping: sign the head, and that the writer stopped, so what was
+    // written is covered and nothing can be added after it unnoticed.
+    if let Err(e) = close_chain(&pool, &mut writer).await {
         tracing_error(writer.chain(), &e);
     }
     if let Some(done) = closing {
@@ -597,18 +841,20 @@ fn tracing_error(chain: &str, e: &StoreError) {
 /// formatted into the statement).
 fn insert_sql(n: usize) -> String {
     use std::fmt::Write as _;
-    let mut sql = String::from("INSERT INTO audit_entries (chain, seq, body, hash, sig) VALUES ");
+    let mut sql =
+        String::from("INSERT INTO audit_entries (chain, seq, body, hash, sig, mac) VALUES ");
     for i in 0..n {
-        let k = i * 5;
+        let k = i * 6;
         let _ = write!(
             sql,
-            "{}(${}, ${}, ${}, ${}, ${})",
+            "{}(${}, ${}, ${}, ${}, ${}, ${})",
             if i == 0 { "" } else { ", " },
             k + 1,
             k + 2,
             k + 3,
             k + 4,
-            k + 5
+            k + 5,
+            k + 6
         );
     }
     sql
@@ -654,7 +900,8 @@ async fn write(
                 .bind(i64::try_from(e.seq).unwrap_or(i64::MAX))
                 .bind(e.body.clone())
                 .bind(e.hash.clone())
-                .bind(e.sig.clone());
+                .bind(e.sig.clone())
+                .bind(e.mac.clone());
         }
         match cp {
             None => {
@@ -683,9 +930,9 @@ pub async fn chains(pool: &Db) -> Result<BTreeMap<String, String>, StoreError> {
 
 /// All entries of `chain` in stored order (by sequence number).
 pub async fn entries(pool: &Db, chain: &str) -> Result<Vec<Sealed>, StoreError> {
-    let rows: Vec<(String, i64, String, String, String)> = with_db!(pool, p => {
+    let rows: Vec<(String, i64, String, String, String, String)> = with_db!(pool, p => {
         sqlx::query_as(
-            "SELECT chain, seq, body, hash, sig FROM audit_entries WHERE chain = $1 ORDER BY seq",
+            "SELECT chain, seq, body, hash, sig, mac FROM audit_entries WHERE chain = $1 ORDER BY seq",
         )
         .bind(chain)
         .fetch_all(p)
@@ -693,12 +940,13 @@ pub async fn entries(pool: &Db, chain: &str) -> Result<Vec<Sealed>, StoreError> 
     });
     Ok(rows
         .into_iter()
-        .map(|(chain, seq, body, hash, sig)| Sealed {
+        .map(|(chain, seq, body, hash, sig, mac)| Sealed {
             chain,
             seq: u64::try_from(seq).unwrap_or(0),
             body,
             hash,
             sig,
+            mac,
         })
         .collect())
 }
@@ -925,8 +1173,13 @@ pub async fn verify(
             report.findings.push(f);
             continue;
         }
-        let mut verifier = match ChainVerifier::new(chain, &key, &cps, trusted.get(chain).cloned())
-        {
+        let mut verifier = match ChainVerifier::new(
+            chain,
+            &key,
+            &cps,
+            trusted.get(chain).cloned(),
+            crate::now_ms(),
+        ) {
             Ok(v) => v,
             Err(f) => {
                 report.findings.push(f);
@@ -982,6 +1235,7 @@ pub async fn verify(
                     body,
                     hash,
                     sig,
+                    mac: String::new(),
                 };
                 if sealed.seq == 0 {
                     failed = Some(finding(
@@ -1021,7 +1275,7 @@ pub async fn verify(
                 ));
             }
         }
-        match failed.map_or_else(|| verifier.finish(crate::now_ms()), Err) {
+        match failed.map_or_else(|| verifier.finish(), Err) {
             Ok(v) => report.verified.push(v),
             Err(f) => report.findings.push(f),
         }
@@ -1187,6 +1441,235 @@ mod tests {
             AuditLog::open_with(Db::Sqlite(raw.clone()), "c", key, policy).await,
             Err(StoreError::Tampered { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What someone with INSERT on the table but without the writer's key
+    /// can store: the next entry of `chain`, correctly linked and hashed.
+    async fn forge_next(pool: &Db, chain: &str, time_ms: i64, detail: &str) -> u64 {
+        let (seq, hash): (i64, String) = with_db!(pool, p => {
+            sqlx::query_as("SELECT seq, hash FROM audit_entries WHERE chain = $1 ORDER BY seq DESC LIMIT 1")
+                .bind(chain)
+                .fetch_one(p)
+                .await
+                .unwrap()
+        });
+        let entry = crate::audit::Entry {
+            v: 1,
+            chain: chain.to_owned(),
+            seq: u64::try_from(seq).unwrap() + 1,
+            time_ms,
+            kind: Kind::Approval,
+            record: Record {
+                subject: "carol".into(),
+                decision: "approve".into(),
+                status: "approved".into(),
+                detail: detail.into(),
+                ..Record::default()
+            },
+            prev_hash: hash,
+        };
+        let body = crate::canonical::canonical_of(&entry).unwrap();
+        let hash =
+            crate::canonical::digest_hex(crate::canonical::Domain::AuditLeaf, body.as_bytes());
+        with_db!(pool, p => {
+            sqlx::query("INSERT INTO audit_entries (chain, seq, body, hash, sig) VALUES ($1, $2, $3, $4, '')")
+                .bind(chain)
+                .bind(seq + 1)
+                .bind(&body)
+                .bind(&hash)
+                .execute(p)
+                .await
+                .unwrap();
+        });
+        entry.seq
+    }
+
+    async fn findings(pool: &Db, chain: &str, key: &KeyPair) -> Vec<(String, u64, Problem)> {
+        let pinned: BTreeMap<String, PublicKey> = [(chain.to_owned(), key.public())].into();
+        verify(pool, Some(&pinned), &BTreeMap::new(), &mut |_, _| {})
+            .await
+            .unwrap()
+            .findings
+            .into_iter()
+            .map(|f| (f.chain, f.seq, f.problem))
+            .collect()
+    }
+
+    async fn fresh_pool() -> (std::path::PathBuf, Db) {
+        let dir = std::env::temp_dir().join(crate::random_id("zt-store-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pool = open_file(&dir.join("audit.db")).await.unwrap();
+        (dir, pool)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_never_adopts_or_signs_a_tail_it_did_not_write() {
+        let (dir, pool) = fresh_pool().await;
+        let key = KeyPair::from_seed(&[5; 32]);
+        let log = AuditLog::open(pool.clone(), "approval", key.clone())
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            log.append(Kind::Decision, Record::default()).await.unwrap();
+        }
+        log.close().await;
+        drop(log);
+        assert_eq!(findings(&pool, "approval", &key).await, vec![]);
+
+        // Stopped writer, then a forged "approved by carol" at its next
+        // position, dated now: the closing checkpoint already names it.
+        let forged = forge_next(&pool, "approval", crate::now_ms(), "approved by carol").await;
+        assert_eq!(
+            findings(&pool, "approval", &key).await,
+            vec![("approval".into(), forged, Problem::Foreign)]
+        );
+
+        // The writer restarts: it does not continue from the forgery, it
+        // names it in a signed checkpoint and writes on after it.
+        let log = AuditLog::open(pool.clone(), "approval", key.clone())
+            .await
+            .unwrap();
+        let next = log.append(Kind::Decision, Record::default()).await.unwrap();
+        assert_eq!(next.seq, forged + 1);
+        let entry = next.entry().unwrap();
+        let own_head: String = with_db!(&pool, p => {
+            sqlx::query_scalar("SELECT hash FROM audit_entries WHERE chain = 'approval' AND seq = $1")
+                .bind(i64::try_from(forged - 1).unwrap())
+                .fetch_one(p)
+                .await
+                .unwrap()
+        });
+        assert_eq!(
+            entry.prev_hash, own_head,
+            "links to its own head, not the forgery"
+        );
+        log.close().await;
+        drop(log);
+        let cps = checkpoints(&pool, "approval").await.unwrap();
+        assert!(
+            cps.iter().flatten().any(|c| c.checkpoint.foreign
+                == Some(Span {
+                    from: forged,
+                    to: forged
+                })),
+            "a signed checkpoint names the forgery"
+        );
+        assert_eq!(
+            findings(&pool, "approval", &key).await,
+            vec![("approval".into(), forged, Problem::Foreign)]
+        );
+
+        // A row inserted while the writer runs takes its next position: the
+        // writer's next append still lands, after it, and it is named.
+        let log = AuditLog::open(pool.clone(), "approval", key.clone())
+            .await
+            .unwrap();
+        let before = log.append(Kind::Decision, Record::default()).await.unwrap();
+        let raced = forge_next(&pool, "approval", crate::now_ms(), "raced").await;
+        let after = log.append(Kind::Decision, Record::default()).await.unwrap();
+        assert_eq!(after.seq, raced + 1);
+        assert_eq!(after.entry().unwrap().prev_hash, before.hash);
+        log.close().await;
+        let cps = checkpoints(&pool, "approval").await.unwrap();
+        assert!(cps.iter().flatten().any(|c| c.checkpoint.foreign
+            == Some(Span {
+                from: raced,
+                to: raced
+            })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crashed_writer_keeps_its_own_unsigned_tail() {
+        let (dir, pool) = fresh_pool().await;
+        let key = KeyPair::from_seed(&[6; 32]);
+        let log = AuditLog::open(pool.clone(), "broker", key.clone())
+            .await
+            .unwrap();
+        let last = log.append(Kind::Decision, Record::default()).await.unwrap();
+        log.close().await;
+        drop(log);
+        // Entries written by the writer itself after its last checkpoint, as
+        // a crash leaves them (stored, never signed).
+        let cps = checkpoints(&pool, "broker").await.unwrap();
+        let cp = cps.last().unwrap().as_ref().unwrap();
+        let mut w = ChainWriter::new(
+            "broker".into(),
+            key.clone(),
+            Some((last.seq, last.hash.clone())),
+            Some((cp.hash.clone(), cp.checkpoint.seq)),
+        );
+        let mut tail = Vec::new();
+        for _ in 0..3 {
+            let s = w
+                .seal(Kind::Decision, Record::default(), crate::now_ms())
+                .unwrap();
+            w.advance(&s);
+            tail.push(s);
+        }
+        // Not after a closing checkpoint: the writer reopened first.
+        let reopen = w.checkpoint(crate::now_ms()).unwrap();
+        insert_checkpoint(&pool, &reopen)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let refs: Vec<&Sealed> = tail.iter().collect();
+        write(&pool, &refs, None).await.unwrap();
+        let log = AuditLog::open(pool.clone(), "broker", key.clone())
+            .await
+            .unwrap();
+        let next = log.append(Kind::Decision, Record::default()).await.unwrap();
+        assert_eq!(next.seq, tail[2].seq + 1);
+        assert_eq!(next.entry().unwrap().prev_hash, tail[2].hash);
+        log.close().await;
+        assert_eq!(findings(&pool, "broker", &key).await, vec![]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn junk_rows_do_not_stop_a_writer_from_starting() {
+        let (dir, pool) = fresh_pool().await;
+        let key = KeyPair::from_seed(&[7; 32]);
+        // A chain registered first with someone else's key, and a junk
+        // checkpoint far ahead: both once stopped the writer.
+        with_db!(&pool, p => {
+            sqlx::query("INSERT INTO audit_chains (chain, public_key, created_ms) VALUES ('broker-b', $1, 0)")
+                .bind(KeyPair::from_seed(&[1; 32]).public().to_hex())
+                .execute(p)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO audit_checkpoints (chain, seq, time_ms, body, hash, sig) VALUES ('broker-b', 99, 0, 'junk', 'junk', '')")
+                .execute(p)
+                .await
+                .unwrap();
+        });
+        let log = AuditLog::open(pool.clone(), "broker-b", key.clone())
+            .await
+            .unwrap();
+        let e = log.append(Kind::Decision, Record::default()).await.unwrap();
+        assert_eq!(e.seq, 2);
+        log.close().await;
+        let f = findings(&pool, "broker-b", &key).await;
+        assert_eq!(f.len(), 1, "the squatted row is reported: {f:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_from_the_future_are_a_finding() {
+        let (dir, pool) = fresh_pool().await;
+        let key = KeyPair::from_seed(&[2; 32]);
+        let log = AuditLog::open(pool.clone(), "approval", key.clone())
+            .await
+            .unwrap();
+        log.append(Kind::Decision, Record::default()).await.unwrap();
+        // The writer is running (no closing checkpoint yet): a forged entry
+        // dated an hour ahead, never "not yet signed".
+        let forged = forge_next(&pool, "approval", crate::now_ms() + 3_600_000, "later").await;
+        assert_eq!(
+            findings(&pool, "approval", &key).await,
+            vec![("approval".into(), forged, Problem::Time)]
+        );
+        drop(log);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -487,6 +487,22 @@ fn unverified_alg(token: &str) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// The canonical form of an operator's (or a human's) identity: trimmed,
+/// lower-case, 1 to 64 characters of `a-z`, `0-9`, `.`, `_`, `-`, starting
+/// with a letter. Two spellings of one name (`Carol`, `carol `) are one
+/// identity, so neither passes a no-self-approval check nor counts twice
+/// toward a quorum; anything else is not a name.
+pub fn identity(name: &str) -> Option<String> {
+    let id = name.trim().to_lowercase();
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    ok.then_some(id)
+}
+
 /// Current Unix time in seconds.
 pub fn now_secs() -> i64 {
     crate::now_ms() / 1000

@@ -320,6 +320,27 @@ async fn quorum_reasons_and_refusals_are_enforced_and_audited() {
         "{}",
         stdout(&out)
     );
+    // Another spelling is the same person: `Carol ` does not add a second
+    // approval, and `ALICE` still may not decide on alice's behalf.
+    let carol_again = Grpc::connect(
+        &stack.approval_url,
+        &stack.operator_token("Carol ", "approver", 500_000),
+    )
+    .await;
+    let _ = decide(&carol_again, &id, true, "me again").await;
+    let now = get(&carol, &id).await;
+    assert_eq!(now.approvers, vec!["carol".to_owned()], "{now:?}");
+    assert_eq!(now.status, "pending", "{now:?}");
+    let alice_upper = Grpc::connect(
+        &stack.approval_url,
+        &stack.operator_token("ALICE", "approver", 500_000),
+    )
+    .await;
+    refused(
+        decide(&alice_upper, &id, true, "mine").await,
+        tonic::Code::PermissionDenied,
+        "own behalf",
+    );
     let log = entries(&stack, "approval", &id).await;
     let vote = find(
         &log,

@@ -258,3 +258,121 @@ async fn every_tamper_class_is_detected_with_its_finding() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// What anyone who can INSERT into the audit database (another service's
+/// user on PostgreSQL, any writer of the file) can do without a writer's
+/// key: store the next entry of its chain, correctly linked and hashed.
+async fn forge_approval(dir: &Path, time_ms: i64) -> u64 {
+    let url = format!("sqlite://{}", dir.join("audit.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let (seq, hash): (i64, String) = sqlx::query_as(
+        "SELECT seq, hash FROM audit_entries WHERE chain = 'approval' ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let entry = zt_proto::audit::Entry {
+        v: 1,
+        chain: "approval".into(),
+        seq: u64::try_from(seq).unwrap() + 1,
+        time_ms,
+        kind: zt_proto::audit::Kind::Approval,
+        record: zt_proto::audit::Record {
+            subject: "carol".into(),
+            request_id: "req_forged".into(),
+            decision: "approve".into(),
+            status: "approved".into(),
+            detail: "approved by carol".into(),
+            ..Default::default()
+        },
+        prev_hash: hash,
+    };
+    let body = zt_proto::canonical::canonical_of(&entry).unwrap();
+    let hash =
+        zt_proto::canonical::digest_hex(zt_proto::canonical::Domain::AuditLeaf, body.as_bytes());
+    // The append-only triggers allow an INSERT: nothing is dropped here.
+    sqlx::query("INSERT INTO audit_entries (chain, seq, body, hash, sig) VALUES ('approval', $1, $2, $3, '')")
+        .bind(seq + 1)
+        .bind(&body)
+        .bind(&hash)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    entry.seq
+}
+
+/// A consistent copy of a running stack's data directory (the audit log
+/// through `VACUUM INTO`, so the copy is one transaction's view).
+async fn snapshot(dir: &Path, tag: &str) -> PathBuf {
+    let to = copy_of(dir, tag);
+    for file in ["audit.db", "audit.db-wal", "audit.db-shm"] {
+        let _ = std::fs::remove_file(to.join(file));
+    }
+    let url = format!("sqlite://{}?mode=ro", dir.join("audit.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "VACUUM INTO '{}'",
+        to.join("audit.db").display()
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let _ = conn.close().await;
+    to
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_tail_is_named_and_never_signed_by_the_writer() {
+    let stack = Stack::up("forge").expect("stack starts");
+    run_calls(&stack, 2).await;
+    // A copy taken while the writers run (no closing checkpoint yet),
+    // forged an hour ahead: never "not yet signed", a finding.
+    let running = snapshot(Path::new(&stack.dir()), "forge-future").await;
+    let ahead = forge_approval(&running, zt_proto::now_ms() + 3_600_000).await;
+    assert_eq!(finding(&running), ("approval".into(), ahead, "time".into()));
+    let dir = stack.stop_keep();
+
+    // After a clean stop, a forged approval dated now: named at once.
+    let forged = forge_approval(&dir, zt_proto::now_ms()).await;
+    assert_eq!(finding(&dir), ("approval".into(), forged, "foreign".into()));
+
+    // The approval service restarts: it does not continue from the forgery
+    // nor sign it into a checkpoint of its own; the finding stays.
+    let stack = Stack::up_at(&dir).expect("stack restarts");
+    run_calls(&stack, 1).await;
+    let dir = stack.stop_keep();
+    assert_eq!(finding(&dir), ("approval".into(), forged, "foreign".into()));
+    let url = format!("sqlite://{}?mode=ro", dir.join("audit.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let named: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_checkpoints WHERE chain = 'approval' AND body LIKE '%\"foreign\":{%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        named >= 1,
+        "the writer signed a checkpoint naming the forgery"
+    );
+    let after: Option<String> =
+        sqlx::query_scalar("SELECT body FROM audit_entries WHERE chain = 'approval' AND seq = $1")
+            .bind(i64::try_from(forged + 1).unwrap())
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+    let forged_hash: String =
+        sqlx::query_scalar("SELECT hash FROM audit_entries WHERE chain = 'approval' AND seq = $1")
+            .bind(i64::try_from(forged).unwrap())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(
+        after.is_none_or(|a| !a.contains(&forged_hash)),
+        "the writer's next entry does not link to the forgery"
+    );
+    let _ = conn.close().await;
+    for d in [&dir, &running] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
