@@ -415,15 +415,40 @@ pub async fn cancel_session(
     all_with_votes(pool, rows).await
 }
 
-/// Marks every pending request past its expiry as expired; returns them.
+/// The outcome recorded on an approved request whose grant was never used.
+pub const GRANT_UNUSED: &str = "approved, but the grant expired unused";
+
+/// How long after its approval an unused grant's request expires: the
+/// grant's lifetime, and a minute for a broker that redeemed it at the last
+/// moment to report the execution.
+pub const UNUSED_GRANT_AFTER_MS: i64 = zt_proto::grant::MAX_GRANT_TTL_MS + 60_000;
+
+/// Marks every pending request past its expiry as expired, and every
+/// approved request whose grant can no longer be redeemed (it stays
+/// approved no longer, so the same call can be escalated again); returns
+/// them. An unused grant's request keeps its approval time and says so in
+/// its outcome ([`GRANT_UNUSED`]).
 pub async fn expire_due(pool: &Db, now_ms: i64) -> Result<Vec<ApprovalRequest>, sqlx::Error> {
-    let sql = format!(
+    let pending = format!(
         "UPDATE requests SET status = 'expired', decided_at_ms = $1 \
          WHERE status = 'pending' AND expires_at_ms <= $1 RETURNING {COLUMNS}"
     );
-    let rows: Vec<Row> = with_db!(pool, p => {
-        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now_ms).fetch_all(p).await?
+    let unused = format!(
+        "UPDATE requests SET status = 'expired', outcome = $1 \
+         WHERE status = 'approved' AND decided_at_ms <= $2 RETURNING {COLUMNS}"
+    );
+    let cutoff = now_ms.saturating_sub(UNUSED_GRANT_AFTER_MS);
+    let mut rows: Vec<Row> = with_db!(pool, p => {
+        sqlx::query_as(sqlx::AssertSqlSafe(pending)).bind(now_ms).fetch_all(p).await?
     });
+    let more: Vec<Row> = with_db!(pool, p => {
+        sqlx::query_as(sqlx::AssertSqlSafe(unused))
+            .bind(GRANT_UNUSED)
+            .bind(cutoff)
+            .fetch_all(p)
+            .await?
+    });
+    rows.extend(more);
     all_with_votes(pool, rows).await
 }
 
@@ -684,6 +709,49 @@ mod tests {
         assert_eq!(
             (req.status.as_str(), req.outcome.as_str()),
             ("cancelled", "cancelled by root: test")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_approval_whose_grant_went_unused_expires() {
+        let (pool, dir) = temp_db("unused").await;
+        let now = zt_proto::now_ms();
+        let one = Requirements {
+            approvals: 1,
+            approve_reason: false,
+        };
+        insert(&pool, "req_u", &escalation("s1", 100), now, 60_000, one)
+            .await
+            .unwrap();
+        let out = vote(&pool, "req_u", "carol", true, "ok", now, seal).await;
+        assert!(matches!(
+            out.unwrap(),
+            VoteOutcome::Decided { grant_id: Some(_) }
+        ));
+        // While the grant can still be redeemed (and reported), it stays approved.
+        let early = expire_due(&pool, now + UNUSED_GRANT_AFTER_MS - 1)
+            .await
+            .unwrap();
+        assert!(early.is_empty(), "{early:?}");
+        assert_eq!(
+            get(&pool, "req_u").await.unwrap().unwrap().status,
+            "approved"
+        );
+        // Once it cannot, it expires, and the same call may be escalated anew.
+        let expired = expire_due(&pool, now + UNUSED_GRANT_AFTER_MS)
+            .await
+            .unwrap();
+        assert_eq!(expired.len(), 1);
+        let req = get(&pool, "req_u").await.unwrap().unwrap();
+        assert_eq!(
+            (req.status.as_str(), req.outcome.as_str()),
+            ("expired", GRANT_UNUSED)
+        );
+        assert!(
+            !report_execution(&pool, "req_u", true, "late")
+                .await
+                .unwrap()
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

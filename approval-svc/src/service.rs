@@ -413,7 +413,12 @@ impl Service {
             .await
             .map_err(internal)?;
         for req in &expired {
-            let detail = if req.approvals_required > 1 {
+            let detail = if req.outcome == db::GRANT_UNUSED {
+                format!(
+                    "approved by {}, but the grant expired unused",
+                    req.approvers.join(", ")
+                )
+            } else if req.approvals_required > 1 {
                 format!("nobody decided in time ({})", tally(req))
             } else {
                 "nobody decided in time".to_owned()
@@ -427,7 +432,11 @@ impl Service {
                 "request_decided",
                 req,
                 "expired",
-                format!("{} expired unanswered", req.id),
+                if req.outcome == db::GRANT_UNUSED {
+                    format!("{} expired with its grant unused", req.id)
+                } else {
+                    format!("{} expired unanswered", req.id)
+                },
             );
         }
         if !expired.is_empty() {

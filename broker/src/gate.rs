@@ -55,20 +55,39 @@ pub struct Broker {
 }
 
 /// The set of revoked session ids, shared by the auth middleware and the call path.
+///
+/// Until the first sync with the approval service completes the broker does
+/// not know which sessions are revoked, so every session counts as revoked
+/// (fail closed) and the middleware answers 503.
 #[derive(Debug, Clone, Default)]
-pub struct Revocations(Arc<std::sync::RwLock<std::collections::HashSet<String>>>);
+pub struct Revocations {
+    set: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    synced: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Revocations {
-    /// Whether `sid` is revoked. A poisoned lock counts as revoked (fail closed).
+    /// Whether `sid` is revoked. Before the first sync, or with a poisoned
+    /// lock, every session counts as revoked (fail closed).
     pub fn contains(&self, sid: &str) -> bool {
-        self.0.read().map(|set| set.contains(sid)).unwrap_or(true)
+        !self.is_synced() || self.set.read().map(|set| set.contains(sid)).unwrap_or(true)
     }
 
     /// Records revoked sessions.
     pub fn extend(&self, sids: impl IntoIterator<Item = String>) {
-        if let Ok(mut set) = self.0.write() {
+        if let Ok(mut set) = self.set.write() {
             set.extend(sids);
         }
+    }
+
+    /// Records that the set is complete as of a sync with the approval service.
+    pub fn mark_synced(&self) {
+        self.synced
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a sync has completed.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

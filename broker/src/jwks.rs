@@ -37,8 +37,15 @@ impl Jwks {
     pub async fn fetch(url: &str) -> anyhow::Result<Arc<Jwks>> {
         // Idempotent: only the first install in a process takes effect.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Whoever answers this URL decides which session tokens the broker
+        // accepts: TLS off loopback, and no redirect to anywhere else.
+        anyhow::ensure!(
+            url.starts_with("https://") || crate::backend::loopback_http(url),
+            "the JWKS URL {url} must use https (plain http only on loopback)"
+        );
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("building the JWKS client")?;
         let set = download(&http, url)
@@ -111,4 +118,51 @@ async fn download(http: &reqwest::Client, url: &str) -> anyhow::Result<KeySet> {
         anyhow::bail!("JWKS document too large");
     }
     Ok(KeySet::from_jwks(&String::from_utf8_lossy(&body))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn plain_http_off_loopback_and_redirects_are_refused() {
+        let err = Jwks::fetch("http://idp.example/jwks.json")
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("must use https"), "{err:#}");
+
+        let key = zt_proto::keys::KeyPair::from_seed(&[7; 32]).public();
+        let doc = KeySet::new(vec![key]).to_jwks();
+        let good = serve(axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { doc }
+            }),
+        ))
+        .await;
+        let target = format!("{good}/jwks.json");
+        assert!(
+            Jwks::fetch(&target).await.is_ok(),
+            "the document itself is fine"
+        );
+        // A redirect to that same document is not followed.
+        let bouncer = serve(axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let target = target.clone();
+                async move { axum::response::Redirect::temporary(&target) }
+            }),
+        ))
+        .await;
+        assert!(Jwks::fetch(&format!("{bouncer}/jwks.json")).await.is_err());
+    }
 }

@@ -304,6 +304,9 @@ impl Auth {
                 c
             }
         };
+        if !self.revoked.is_synced() {
+            return Err("revocations are not yet synced with the approval service".into());
+        }
         if self.revoked.contains(&claims.sid) {
             return Err(token::TokenError::Revoked.to_string());
         }
@@ -312,6 +315,21 @@ impl Auth {
 }
 
 async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
+    if !auth.revoked.is_synced() {
+        // A token revoked before this broker started would otherwise pass
+        // until the first sync: refuse everyone until then.
+        let mut resp = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "error": "unavailable",
+                "error_description": "the broker has not yet learned which sessions are revoked; retry shortly"
+            })),
+        )
+            .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    }
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -619,6 +637,7 @@ pub async fn serve(
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }));
 
+    wait_for_revocations(&broker.revoked).await;
     let url = format!("{base}/mcp");
     match &opts.replica {
         None => layout.write_endpoint("broker", &url)?,
@@ -642,6 +661,7 @@ pub async fn serve_stdio(opts: Options, token: String) -> anyhow::Result<()> {
     // Its own audit chain: it may run beside the HTTP broker of the stack.
     let chain = format!("{AUDIT_CHAIN}-stdio-{}", &zt_proto::random_id("")[..12]);
     let Started { broker, auth, .. } = start(&opts, &chain).await?;
+    wait_for_revocations(&broker.revoked).await;
     if let Err(why) = auth.check(&token).await {
         auth.audit
             .append(Kind::Decision, refused_token(&why))
@@ -667,6 +687,20 @@ pub async fn serve_stdio(opts: Options, token: String) -> anyhow::Result<()> {
     served
 }
 
+/// Waits (a few seconds at most) for the first revocation sync, so a broker
+/// announces itself ready only once it can tell revoked sessions apart;
+/// without the approval service it starts anyway and refuses every call
+/// until the first sync.
+async fn wait_for_revocations(revoked: &Revocations) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !revoked.is_synced() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !revoked.is_synced() {
+        tracing::warn!("approval service unreachable: refusing calls until revocations sync");
+    }
+}
+
 /// Keeps the revocation set current. Revocations reach this broker within
 /// about a second; while the approval service is unreachable the set stops
 /// growing (in-policy calls go on; escalations are refused anyway).
@@ -678,6 +712,10 @@ async fn follow_revocations(upstream: Upstream, revoked: Revocations) {
         match upstream.list_revoked(since).await {
             Ok(list) => {
                 revoked.extend(list.sessions.into_iter().map(|r| r.session_id));
+                if !revoked.is_synced() {
+                    revoked.mark_synced();
+                    tracing::info!("revocations synced: serving calls");
+                }
                 // Overlap a little: a revocation stamped just before `now_ms`
                 // may commit after the query.
                 since = list.now_ms - 5_000;

@@ -54,7 +54,7 @@ pub enum BillingError {
     Client(#[from] reqwest::Error),
 }
 
-fn loopback_http(url: &str) -> bool {
+pub(crate) fn loopback_http(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
         return false;
     };

@@ -11,6 +11,7 @@
 //! adapter that owns its tool. A tool no adapter owns fails closed.
 
 mod billing;
+pub(crate) use billing::loopback_http;
 mod records;
 
 use std::collections::HashMap;
