@@ -505,6 +505,78 @@ pub async fn is_revoked(pool: &Db, session_id: &str) -> Result<bool, sqlx::Error
     Ok(found.is_some())
 }
 
+/// Records that `launcher` started session `session_id` (a refresh keeps
+/// the first record).
+pub async fn record_launch(
+    pool: &Db,
+    session_id: &str,
+    launcher: &str,
+    human: &str,
+    agent: &str,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    with_db!(pool, p => {
+        sqlx::query(
+            "INSERT INTO launched_sessions (session_id, launcher, human, agent, issued_at_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id) DO NOTHING",
+        )
+        .bind(session_id)
+        .bind(launcher)
+        .bind(human)
+        .bind(agent)
+        .bind(now_ms)
+        .execute(p)
+        .await?;
+    });
+    Ok(())
+}
+
+/// The launcher that started `session_id`, if a launcher did.
+pub async fn launcher_of(pool: &Db, session_id: &str) -> Result<Option<String>, sqlx::Error> {
+    Ok(with_db!(pool, p => {
+        sqlx::query_scalar("SELECT launcher FROM launched_sessions WHERE session_id = $1")
+            .bind(session_id)
+            .fetch_optional(p)
+            .await?
+    }))
+}
+
+/// Revokes a launcher or operator credential by its token id; returns
+/// whether it was not revoked before.
+pub async fn revoke_token(
+    pool: &Db,
+    jti: &str,
+    reason: &str,
+    by: &str,
+    now_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = with_db!(pool, p => {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, reason, by_operator, at_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(reason)
+        .bind(by)
+        .bind(now_ms)
+        .execute(p)
+        .await?
+        .rows_affected()
+    });
+    Ok(done == 1)
+}
+
+/// Whether a credential's token id is revoked.
+pub async fn is_token_revoked(pool: &Db, jti: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<String> = with_db!(pool, p => {
+        sqlx::query_scalar("SELECT jti FROM revoked_tokens WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(p)
+            .await?
+    });
+    Ok(found.is_some())
+}
+
 /// Sessions revoked at or after `since_ms`: (session, at, reason).
 pub async fn revoked_since(
     pool: &Db,

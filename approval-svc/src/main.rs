@@ -148,9 +148,43 @@ enum TokenCommand {
         /// The launcher's name (becomes `launcher:NAME` in the actor chain).
         #[arg(long)]
         name: String,
-        /// Lifetime, e.g. 24h, 7d (at most 30d).
-        #[arg(long, default_value = "24h")]
+        /// Comma-separated humans it may start runs for (each in the stack's
+        /// directory).
+        #[arg(
+            long = "for",
+            value_name = "HUMAN,...",
+            value_delimiter = ',',
+            required = true
+        )]
+        humans: Vec<String>,
+        /// Comma-separated agent ids it may name: exact, or a prefix ending
+        /// in `*` (e.g. `agent:support-*`).
+        #[arg(long, value_name = "AGENT,...", value_delimiter = ',', required = true)]
+        agents: Vec<String>,
+        /// Comma-separated tools its sessions may be scoped to (default: all
+        /// the policy allows).
+        #[arg(long, value_delimiter = ',')]
+        scope: Vec<String>,
+        /// Longest session it may issue, e.g. 5m (at most 15m).
+        #[arg(long, default_value = "15m")]
+        session_ttl: String,
+        /// Lifetime of the credential, e.g. 8h, 2d (at most 7d). Revocable
+        /// by its id (printed on stderr) with `zt-approval token revoke`.
+        #[arg(long, default_value = "8h")]
         ttl: String,
+    },
+    /// Revoke a launcher or operator credential by its token id, before it
+    /// expires (the service must be running).
+    Revoke {
+        /// The stack's data directory.
+        #[arg(long, env = "ZT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The credential's token id (`jti`, printed on stderr when issued).
+        #[arg(long)]
+        jti: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
     },
     /// An operator token for the console (printed on stdout).
     Operator {
@@ -170,6 +204,37 @@ enum TokenCommand {
         #[arg(long, default_value = "8h")]
         ttl: String,
     },
+}
+
+/// A client of the running approval service of `layout` with a one-minute
+/// admin token of this stack: revocations go through the service, so they
+/// are audited and reach the brokers.
+async fn as_admin(
+    layout: &Layout,
+) -> anyhow::Result<(
+    zt_proto::pb::approval_client::ApprovalClient<tonic::transport::Channel>,
+    String,
+)> {
+    let (stack, keys) = setup::load(layout)?;
+    let url = layout
+        .endpoint("approval")
+        .context("no running approval service recorded for this data directory")?;
+    let admin = setup::issue_operator(&stack, &keys, "zt-approval-cli", Role::Admin, 0, 60)?;
+    let client = zt_proto::pb::approval_client::ApprovalClient::connect(url)
+        .await
+        .context("connecting to the approval service")?;
+    Ok((client, admin))
+}
+
+/// The `jti` claim of a JWT this program just signed.
+fn token_id(jwt: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("jti")?.as_str().map(str::to_owned)
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -265,20 +330,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let layout = Layout::new(&data_dir);
                 let (stack, keys) = setup::load(&layout)?;
                 let ttl = setup::parse_duration_secs(&ttl)?;
-                println!(
-                    "{}",
-                    setup::issue_operator(&stack, &keys, &name, role, limit, ttl)?
-                );
+                let jwt = setup::issue_operator(&stack, &keys, &name, role, limit, ttl)?;
+                if let Some(jti) = token_id(&jwt) {
+                    eprintln!("jti={jti}");
+                }
+                println!("{jwt}");
             }
             TokenCommand::Launcher {
                 data_dir,
                 name,
+                humans,
+                agents,
+                scope,
+                session_ttl,
                 ttl,
             } => {
                 let layout = Layout::new(&data_dir);
                 let (stack, keys) = setup::load(&layout)?;
                 let ttl = setup::parse_duration_secs(&ttl)?;
-                println!("{}", setup::issue_launcher(&stack, &keys, &name, ttl)?);
+                let bounds = setup::LauncherBounds {
+                    humans,
+                    agents,
+                    scope: scope.into_iter().filter(|s| !s.is_empty()).collect(),
+                    max_session_ttl: setup::parse_duration_secs(&session_ttl)?,
+                };
+                let (jwt, jti) = setup::issue_launcher(&layout, &stack, &keys, &name, bounds, ttl)?;
+                eprintln!("jti={jti}");
+                println!("{jwt}");
+            }
+            TokenCommand::Revoke {
+                data_dir,
+                jti,
+                reason,
+            } => {
+                let (mut client, admin) = as_admin(&Layout::new(&data_dir)).await?;
+                let mut req = tonic::Request::new(zt_proto::pb::RevokeTokenRequest { jti, reason });
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {admin}").parse()?);
+                let done = client
+                    .revoke_token(req)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner();
+                if done.newly_revoked {
+                    println!("{} revoked", done.jti);
+                } else {
+                    println!("{} was already revoked", done.jti);
+                }
             }
         },
         Command::Keys {
@@ -312,18 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     reason,
                 },
         } => {
-            let layout = Layout::new(&data_dir);
-            let (stack, keys) = setup::load(&layout)?;
-            let url = layout
-                .endpoint("approval")
-                .context("no running approval service recorded for this data directory")?;
-            // Through the running service, so the revocation is audited and
-            // reaches the brokers: as a short-lived admin of this stack.
-            let admin =
-                setup::issue_operator(&stack, &keys, "zt-approval-cli", Role::Admin, 0, 60)?;
-            let mut client = zt_proto::pb::approval_client::ApprovalClient::connect(url)
-                .await
-                .context("connecting to the approval service")?;
+            let (mut client, admin) = as_admin(&Layout::new(&data_dir)).await?;
             let mut req = tonic::Request::new(zt_proto::pb::RevokeSessionRequest {
                 session_id: session,
                 reason,

@@ -20,13 +20,13 @@ use zt_proto::pb::{
     ReportExecutionRequest, WaitDecisionRequest, WatchEventsRequest, WhoAmIRequest,
 };
 use zt_proto::pb::{
-    IssueSessionRequest, ListRevokedRequest, RefreshSessionRequest, RevokeSessionRequest, Revoked,
-    RevokedSessions, SessionToken,
+    IssueSessionRequest, ListRevokedRequest, RefreshSessionRequest, RevokeSessionRequest,
+    RevokeTokenReply, RevokeTokenRequest, Revoked, RevokedSessions, SessionToken,
 };
 use zt_proto::pinned::{PinnedKeys, TrustRoots};
 use zt_proto::stack::{Layout, StackInfo};
 use zt_proto::store::AuditLog;
-use zt_proto::token::{self, Expect, OperatorClaims, ServiceClaims, TokenType};
+use zt_proto::token::{self, Expect, LauncherClaims, OperatorClaims, ServiceClaims, TokenType};
 
 use crate::db::{self, VoteError, VoteOutcome, status};
 use crate::detect::{Alert, By, Detector, Rules};
@@ -220,13 +220,24 @@ impl Service {
             .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
-    fn operator<T>(&self, req: &Request<T>) -> Result<OperatorClaims, Status> {
+    /// Refuses a credential revoked by its token id.
+    async fn not_revoked(&self, jti: &str) -> Result<(), Status> {
+        match db::is_token_revoked(&self.0.db, jti).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(Status::unauthenticated("this credential has been revoked")),
+            // Fail closed: a credential whose status cannot be read is refused.
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn operator<T>(&self, req: &Request<T>) -> Result<OperatorClaims, Status> {
         let op: OperatorClaims = self.verify_bearer(
             req,
             &self.0.operator_keys,
             TokenType::Operator,
             &self.0.stack.issuer,
         )?;
+        self.not_revoked(&op.jti).await?;
         // One spelling per person: a token naming `Carol` or `carol ` (not
         // minted by this service's issuer, which normalises) is no one.
         if token::identity(&op.sub).as_deref() != Some(op.sub.as_str()) {
@@ -247,13 +258,15 @@ impl Service {
         )
     }
 
-    fn launcher<T>(&self, req: &Request<T>) -> Result<ServiceClaims, Status> {
-        self.verify_bearer(
+    async fn launcher<T>(&self, req: &Request<T>) -> Result<LauncherClaims, Status> {
+        let l: LauncherClaims = self.verify_bearer(
             req,
             &self.0.operator_keys,
             TokenType::Launcher,
             &self.0.stack.issuer,
-        )
+        )?;
+        self.not_revoked(&l.jti).await?;
+        Ok(l)
     }
 
     async fn operator_audited<T>(
@@ -261,7 +274,7 @@ impl Service {
         req: &Request<T>,
         action: &str,
     ) -> Result<OperatorClaims, Status> {
-        match self.operator(req) {
+        match self.operator(req).await {
             Ok(c) => Ok(c),
             Err(status) => {
                 self.audit(
@@ -1058,24 +1071,45 @@ impl Approval for Service {
         &self,
         request: Request<IssueSessionRequest>,
     ) -> Result<Response<SessionToken>, Status> {
-        let launcher = self.launcher(&request)?;
+        let launcher = self.launcher(&request).await?;
         let req = request.into_inner();
         let ttl = if req.ttl_secs == 0 {
-            None
+            token::DEFAULT_SESSION_TTL_SECS.min(launcher.max_session_ttl)
         } else {
-            Some(i64::from(req.ttl_secs))
+            i64::from(req.ttl_secs)
         };
+        // A launcher bound to a scope issues sessions within it; asked for
+        // none, it gets exactly that scope.
+        let scope = if req.scope.is_empty() {
+            launcher.scope.clone()
+        } else {
+            req.scope
+        };
+        launcher
+            .may_issue(&req.human, &req.agent, &scope, ttl)
+            .map_err(Status::permission_denied)?;
+        let (agent, human) = (req.agent, req.human);
         let session = setup::SessionRequest {
-            agent: req.agent,
-            human: req.human,
-            ttl_secs: ttl,
-            scope: req.scope,
+            agent: agent.clone(),
+            human: human.clone(),
+            ttl_secs: Some(ttl),
+            scope,
             launcher: Some(launcher.sub.clone()),
             continues: None,
         };
         let (token, claims) =
             setup::issue_session(&self.0.layout, &self.0.stack, &self.0.keys, &session)
                 .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        db::record_launch(
+            &self.0.db,
+            &claims.sid,
+            &launcher.sub,
+            &human,
+            &agent,
+            zt_proto::now_ms(),
+        )
+        .await
+        .map_err(internal)?;
         self.session_record(
             &claims,
             "session_issued",
@@ -1089,7 +1123,7 @@ impl Approval for Service {
         &self,
         request: Request<RefreshSessionRequest>,
     ) -> Result<Response<SessionToken>, Status> {
-        let launcher = self.launcher(&request)?;
+        let launcher = self.launcher(&request).await?;
         let req = request.into_inner();
         let expect = Expect {
             issuer: &self.0.stack.issuer,
@@ -1114,15 +1148,21 @@ impl Approval for Service {
                 token::TokenError::Revoked.to_string(),
             ));
         }
+        let ttl = if req.ttl_secs == 0 {
+            token::DEFAULT_SESSION_TTL_SECS.min(launcher.max_session_ttl)
+        } else {
+            i64::from(req.ttl_secs)
+        };
+        let scope: Vec<String> = old.scope.split_whitespace().map(str::to_owned).collect();
+        // The launcher presenting it must still be allowed to issue it.
+        launcher
+            .may_issue(&old.sub, old.agent(), &scope, ttl)
+            .map_err(Status::permission_denied)?;
         let session = setup::SessionRequest {
             agent: old.agent().to_owned(),
             human: old.sub.clone(),
-            ttl_secs: if req.ttl_secs == 0 {
-                None
-            } else {
-                Some(i64::from(req.ttl_secs))
-            },
-            scope: old.scope.split_whitespace().map(str::to_owned).collect(),
+            ttl_secs: Some(ttl),
+            scope,
             launcher: Some(launcher.sub.clone()),
             continues: Some((
                 old.sid.clone(),
@@ -1141,21 +1181,61 @@ impl Approval for Service {
         Ok(Response::new(Self::session_response(token, &claims)))
     }
 
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenReply>, Status> {
+        let op = self.operator_audited(&request, "token_revoked").await?;
+        if op.role != token::Role::Admin {
+            return Err(Status::permission_denied(format!(
+                "role {} may not revoke credentials",
+                op.role.as_str()
+            )));
+        }
+        let req = request.into_inner();
+        let jti = req.jti.trim();
+        if jti.is_empty() || jti.len() > 128 || !jti.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(Status::invalid_argument(
+                "jti must be 1 to 128 printable characters",
+            ));
+        }
+        let reason = clip(req.reason.trim())?;
+        let newly = db::revoke_token(&self.0.db, jti, &reason, &op.sub, zt_proto::now_ms())
+            .await
+            .map_err(internal)?;
+        self.audit(
+            Kind::Approval,
+            Record {
+                subject: op.sub.clone(),
+                decision: "token_revoked".into(),
+                status: "ok".into(),
+                detail: format!("credential {jti} revoked: {reason}"),
+                ..Record::default()
+            },
+        )
+        .await?;
+        Ok(Response::new(RevokeTokenReply {
+            jti: jti.to_owned(),
+            newly_revoked: newly,
+        }))
+    }
+
     async fn revoke_session(
         &self,
         request: Request<RevokeSessionRequest>,
     ) -> Result<Response<RevokedSessions>, Status> {
-        // Admin operators may revoke any session; launchers too (revoking
-        // only ever takes power away).
-        let by = match (self.operator(&request), self.launcher(&request)) {
-            (Ok(op), _) if op.role == token::Role::Admin => format!("operator:{}", op.sub),
+        // Admin operators may revoke any session; a launcher only the
+        // sessions it started (revoking another's would let it cut off any
+        // run, and cancel its pending approvals).
+        let (by, launcher) = match (self.operator(&request).await, self.launcher(&request).await) {
+            (Ok(op), _) if op.role == token::Role::Admin => (format!("operator:{}", op.sub), None),
             (Ok(op), _) => {
                 return Err(Status::permission_denied(format!(
                     "role {} may not revoke sessions",
                     op.role.as_str()
                 )));
             }
-            (_, Ok(l)) => format!("launcher:{}", l.sub),
+            (_, Ok(l)) => (format!("launcher:{}", l.sub), Some(l.sub)),
             (Err(e), Err(_)) => return Err(e),
         };
         let req = request.into_inner();
@@ -1163,6 +1243,16 @@ impl Approval for Service {
             return Err(Status::invalid_argument(
                 "session_id must be 1 to 128 characters",
             ));
+        }
+        if let Some(name) = &launcher {
+            let started_by = db::launcher_of(&self.0.db, &req.session_id)
+                .await
+                .map_err(internal)?;
+            if started_by.as_deref() != Some(name.as_str()) {
+                return Err(Status::permission_denied(
+                    "this session was not started by this launcher",
+                ));
+            }
         }
         let reason = clip(req.reason.trim())?;
         let now_ms = zt_proto::now_ms();

@@ -7,9 +7,9 @@ use zt_proto::keys::KeyPair;
 use zt_proto::pinned::TrustRoots;
 use zt_proto::stack::{Layout, StackInfo};
 use zt_proto::token::{
-    self, Actor, DEFAULT_SESSION_TTL_SECS, MAX_LAUNCHER_TTL_SECS, MAX_OPERATOR_TTL_SECS,
-    MAX_SESSION_AGE_SECS, MAX_SESSION_TTL_SECS, OperatorClaims, Role, ServiceClaims, SessionClaims,
-    TokenType,
+    self, Actor, DEFAULT_SESSION_TTL_SECS, LauncherClaims, MAX_LAUNCHER_TTL_SECS,
+    MAX_OPERATOR_TTL_SECS, MAX_SESSION_AGE_SECS, MAX_SESSION_TTL_SECS, OperatorClaims, Role,
+    SessionClaims, TokenType,
 };
 
 /// Name of this service's audit chain.
@@ -183,14 +183,30 @@ pub fn issue_session(
     ))
 }
 
+/// What a launcher credential may start runs for.
+#[derive(Debug, Clone)]
+pub struct LauncherBounds {
+    /// Humans (each in the stack's directory).
+    pub humans: Vec<String>,
+    /// Agent ids: exact, or a prefix ending in `*`.
+    pub agents: Vec<String>,
+    /// Tools its sessions may be scoped to (empty: what the policy allows).
+    pub scope: Vec<String>,
+    /// Longest session, in seconds.
+    pub max_session_ttl: i64,
+}
+
 /// Mints a launcher credential: lets a program that starts agent runs ask
-/// the running service for their session tokens.
+/// the running service for their session tokens, for the humans, agents,
+/// tools and lifetimes in `bounds` only. Returns the token and its id.
 pub fn issue_launcher(
+    layout: &Layout,
     stack: &StackInfo,
     keys: &Keys,
     name: &str,
+    bounds: LauncherBounds,
     ttl_secs: i64,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, String)> {
     if name.trim().is_empty() || name.len() > 64 || name.contains(char::is_whitespace) {
         bail!("--name must be 1 to 64 characters without spaces");
     }
@@ -200,8 +216,39 @@ pub fn issue_launcher(
             MAX_LAUNCHER_TTL_SECS / 86400
         );
     }
+    if bounds.max_session_ttl <= 0 || bounds.max_session_ttl > MAX_SESSION_TTL_SECS {
+        bail!(
+            "--session-ttl must be between 1s and {}m",
+            MAX_SESSION_TTL_SECS / 60
+        );
+    }
+    let bundle = zt_policies::PolicyBundle::load(&layout.policies())
+        .with_context(|| format!("loading policy data from {}", layout.policies().display()))?;
+    if bounds.humans.is_empty() {
+        bail!("--for must name the humans it may start runs for");
+    }
+    let mut humans = Vec::new();
+    for h in &bounds.humans {
+        match token::identity(h) {
+            Some(id) if bundle.human(&id).is_some() => humans.push(id),
+            _ => bail!("unknown human `{h}` in --for: not in the stack's directory (humans.toml)"),
+        }
+    }
+    if bounds.agents.is_empty()
+        || bounds
+            .agents
+            .iter()
+            .any(|a| a.trim().is_empty() || a.trim() == "*" || a.len() > 128)
+    {
+        bail!("--agents must name agent ids (or prefixes ending in `*`), not everything");
+    }
+    for tool in &bounds.scope {
+        if bundle.tool(tool).is_none() {
+            bail!("unknown tool `{tool}` in --scope");
+        }
+    }
     let now = token::now_secs();
-    let claims = ServiceClaims {
+    let claims = LauncherClaims {
         iss: stack.issuer.clone(),
         aud: stack.approval_audience.clone(),
         sub: name.to_owned(),
@@ -209,8 +256,13 @@ pub fn issue_launcher(
         iat: now,
         nbf: now,
         exp: now + ttl_secs,
+        humans,
+        agents: bounds.agents.iter().map(|a| a.trim().to_owned()).collect(),
+        scope: bounds.scope,
+        max_session_ttl: bounds.max_session_ttl,
     };
-    Ok(token::sign(&keys.token, TokenType::Launcher, &claims)?)
+    let jwt = token::sign(&keys.token, TokenType::Launcher, &claims)?;
+    Ok((jwt, claims.jti))
 }
 
 /// Mints an operator token.

@@ -34,8 +34,8 @@ pub const MAX_SESSION_TTL_SECS: i64 = 900;
 pub const MAX_OPERATOR_TTL_SECS: i64 = 12 * 3600;
 /// Service tokens are minted per call batch and live briefly.
 pub const SERVICE_TTL_SECS: i64 = 120;
-/// Longest launcher credential lifetime, in seconds (30 days).
-pub const MAX_LAUNCHER_TTL_SECS: i64 = 30 * 24 * 3600;
+/// Longest launcher credential lifetime, in seconds (7 days).
+pub const MAX_LAUNCHER_TTL_SECS: i64 = 7 * 24 * 3600;
 /// Longest a session may be kept alive by refreshing, in seconds (8 hours).
 pub const MAX_SESSION_AGE_SECS: i64 = 8 * 3600;
 /// Tokens longer than this are refused before parsing.
@@ -279,6 +279,84 @@ pub struct ServiceClaims {
     pub exp: i64,
 }
 
+/// A launcher credential: a program that starts agent runs, bound to what
+/// it may start them for. A credential without these bounds is not one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LauncherClaims {
+    /// Issuer: the approval service.
+    pub iss: String,
+    /// Audience: the approval service.
+    pub aud: String,
+    /// The launcher's name.
+    pub sub: String,
+    /// Token id (revocable by it).
+    pub jti: String,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Expiry.
+    pub exp: i64,
+    /// The humans it may start runs for (canonical names; never empty).
+    pub humans: Vec<String>,
+    /// The agent ids it may name: exact, or a prefix ending in `*`.
+    pub agents: Vec<String>,
+    /// The tools its sessions may be scoped to; empty: whatever the policy
+    /// allows.
+    #[serde(default)]
+    pub scope: Vec<String>,
+    /// The longest session it may issue, in seconds.
+    pub max_session_ttl: i64,
+}
+
+impl LauncherClaims {
+    /// Whether it may start a run of `agent` for `human`, scoped to `scope`
+    /// (empty: unscoped), for `ttl` seconds; the reason when not.
+    pub fn may_issue(
+        &self,
+        human: &str,
+        agent: &str,
+        scope: &[String],
+        ttl: i64,
+    ) -> Result<(), String> {
+        if !self.humans.iter().any(|h| h == human) {
+            return Err(format!(
+                "launcher {} may not start runs for `{human}`",
+                self.sub
+            ));
+        }
+        let agent_ok = self.agents.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => agent.starts_with(prefix),
+            None => a == agent,
+        });
+        if !agent_ok {
+            return Err(format!(
+                "launcher {} may not name agent `{agent}`",
+                self.sub
+            ));
+        }
+        if !self.scope.is_empty() {
+            if scope.is_empty() {
+                return Err(format!(
+                    "launcher {} issues only sessions scoped to {}",
+                    self.sub,
+                    self.scope.join(",")
+                ));
+            }
+            if let Some(t) = scope.iter().find(|t| !self.scope.contains(t)) {
+                return Err(format!("launcher {} may not grant tool `{t}`", self.sub));
+            }
+        }
+        if ttl > self.max_session_ttl {
+            return Err(format!(
+                "launcher {} issues sessions of at most {}s",
+                self.sub, self.max_session_ttl
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The lifetime claims every token type shares, checked generically.
 pub trait Lifetime {
     /// Issued at (Unix seconds).
@@ -295,7 +373,7 @@ macro_rules! lifetime {
         }
     )*};
 }
-lifetime!(SessionClaims, OperatorClaims, ServiceClaims);
+lifetime!(SessionClaims, OperatorClaims, ServiceClaims, LauncherClaims);
 
 /// The public keys a verifier trusts (several during a rollover), by key id.
 #[derive(Debug, Clone, Default)]

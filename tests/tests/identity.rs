@@ -40,6 +40,10 @@ async fn launcher_issues_refreshes_and_revokes_sessions() {
             &stack.dir(),
             "--name",
             "web-app",
+            "--for",
+            "alice",
+            "--agents",
+            "agent:support",
         ],
     );
     let grpc = Grpc::connect(&stack.approval_url, &launcher).await;
@@ -103,7 +107,8 @@ async fn launcher_issues_refreshes_and_revokes_sessions() {
         .unwrap();
     assert_eq!(status(&r), "ok", "in-scope calls still work");
 
-    // Unknown humans and over-long lifetimes are refused at issue.
+    // Humans outside its bounds (unknown ones too) and lifetimes beyond
+    // its bounds are refused at issue.
     let err = grpc
         .client()
         .issue_session(grpc.req(IssueSessionRequest {
@@ -114,7 +119,7 @@ async fn launcher_issues_refreshes_and_revokes_sessions() {
         }))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
     let err = grpc
         .client()
         .issue_session(grpc.req(IssueSessionRequest {
@@ -125,7 +130,7 @@ async fn launcher_issues_refreshes_and_revokes_sessions() {
         }))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
     // An operator token is not a launcher credential.
     let operator = stack.operator_token("carol", "approver", 100);

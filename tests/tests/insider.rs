@@ -3,7 +3,8 @@
 //! could do to make a broker accept what the approval service refused.
 
 use base64::Engine as _;
-use zt_tests::{Stack, raw_list, run_ok, spawn_replica};
+use zt_proto::pb::{IssueSessionRequest, RevokeSessionRequest};
+use zt_tests::{Grpc, Stack, raw_list, run_ok, spawn_replica};
 
 /// The `sid` claim of a session token (read, not verified: the test only
 /// needs to name the session it revokes).
@@ -57,4 +58,183 @@ async fn a_broker_serves_nothing_before_its_first_revocation_sync() {
     assert_eq!(raw_list(&url, Some(&good)).await.status, 503);
     let _ = late.kill();
     let _ = late.wait();
+}
+
+fn launcher(stack: &Stack, name: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec![
+        "token",
+        "launcher",
+        "--data-dir",
+        &stack.data_dir.to_str().expect("utf-8 path"),
+        "--name",
+        name,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let out = zt_tests::bin("zt-approval").args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jti = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("jti=").map(str::to_owned))
+        .expect("jti= on stderr");
+    (String::from_utf8_lossy(&out.stdout).trim().to_owned(), jti)
+}
+
+fn issue(agent: &str, human: &str, ttl: u32, scope: &[&str]) -> IssueSessionRequest {
+    IssueSessionRequest {
+        agent: agent.into(),
+        human: human.into(),
+        ttl_secs: ttl,
+        scope: scope.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// A launcher credential starts runs only within its bounds, revokes only
+/// its own sessions, and stops working once revoked by its token id; so
+/// does an operator token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_bounded_and_revocable() {
+    let stack = Stack::up("bounded").expect("stack starts");
+    let (web, web_jti) = launcher(
+        &stack,
+        "web-app",
+        &[
+            "--for",
+            "alice",
+            "--agents",
+            "agent:support-*",
+            "--scope",
+            "lookup_account,issue_refund",
+            "--session-ttl",
+            "5m",
+        ],
+    );
+    let g = Grpc::connect(&stack.approval_url, &web).await;
+    let ok = g
+        .client()
+        .issue_session(g.req(issue("agent:support-7", "alice", 60, &[])))
+        .await
+        .expect("within its bounds")
+        .into_inner();
+    // Unscoped, it gets exactly its scope.
+    let claims = ok.token.split('.').nth(1).unwrap().to_owned();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["scope"], "lookup_account issue_refund");
+
+    // Each way out of its bounds: the support lead (whose limit is the hard
+    // cap), another agent, a wider scope, a longer session.
+    for (req, why) in [
+        (issue("agent:support-7", "carol", 60, &[]), "carol"),
+        (issue("agent:admin", "alice", 60, &[]), "agent"),
+        (
+            issue("agent:support-7", "alice", 60, &["change_plan"]),
+            "change_plan",
+        ),
+        (issue("agent:support-7", "alice", 600, &[]), "at most"),
+    ] {
+        let err = g.client().issue_session(g.req(req)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{why}: {err:?}");
+        assert!(err.message().contains(why), "{why}: {}", err.message());
+    }
+
+    // Another launcher may not revoke web-app's session, nor one from the CLI.
+    let (other, _) = launcher(
+        &stack,
+        "batch",
+        &["--for", "bob", "--agents", "agent:batch"],
+    );
+    let o = Grpc::connect(&stack.approval_url, &other).await;
+    let cli_session = sid(&stack.session_token("agent:x", "dave"));
+    for target in [ok.session_id.clone(), cli_session] {
+        let err = o
+            .client()
+            .revoke_session(o.req(RevokeSessionRequest {
+                session_id: target,
+                reason: "not mine".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    }
+    // Its own, yes.
+    g.client()
+        .revoke_session(g.req(RevokeSessionRequest {
+            session_id: ok.session_id.clone(),
+            reason: "run over".into(),
+        }))
+        .await
+        .expect("a launcher revokes its own session");
+
+    // Revoked by token id: refused from then on.
+    run_ok(
+        "zt-approval",
+        &[
+            "token",
+            "revoke",
+            "--data-dir",
+            &stack.dir(),
+            "--jti",
+            &web_jti,
+            "--reason",
+            "leaked",
+        ],
+    );
+    let err = g
+        .client()
+        .issue_session(g.req(issue("agent:support-7", "alice", 60, &[])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let out = zt_tests::bin("zt-approval")
+        .args([
+            "token",
+            "operator",
+            "--data-dir",
+            &stack.dir(),
+            "--name",
+            "carol",
+            "--role",
+            "approver",
+            "--limit",
+            "1000",
+        ])
+        .output()
+        .unwrap();
+    let op = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let op_jti = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("jti=").map(str::to_owned))
+        .expect("jti= on stderr");
+    assert!(stack.console(&op, &["pending"]).status.success());
+    run_ok(
+        "zt-approval",
+        &[
+            "token",
+            "revoke",
+            "--data-dir",
+            &stack.dir(),
+            "--jti",
+            &op_jti,
+            "--reason",
+            "left",
+        ],
+    );
+    let out = stack.console(&op, &["pending"]);
+    assert!(!out.status.success(), "a revoked operator token is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
