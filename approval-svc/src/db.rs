@@ -479,19 +479,53 @@ pub async fn revoke(
     reason: &str,
     now_ms: i64,
 ) -> Result<bool, sqlx::Error> {
-    let done = with_db!(pool, p => {
-        sqlx::query(
-            "INSERT INTO revoked_sessions (session_id, at_ms, reason) VALUES ($1, $2, $3) \
-             ON CONFLICT (session_id) DO NOTHING",
+    // The next sequence number; two replicas racing for it collide on the
+    // unique index, and the loser tries again after the winner committed.
+    let mut attempt = 0;
+    loop {
+        let done = with_db!(pool, p => {
+            sqlx::query(
+                "INSERT INTO revoked_sessions (session_id, at_ms, reason, seq) \
+                 SELECT $1, $2, $3, COALESCE(MAX(seq), 0) + 1 FROM revoked_sessions WHERE true \
+                 ON CONFLICT (session_id) DO NOTHING",
+            )
+            .bind(session_id)
+            .bind(now_ms)
+            .bind(reason)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected())
+        });
+        match done {
+            Ok(n) => return Ok(n == 1),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt < 8 => {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Most revocations in one page of [`revoked_after`].
+pub const REVOCATION_PAGE: i64 = 1_000;
+
+/// Up to `limit` (at most [`REVOCATION_PAGE`]) revocations after sequence
+/// number `after`, in order: (seq, session, at, reason).
+pub async fn revoked_after(
+    pool: &Db,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String, i64, String)>, sqlx::Error> {
+    Ok(with_db!(pool, p => {
+        sqlx::query_as(
+            "SELECT seq, session_id, at_ms, reason FROM revoked_sessions \
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
-        .bind(session_id)
-        .bind(now_ms)
-        .bind(reason)
-        .execute(p)
+        .bind(after)
+        .bind(limit.clamp(1, REVOCATION_PAGE))
+        .fetch_all(p)
         .await?
-        .rows_affected()
-    });
-    Ok(done == 1)
+    }))
 }
 
 /// Whether a session is revoked.
@@ -575,21 +609,6 @@ pub async fn is_token_revoked(pool: &Db, jti: &str) -> Result<bool, sqlx::Error>
             .await?
     });
     Ok(found.is_some())
-}
-
-/// Sessions revoked at or after `since_ms`: (session, at, reason).
-pub async fn revoked_since(
-    pool: &Db,
-    since_ms: i64,
-) -> Result<Vec<(String, i64, String)>, sqlx::Error> {
-    Ok(with_db!(pool, p => {
-        sqlx::query_as(
-            "SELECT session_id, at_ms, reason FROM revoked_sessions WHERE at_ms >= $1 ORDER BY at_ms",
-        )
-        .bind(since_ms)
-        .fetch_all(p)
-        .await?
-    }))
 }
 
 #[cfg(test)]
@@ -782,6 +801,25 @@ mod tests {
             (req.status.as_str(), req.outcome.as_str()),
             ("cancelled", "cancelled by root: test")
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn revocations_page_in_sequence() {
+        let (pool, dir) = temp_db("revoked").await;
+        for (i, sid) in ["s_a", "s_b", "s_c"].into_iter().enumerate() {
+            // Clocks may go back: the order is the sequence, not the time.
+            assert!(revoke(&pool, sid, "x", 1_000 - i as i64).await.unwrap());
+        }
+        assert!(!revoke(&pool, "s_b", "again", 5).await.unwrap());
+        let first = revoked_after(&pool, 0, 2).await.unwrap();
+        let ids: Vec<&str> = first.iter().map(|r| r.1.as_str()).collect();
+        assert_eq!(ids, ["s_a", "s_b"]);
+        let rest = revoked_after(&pool, first[1].0, 2).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].1, "s_c");
+        assert!(rest[0].0 > first[1].0);
+        assert!(revoked_after(&pool, rest[0].0, 2).await.unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

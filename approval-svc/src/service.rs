@@ -1050,20 +1050,30 @@ impl Approval for Service {
     ) -> Result<Response<RevokedSessions>, Status> {
         self.service(&request)?;
         let now_ms = zt_proto::now_ms();
-        let since = request.into_inner().since_ms;
-        let rows = db::revoked_since(&self.0.db, since)
+        let req = request.into_inner();
+        let limit = match i64::from(req.limit) {
+            0 => db::REVOCATION_PAGE,
+            n => n.min(db::REVOCATION_PAGE),
+        };
+        let after = req.after_seq.max(0);
+        let rows = db::revoked_after(&self.0.db, after, limit)
             .await
             .map_err(internal)?;
+        let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
+        let last_seq = rows.last().map_or(after, |r| r.0);
         Ok(Response::new(RevokedSessions {
             sessions: rows
                 .into_iter()
-                .map(|(session_id, at_ms, reason)| Revoked {
+                .map(|(seq, session_id, at_ms, reason)| Revoked {
                     session_id,
                     at_ms,
                     reason,
+                    seq,
                 })
                 .collect(),
             now_ms,
+            more,
+            last_seq,
         }))
     }
 
@@ -1286,8 +1296,10 @@ impl Approval for Service {
                 session_id: req.session_id,
                 at_ms: now_ms,
                 reason,
+                ..Revoked::default()
             }],
             now_ms,
+            ..RevokedSessions::default()
         }))
     }
 

@@ -705,22 +705,33 @@ async fn wait_for_revocations(revoked: &Revocations) {
 /// about a second; while the approval service is unreachable the set stops
 /// growing (in-policy calls go on; escalations are refused anyway).
 async fn follow_revocations(upstream: Upstream, revoked: Revocations) {
-    let mut since = 0;
+    // A cursor on the service's monotonic sequence, a page at a time: the
+    // set is complete (and the broker serves) only once a page says there
+    // is no more.
+    let mut after = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        match upstream.list_revoked(since).await {
-            Ok(list) => {
-                revoked.extend(list.sessions.into_iter().map(|r| r.session_id));
-                if !revoked.is_synced() {
-                    revoked.mark_synced();
-                    tracing::info!("revocations synced: serving calls");
+        loop {
+            match upstream.list_revoked(after).await {
+                Ok(page) => {
+                    if page.last_seq < after {
+                        tracing::warn!("the approval service's revocation cursor went back");
+                        break;
+                    }
+                    after = page.last_seq;
+                    revoked.extend(page.sessions.into_iter().map(|r| r.session_id));
+                    if page.more {
+                        continue;
+                    }
+                    if !revoked.is_synced() {
+                        revoked.mark_synced();
+                        tracing::info!("revocations synced: serving calls");
+                    }
                 }
-                // Overlap a little: a revocation stamped just before `now_ms`
-                // may commit after the query.
-                since = list.now_ms - 5_000;
+                Err(e) => tracing::debug!(error = %e, "could not refresh revocations"),
             }
-            Err(e) => tracing::debug!(error = %e, "could not refresh revocations"),
+            break;
         }
     }
 }

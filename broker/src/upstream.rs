@@ -141,8 +141,14 @@ impl Upstream {
     }
 
     /// Sessions revoked since `since_ms` (the service's clock).
-    pub async fn list_revoked(&self, since_ms: i64) -> Result<RevokedSessions, UpstreamError> {
-        let r = self.request(ListRevokedRequest { since_ms }, Duration::from_secs(5))?;
+    pub async fn list_revoked(&self, after_seq: i64) -> Result<RevokedSessions, UpstreamError> {
+        let r = self.request(
+            ListRevokedRequest {
+                after_seq,
+                limit: 0,
+            },
+            Duration::from_secs(5),
+        )?;
         Ok(self
             .client()?
             .list_revoked(r)

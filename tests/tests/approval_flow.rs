@@ -201,16 +201,48 @@ async fn a_waiting_call_sends_progress_then_its_result() {
     assert!(result > progress, "progress comes before the result");
 }
 
+/// A TCP forwarder to the `http://` URL `to`, returning its own URL and a
+/// switch that closes it and every connection through it.
+async fn cuttable_link(to: &str) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let target = to
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (cut, mut cut_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut open = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = &mut cut_rx => break,
+                accepted = listener.accept() => {
+                    let Ok((mut inbound, _)) = accepted else { break };
+                    let target = target.clone();
+                    open.spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            }
+        }
+        open.abort_all();
+    });
+    (url, cut)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escalation_fails_closed_without_the_approval_service() {
     let stack = Stack::up("approval-down").expect("stack starts");
-    let (mut child, url) = spawn_replica(
-        "zt-broker",
-        &stack.data_dir,
-        "cut-off",
-        None,
-        Some("http://127.0.0.1:9"),
-    );
+    // The broker reaches the approval service through a link the test cuts
+    // once the broker has synced its revocations (before that it serves
+    // nothing).
+    let (link, cut) = cuttable_link(&stack.approval_url).await;
+    let (mut child, url) =
+        spawn_replica("zt-broker", &stack.data_dir, "cut-off", None, Some(&link));
+    cut.send(()).expect("the link runs");
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let alice = connect(&url, &stack.session_token("agent:c", "alice"))
         .await
         .unwrap();

@@ -238,3 +238,75 @@ async fn credentials_are_bounded_and_revocable() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Revocations reach a broker however many there are: 80,000 of them (one
+/// unpaged message would pass tonic's 4 MiB limit, after which no broker
+/// applied any revocation) and then one more, which a new broker must see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_page_past_any_message_limit() {
+    use sqlx::Connection as _;
+    let stack = Stack::up("many-revoked").expect("stack starts");
+    let url = format!(
+        "sqlite://{}",
+        stack
+            .data_dir
+            .join("approval")
+            .join("approval.db")
+            .display()
+    );
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    for i in 0..80_000i64 {
+        sqlx::query(
+            "INSERT INTO revoked_sessions (session_id, at_ms, reason, seq) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(format!("sess_bulk_{i:08}_padding_to_a_realistic_length"))
+        .bind(zt_proto::now_ms())
+        .bind("bulk revocation of an old run")
+        .bind(i + 1)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let _ = conn.close().await;
+
+    let token = stack.session_token("agent:x", "alice");
+    run_ok(
+        "zt-approval",
+        &[
+            "session",
+            "revoke",
+            "--data-dir",
+            &stack.dir(),
+            "--session",
+            &sid(&token),
+            "--reason",
+            "leaked",
+        ],
+    );
+    let (mut late, url) = spawn_replica(
+        "zt-broker",
+        &stack.data_dir,
+        "late",
+        None,
+        Some(&stack.approval_url),
+    );
+    let answer = raw_list(&url, Some(&token)).await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    assert!(answer.body.contains("revoked"), "{}", answer.body);
+    let good = stack.session_token("agent:x", "alice");
+    assert_eq!(raw_list(&url, Some(&good)).await.status, 200);
+    // The running broker followed along too.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = raw_list(&stack.broker_url, Some(&token)).await.status;
+        if status == 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 401);
+    let _ = late.kill();
+    let _ = late.wait();
+}
