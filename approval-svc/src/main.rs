@@ -291,7 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir,
                 listen,
                 request_ttl,
-                database,
+                database: database.map(zt_proto::db::DbUrl::new),
                 replica,
             };
             zt_approval::serve(opts, async {

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 use zt_proto::audit::{Kind, Record};
+use zt_proto::flood::RefusalBudget;
 use zt_proto::grant::{Grant, MAX_GRANT_TTL_MS};
 use zt_proto::pb::approval_server::{Approval, ApprovalServer};
 use zt_proto::pb::{
@@ -54,7 +55,7 @@ pub struct Options {
     pub request_ttl: Option<Duration>,
     /// A PostgreSQL URL for the approval state and the audit chain, shared
     /// with other replicas; `None` keeps SQLite files in the data directory.
-    pub database: Option<String>,
+    pub database: Option<zt_proto::db::DbUrl>,
     /// This replica's name when several serve one stack: its audit chain
     /// is `approval-NAME` and its endpoint `run/approval-NAME.url`.
     pub replica: Option<String>,
@@ -90,6 +91,9 @@ struct State {
     /// The approval rules (`approvals.toml`), read at start.
     rules: ApprovalRules,
     request_ttl_ms: i64,
+    /// Failed operator logins audited one by one only within this budget
+    /// (then in aggregate).
+    refusals: RefusalBudget,
 }
 
 /// The service; cheap to clone.
@@ -129,7 +133,12 @@ impl Service {
         let (stack, keys) = setup::load(&layout)?;
         // SQLite files in the data directory, or one PostgreSQL database
         // shared by every replica (a schema per store).
-        let (db_at, audit_at) = match opts.database.as_deref().filter(|u| !u.is_empty()) {
+        let (db_at, audit_at) = match opts
+            .database
+            .as_ref()
+            .map(zt_proto::db::DbUrl::expose)
+            .filter(|u| !u.is_empty())
+        {
             Some(url) => {
                 let at = Location::parse(url)?;
                 (at.clone(), at)
@@ -191,8 +200,19 @@ impl Service {
             changed: watch::channel(0).0,
             rules: approval_rules,
             request_ttl_ms: i64::try_from(request_ttl.as_millis()).unwrap_or(i64::MAX),
+            refusals: RefusalBudget::default(),
         };
         Ok(Service(Arc::new(state)))
+    }
+
+    /// Writes the failed logins counted beyond the audit budget as one entry.
+    async fn summarize_refusals(&self) {
+        if let Some(rec) = self.0.refusals.summary() {
+            tracing::warn!(detail = %rec.detail, "refusal flood");
+            if let Err(e) = self.audit(Kind::Approval, rec).await {
+                tracing::error!(error = %e.message(), "audit write failed for a refusal summary");
+            }
+        }
     }
 
     async fn audit(&self, kind: Kind, record: Record) -> Result<(), Status> {
@@ -276,6 +296,10 @@ impl Service {
     ) -> Result<OperatorClaims, Status> {
         match self.operator(req).await {
             Ok(c) => Ok(c),
+            // Beyond the budget a failed login is only counted; a summary
+            // entry records the count (a loop of bad logins must not fill
+            // the disk or starve real decisions).
+            Err(status) if !self.0.refusals.admit("operator_unauthenticated") => Err(status),
             Err(status) => {
                 self.audit(
                     Kind::Approval,
@@ -1382,6 +1406,15 @@ pub async fn serve(
         }
     });
 
+    let summarizer = service.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            summarizer.summarize_refusals().await;
+        }
+    });
+
     if service.0.detector_needs_caps {
         tokio::spawn(service.clone().follow_refund_limits());
     }
@@ -1397,7 +1430,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming_nodelay(listener), shutdown)
         .await
         .context("serving gRPC");
-    // Sign the audit chain's head before exiting.
+    // The refusals counted since the last summary, then sign the audit
+    // chain's head before exiting.
+    audit.summarize_refusals().await;
     audit.0.audit.close().await;
     served
 }

@@ -111,7 +111,7 @@ async fn main() -> std::process::ExitCode {
                     approval_url: approval,
                     billing_url: billing,
                     replica,
-                    database,
+                    database: database.map(zt_proto::db::DbUrl::new),
                 };
                 zt_broker::serve(opts, async {
                     let _ = tokio::signal::ctrl_c().await;

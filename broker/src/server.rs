@@ -37,6 +37,7 @@ use crate::gate::{Broker, Revocations, SharedBroker};
 use crate::setup::{self, AUDIT_CHAIN};
 use crate::upstream::Upstream;
 use zt_proto::db::Location;
+use zt_proto::flood::RefusalBudget;
 
 /// How to run the broker.
 #[derive(Debug, Clone)]
@@ -52,7 +53,7 @@ pub struct Options {
     pub billing_url: Option<String>,
     /// A PostgreSQL URL for the broker's state and audit chain, shared with
     /// other replicas; `None` keeps SQLite files in the data directory.
-    pub database: Option<String>,
+    pub database: Option<zt_proto::db::DbUrl>,
     /// This broker's replica name when several serve one data directory:
     /// its audit chain is `broker-NAME` and its endpoint `run/broker-NAME.url`.
     pub replica: Option<String>,
@@ -241,6 +242,9 @@ struct Auth {
     audit: Arc<AuditLog>,
     revoked: Revocations,
     verified: Arc<VerifiedTokens>,
+    /// Refusals before a call is authorized, audited one by one only within
+    /// this budget (then in aggregate).
+    refusals: Arc<RefusalBudget>,
 }
 
 /// Most tokens kept in [`VerifiedTokens`].
@@ -362,6 +366,21 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
             next.run(req).await
         }
         Err(why) => {
+            if !auth.refusals.admit("invalid_token") {
+                // Flooding: counted for the aggregate entry, and answered
+                // without spending a durable write.
+                let mut resp = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    axum::Json(json!({
+                        "error": "invalid_token",
+                        "error_description": "too many refused requests; retry later"
+                    })),
+                )
+                    .into_response();
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return resp;
+            }
             if let Err(e) = auth.audit.append(Kind::Decision, refused_token(&why)).await {
                 tracing::error!(error = %e, "audit write failed for a refused token");
             }
@@ -423,7 +442,9 @@ async fn insufficient_scope(auth: &Auth, claims: &SessionClaims, tool: &str) -> 
         detail: format!("`{tool}` is outside the session's scope"),
         ..Record::default()
     };
-    if let Err(e) = auth.audit.append(Kind::Decision, rec).await {
+    if auth.refusals.admit("out_of_scope")
+        && let Err(e) = auth.audit.append(Kind::Decision, rec).await
+    {
         tracing::error!(error = %e, "audit write failed for an out-of-scope call");
     }
     let metadata = auth.metadata_url.get().cloned().unwrap_or_default();
@@ -456,7 +477,12 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let m = setup::load(&layout)?;
     let policy = PolicyStore::open(layout.policies())
         .with_context(|| format!("loading policies from {}", layout.policies().display()))?;
-    let records_at = match opts.database.as_deref().filter(|u| !u.is_empty()) {
+    let records_at = match opts
+        .database
+        .as_ref()
+        .map(zt_proto::db::DbUrl::expose)
+        .filter(|u| !u.is_empty())
+    {
         Some(url) => Location::parse(url)?,
         None => Location::File(m.config.backend_database.clone()),
     };
@@ -472,7 +498,8 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     match (billing_url, &m.billing_key) {
         (Some(url), Some(key)) => {
             adapters.push(Arc::new(
-                Billing::new(&url, key).context("configuring the billing adapter")?,
+                Billing::new(&url, secrecy::ExposeSecret::expose_secret(key))
+                    .context("configuring the billing adapter")?,
             ));
             tracing::info!(%url, "billing adapter configured");
         }
@@ -486,7 +513,12 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let backend = Backend::new(records, adapters);
     // SQLite files in the data directory, or one PostgreSQL database shared
     // by every replica (a schema per store).
-    let (state_at, audit_at) = match opts.database.as_deref().filter(|u| !u.is_empty()) {
+    let (state_at, audit_at) = match opts
+        .database
+        .as_ref()
+        .map(zt_proto::db::DbUrl::expose)
+        .filter(|u| !u.is_empty())
+    {
         Some(url) => {
             let at = Location::parse(url)?;
             (at.clone(), at)
@@ -561,10 +593,12 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         issuer,
         audience,
         metadata_url: Arc::new(std::sync::OnceLock::new()),
-        audit,
+        audit: audit.clone(),
         revoked,
         verified: Arc::default(),
+        refusals: Arc::default(),
     };
+    tokio::spawn(summarize_refusals(auth.refusals.clone(), audit));
     Ok(Started {
         layout,
         broker,
@@ -625,6 +659,7 @@ pub async fn serve(
         "bearer_methods_supported": ["header"],
         "scopes_supported": broker.policy.current().tools().map(|t| t.name.clone()).collect::<Vec<_>>(),
     });
+    let refusals = auth.refusals.clone();
     let app = Router::new()
         .nest_service("/mcp", mcp)
         .route_layer(middleware::from_fn_with_state(auth, authenticate))
@@ -646,7 +681,13 @@ pub async fn serve(
     println!("broker_url={url}");
     tracing::info!(%url, "broker listening");
     let served = serve_nodelay(listener, app, shutdown).await;
-    // Sign the audit chain's head before exiting.
+    // The refusals counted since the last summary, then sign the audit
+    // chain's head before exiting.
+    if let Some(rec) = refusals.summary()
+        && let Err(e) = broker.audit.append(Kind::Decision, rec).await
+    {
+        tracing::error!(error = %e, "audit write failed for a refusal summary");
+    }
     broker.audit.close().await;
     served
 }
@@ -685,6 +726,24 @@ pub async fn serve_stdio(opts: Options, token: String) -> anyhow::Result<()> {
     // Sign the audit chain's head before exiting.
     audit.close().await;
     served
+}
+
+/// How often refusals beyond the audit budget are written as one entry.
+pub const REFUSAL_SUMMARY_EVERY: Duration = Duration::from_secs(5);
+
+/// Writes the refusals counted beyond the audit budget as one entry every
+/// [`REFUSAL_SUMMARY_EVERY`].
+async fn summarize_refusals(budget: Arc<RefusalBudget>, audit: Arc<AuditLog>) {
+    let mut tick = tokio::time::interval(REFUSAL_SUMMARY_EVERY);
+    loop {
+        tick.tick().await;
+        if let Some(rec) = budget.summary() {
+            tracing::warn!(detail = %rec.detail, "refusal flood");
+            if let Err(e) = audit.append(Kind::Decision, rec).await {
+                tracing::error!(error = %e, "audit write failed for a refusal summary");
+            }
+        }
+    }
 }
 
 /// Waits (a few seconds at most) for the first revocation sync, so a broker

@@ -90,8 +90,8 @@ pub struct Material {
     pub session_keys: Arc<PinnedKeys>,
     /// Pinned keys that sign grants (current and retired).
     pub grant_keys: Arc<PinnedKeys>,
-    /// The billing API key, if configured and issued.
-    pub billing_key: Option<String>,
+    /// The billing API key, if configured and issued (never in `Debug`).
+    pub billing_key: Option<secrecy::SecretString>,
 }
 
 fn config_path(layout: &Layout) -> PathBuf {
@@ -169,7 +169,7 @@ pub fn load(layout: &Layout) -> anyhow::Result<Material> {
             std::fs::read_to_string(&b.api_key_file)
                 .with_context(|| format!("reading {}", b.api_key_file.display()))?
                 .trim()
-                .to_owned(),
+                .into(),
         ),
         _ => None,
     };

@@ -19,7 +19,8 @@ use zt_proto::stack::Layout;
 #[derive(Debug, Clone)]
 pub struct OperatorClient {
     inner: ApprovalClient<Channel>,
-    token: String,
+    /// Never in `Debug`.
+    token: secrecy::SecretString,
     url: String,
 }
 
@@ -56,7 +57,7 @@ impl OperatorClient {
             .tcp_nodelay(true);
         Ok(OperatorClient {
             inner: ApprovalClient::new(endpoint.connect_lazy()),
-            token: token.trim().to_owned(),
+            token: token.trim().into(),
             url: url.to_owned(),
         })
     }
@@ -68,8 +69,14 @@ impl OperatorClient {
 
     fn req<T>(&self, msg: T) -> anyhow::Result<Request<T>> {
         let mut r = Request::new(msg);
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {}", self.token).parse()?);
+        r.metadata_mut().insert(
+            "authorization",
+            format!(
+                "Bearer {}",
+                secrecy::ExposeSecret::expose_secret(&self.token)
+            )
+            .parse()?,
+        );
         Ok(r)
     }
 
@@ -194,6 +201,13 @@ pub fn dollars(cents: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_operator_token_never_reaches_debug() {
+        let client = OperatorClient::new("http://127.0.0.1:9", "eyJsecret.token.value").unwrap();
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("eyJsecret"), "{shown}");
+    }
 
     #[test]
     fn approvals_read_as_n_of_m_with_names() {

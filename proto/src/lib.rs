@@ -23,6 +23,7 @@ pub mod builtin;
 pub mod canonical;
 #[cfg(feature = "store")]
 pub mod db;
+pub mod flood;
 pub mod grant;
 pub mod keys;
 pub mod pinned;

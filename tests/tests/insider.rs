@@ -310,3 +310,55 @@ async fn revocations_page_past_any_message_limit() {
     let _ = late.kill();
     let _ = late.wait();
 }
+
+/// A loop of requests with bad tokens, from anything that reaches the port
+/// (a browser's no-cors POST to 127.0.0.1 included): each once cost a
+/// durable audit entry. Beyond a budget they are only counted and recorded
+/// in one summary entry; none is lost from the record, and real calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refusals_is_audited_in_aggregate() {
+    const N: usize = 1_000;
+    let stack = Stack::up("flood").expect("stack starts");
+    let good = stack.session_token("agent:x", "alice");
+    let started = std::time::Instant::now();
+    let mut limited = 0;
+    for _ in 0..N {
+        match raw_list(&stack.broker_url, Some("not.a.token"))
+            .await
+            .status
+        {
+            401 => {}
+            429 => limited += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(limited > 0, "the flood was rate-limited");
+    assert_eq!(raw_list(&stack.broker_url, Some(&good)).await.status, 200);
+    // The summary is written every few seconds.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let bodies = zt_tests::audit_bodies(&stack.data_dir, "broker").await;
+    let one_by_one = bodies
+        .iter()
+        .filter(|b| b.contains("\"status\":\"unauthenticated\""))
+        .count();
+    let summarized: u64 = bodies
+        .iter()
+        .filter(|b| b.contains("\"status\":\"flood\""))
+        .map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            v["args"]["invalid_token"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(
+        one_by_one + summarized as usize,
+        N,
+        "every refusal is on record"
+    );
+    let budget = 100.0 + 20.0 * elapsed + 5.0;
+    assert!(
+        (one_by_one as f64) <= budget,
+        "{one_by_one} refusals written one by one in {elapsed:.1} s"
+    );
+    assert_eq!(limited as u64, summarized);
+}

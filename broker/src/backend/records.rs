@@ -29,16 +29,26 @@ fn s(v: &Value, key: &str) -> String {
         .to_owned()
 }
 
+/// The PostgreSQL schema of the example backend's records.
+const RECORDS_SCHEMA: &str = "zt_backend";
+
 fn i(v: &Value, key: &str) -> i64 {
     v.get(key).and_then(Value::as_i64).unwrap_or_default()
 }
 
 impl Records {
-    /// Opens (creating, migrating and seeding on first use) the database.
+    /// Opens the records database **read-only** (the `zt_backend` schema on
+    /// PostgreSQL): the system of record belongs to the backend, which
+    /// creates, migrates and seeds it (`zt-billing init`); the broker only
+    /// reads it, and money moves only through the billing API.
     pub async fn open(location: &Location) -> Result<Records, BackendError> {
-        let pool = zt_backend::db::open(location)
+        let pool = zt_proto::db::Db::open(location, RECORDS_SCHEMA, true)
             .await
-            .map_err(|e| BackendError::Unavailable(format!("opening the records database: {e}")))?;
+            .map_err(|e| {
+                BackendError::Unavailable(format!(
+                    "opening the records database read-only (initialize it with `zt-billing init`): {e}"
+                ))
+            })?;
         Ok(Records { pool })
     }
 
@@ -240,5 +250,38 @@ impl Adapter for Records {
         _actor: &'a Actor<'a>,
     ) -> BoxFuture<'a, Result<Value, BackendError>> {
         Box::pin(self.read(tool, args))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_broker_cannot_write_the_records() {
+        let dir = std::env::temp_dir().join(zt_proto::random_id("zt-records-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("backend.db");
+        let rw = zt_proto::db::Db::open(&Location::File(path.clone()), RECORDS_SCHEMA, false)
+            .await
+            .unwrap();
+        with_db!(&rw, p => {
+            sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY, refunded INTEGER)")
+                .execute(p)
+                .await
+                .unwrap();
+        });
+        let records = Records::open(&Location::File(path)).await.unwrap();
+        let write: Result<u64, sqlx::Error> = with_db!(&records.pool, p => {
+            sqlx::query("INSERT INTO orders (id, refunded) VALUES ('ord_x', 0)")
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        });
+        assert!(
+            write.is_err(),
+            "a write through the broker's records pool succeeded"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
