@@ -1425,8 +1425,20 @@ pub async fn serve(
     println!("approval_url={url}");
     tracing::info!(%url, "approval service listening");
     let audit = service.clone();
+    // Bounds against slow and greedy peers: messages of at most 4 MiB each
+    // way, at most 256 requests at once per connection, and a connection
+    // whose peer stops answering HTTP/2 pings for 10 s is closed.
     let served = tonic::transport::Server::builder()
-        .add_service(ApprovalServer::new(service))
+        .concurrency_limit_per_connection(256)
+        .max_concurrent_streams(Some(256))
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .add_service(
+            ApprovalServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming_nodelay(listener), shutdown)
         .await
         .context("serving gRPC");
@@ -1436,6 +1448,9 @@ pub async fn serve(
     audit.0.audit.close().await;
     served
 }
+
+/// Largest gRPC message the service accepts or sends.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The channel replicas of one stack tell each other about events on.
 const EVENTS_CHANNEL: &str = "zt_events";

@@ -362,3 +362,44 @@ async fn a_flood_of_refusals_is_audited_in_aggregate() {
     );
     assert_eq!(limited as u64, summarized);
 }
+
+/// A client that opens connections and sends its headers a byte at a time,
+/// never finishing (slowloris), is cut off; the broker keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let stack = Stack::up("slowloris").expect("stack starts");
+    let addr = stack
+        .broker_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
+    let good = stack.session_token("agent:x", "alice");
+    assert_eq!(raw_list(&stack.broker_url, Some(&good)).await.status, 200);
+    let started = std::time::Instant::now();
+    for tcp in &mut slow {
+        let mut buf = [0u8; 256];
+        // The server closes (0 bytes, or an error answer then close) well
+        // before the test's own bound.
+        let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "a half-sent request held its connection open");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert_eq!(raw_list(&stack.broker_url, Some(&good)).await.status, 200);
+}
