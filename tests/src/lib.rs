@@ -346,6 +346,24 @@ impl Stack {
         )
     }
 
+    /// Revokes session `sid` through `zt-approval session revoke` (the
+    /// approval service audits it and tells the brokers).
+    pub fn revoke_session(&self, sid: &str, reason: &str) -> String {
+        run_ok(
+            "zt-approval",
+            &[
+                "session",
+                "revoke",
+                "--data-dir",
+                &self.dir(),
+                "--session",
+                sid,
+                "--reason",
+                reason,
+            ],
+        )
+    }
+
     /// An operator token.
     pub fn operator_token(&self, name: &str, role: &str, limit: i64) -> String {
         run_ok(
@@ -413,6 +431,18 @@ impl Drop for Stack {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `sid` claim of a session token (read, not verified: for naming the
+/// session a test revokes).
+pub fn sid_of(jwt: &str) -> String {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    let claims: Value = serde_json::from_slice(&bytes).expect("JSON claims");
+    claims["sid"].as_str().expect("sid").to_owned()
 }
 
 /// An MCP client session.

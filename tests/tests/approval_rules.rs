@@ -645,19 +645,7 @@ async fn denial_cancellation_and_revocation_end_pending_requests() {
     decide(&carol, &first_id, true, "fine")
         .await
         .expect("first approval");
-    let out = run_ok(
-        "zt-approval",
-        &[
-            "session",
-            "revoke",
-            "--data-dir",
-            &stack.dir(),
-            "--session",
-            &first.req.session_id,
-            "--reason",
-            "token leaked",
-        ],
-    );
+    let out = stack.revoke_session(&first.req.session_id, "token leaked");
     assert!(out.contains("revoked"), "{out}");
     let r = first.answer().await;
     assert_ne!(status(&r), "ok", "{}", text(&r));

@@ -4,18 +4,7 @@
 
 use base64::Engine as _;
 use zt_proto::pb::{IssueSessionRequest, RevokeSessionRequest};
-use zt_tests::{Grpc, Stack, raw_list, run_ok, spawn_replica};
-
-/// The `sid` claim of a session token (read, not verified: the test only
-/// needs to name the session it revokes).
-fn sid(jwt: &str) -> String {
-    let payload = jwt.split('.').nth(1).expect("a JWT");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .expect("base64url");
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON claims");
-    claims["sid"].as_str().expect("sid").to_owned()
-}
+use zt_tests::{Grpc, Stack, raw_list, run_ok, sid_of, spawn_replica};
 
 /// A broker that starts while the approval service is unreachable does not
 /// know which sessions were revoked: it refuses every call until its first
@@ -24,19 +13,7 @@ fn sid(jwt: &str) -> String {
 async fn a_broker_serves_nothing_before_its_first_revocation_sync() {
     let stack = Stack::up("revoked-at-start").expect("stack starts");
     let revoked = stack.session_token("agent:x", "alice");
-    run_ok(
-        "zt-approval",
-        &[
-            "session",
-            "revoke",
-            "--data-dir",
-            &stack.dir(),
-            "--session",
-            &sid(&revoked),
-            "--reason",
-            "leaked",
-        ],
-    );
+    stack.revoke_session(&sid_of(&revoked), "leaked");
     let good = stack.session_token("agent:x", "alice");
     // The running broker learned of the revocation.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
@@ -155,7 +132,7 @@ async fn credentials_are_bounded_and_revocable() {
         &["--for", "bob", "--agents", "agent:batch"],
     );
     let o = Grpc::connect(&stack.approval_url, &other).await;
-    let cli_session = sid(&stack.session_token("agent:x", "dave"));
+    let cli_session = sid_of(&stack.session_token("agent:x", "dave"));
     for target in [ok.session_id.clone(), cli_session] {
         let err = o
             .client()
@@ -272,19 +249,7 @@ async fn revocations_page_past_any_message_limit() {
     let _ = conn.close().await;
 
     let token = stack.session_token("agent:x", "alice");
-    run_ok(
-        "zt-approval",
-        &[
-            "session",
-            "revoke",
-            "--data-dir",
-            &stack.dir(),
-            "--session",
-            &sid(&token),
-            "--reason",
-            "leaked",
-        ],
-    );
+    stack.revoke_session(&sid_of(&token), "leaked");
     let (mut late, url) = spawn_replica(
         "zt-broker",
         &stack.data_dir,

@@ -849,27 +849,8 @@ async fn identity() {
     // A revoked session: refused within about a second.
     let token = stack.session_token("agent:revoked", "alice");
     let agent = connect(&stack.broker_url, &token).await.unwrap();
-    let payload = token.split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
-    let sid = claims["sid"].as_str().unwrap().to_owned();
-    run_ok(
-        "zt-approval",
-        &[
-            "session",
-            "revoke",
-            "--data-dir",
-            &stack.dir(),
-            "--session",
-            &sid,
-            "--reason",
-            "red team",
-        ],
-    );
+    let sid = zt_tests::sid_of(&token);
+    stack.revoke_session(&sid, "red team");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let before = mark(&stack).await;
     let b0 = backend(&stack).await;
