@@ -37,20 +37,9 @@ async fn a_broker_serves_nothing_before_its_first_revocation_sync() {
     let _ = late.wait();
 }
 
-fn launcher(stack: &Stack, name: &str, extra: &[&str]) -> (String, String) {
-    let mut args = vec![
-        "token",
-        "launcher",
-        "--data-dir",
-        &stack.data_dir.to_str().expect("utf-8 path"),
-        "--name",
-        name,
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect::<Vec<_>>();
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let out = zt_tests::bin("zt-approval").args(&args).output().unwrap();
+/// Runs `zt-approval ARGS` to mint a credential: (the token, its jti).
+fn credential(args: &[&str]) -> (String, String) {
+    let out = zt_tests::bin("zt-approval").args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -61,6 +50,30 @@ fn launcher(stack: &Stack, name: &str, extra: &[&str]) -> (String, String) {
         .find_map(|l| l.strip_prefix("jti=").map(str::to_owned))
         .expect("jti= on stderr");
     (String::from_utf8_lossy(&out.stdout).trim().to_owned(), jti)
+}
+
+fn launcher(stack: &Stack, name: &str, extra: &[&str]) -> (String, String) {
+    let dir = stack.dir();
+    let mut args = vec!["token", "launcher", "--data-dir", &dir, "--name", name];
+    args.extend_from_slice(extra);
+    credential(&args)
+}
+
+/// Revokes a credential by its token id.
+fn revoke_credential(stack: &Stack, jti: &str, reason: &str) {
+    run_ok(
+        "zt-approval",
+        &[
+            "token",
+            "revoke",
+            "--data-dir",
+            &stack.dir(),
+            "--jti",
+            jti,
+            "--reason",
+            reason,
+        ],
+    );
 }
 
 fn issue(agent: &str, human: &str, ttl: u32, scope: &[&str]) -> IssueSessionRequest {
@@ -154,59 +167,27 @@ async fn credentials_are_bounded_and_revocable() {
         .expect("a launcher revokes its own session");
 
     // Revoked by token id: refused from then on.
-    run_ok(
-        "zt-approval",
-        &[
-            "token",
-            "revoke",
-            "--data-dir",
-            &stack.dir(),
-            "--jti",
-            &web_jti,
-            "--reason",
-            "leaked",
-        ],
-    );
+    revoke_credential(&stack, &web_jti, "leaked");
     let err = g
         .client()
         .issue_session(g.req(issue("agent:support-7", "alice", 60, &[])))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
-    let out = zt_tests::bin("zt-approval")
-        .args([
-            "token",
-            "operator",
-            "--data-dir",
-            &stack.dir(),
-            "--name",
-            "carol",
-            "--role",
-            "approver",
-            "--limit",
-            "1000",
-        ])
-        .output()
-        .unwrap();
-    let op = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let op_jti = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .find_map(|l| l.strip_prefix("jti=").map(str::to_owned))
-        .expect("jti= on stderr");
+    let (op, op_jti) = credential(&[
+        "token",
+        "operator",
+        "--data-dir",
+        &stack.dir(),
+        "--name",
+        "carol",
+        "--role",
+        "approver",
+        "--limit",
+        "1000",
+    ]);
     assert!(stack.console(&op, &["pending"]).status.success());
-    run_ok(
-        "zt-approval",
-        &[
-            "token",
-            "revoke",
-            "--data-dir",
-            &stack.dir(),
-            "--jti",
-            &op_jti,
-            "--reason",
-            "left",
-        ],
-    );
+    revoke_credential(&stack, &op_jti, "left");
     let out = stack.console(&op, &["pending"]);
     assert!(!out.status.success(), "a revoked operator token is refused");
     assert!(
