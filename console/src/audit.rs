@@ -55,6 +55,69 @@ pub fn pinned_keys(layout: &Layout) -> anyhow::Result<BTreeMap<String, PublicKey
     Ok(keys)
 }
 
+/// The service whose audit key must sign `chain`: `approval` for the
+/// approval service's chains (`approval`, `approval-<replica>`), `broker`
+/// for the brokers' (`broker`, `broker-<replica>`, `broker-stdio-<id>`).
+fn writer_of(chain: &str) -> Option<&'static str> {
+    ["approval", "broker"]
+        .into_iter()
+        .find(|w| chain == *w || chain.strip_prefix(w).is_some_and(|r| r.starts_with('-')))
+}
+
+/// What a file in `public/` alone must not make trusted: a chain pinned
+/// under a key that is not its service's (a service that can write
+/// `public/` pinning a chain named for another), a chain of no known
+/// writer, and a pinned key that changed since this verifier last checked.
+fn key_findings(
+    pinned: &BTreeMap<String, PublicKey>,
+    remembered: &BTreeMap<String, String>,
+) -> Vec<zt_proto::audit::Finding> {
+    use zt_proto::audit::{Finding, Problem};
+    let mut out = Vec::new();
+    for (chain, key) in pinned {
+        let finding = |problem, detail: String| Finding {
+            chain: chain.clone(),
+            seq: 0,
+            problem,
+            detail,
+        };
+        match writer_of(chain) {
+            None => out.push(finding(
+                Problem::Misplaced,
+                format!(
+                    "chain `{chain}` is pinned, but no known writer writes a chain of that name"
+                ),
+            )),
+            Some(w) => {
+                if let Some(service) = pinned.get(w)
+                    && service != key
+                {
+                    out.push(finding(
+                        Problem::Signature,
+                        format!(
+                            "chain `{chain}` is pinned under key {}, not the {w} service's audit key {}",
+                            key.kid(),
+                            service.kid()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(before) = remembered.get(chain)
+            && *before != key.to_hex()
+        {
+            out.push(finding(
+                Problem::Signature,
+                format!(
+                    "the pinned key of chain `{chain}` changed since this verifier last checked (now {})",
+                    key.kid()
+                ),
+            ));
+        }
+    }
+    out
+}
+
 /// Where the verifier keeps the checkpoints it trusted.
 #[derive(Debug, Clone)]
 pub enum StateFile {
@@ -74,6 +137,10 @@ pub struct State {
     pub log: String,
     /// Per chain, the latest checkpoint that verified.
     pub chains: BTreeMap<String, Trusted>,
+    /// Per chain, the pinned key (hex) it verified with: a pinned key that
+    /// changes later is a finding.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
     /// When it was last updated (ms since the epoch).
     pub updated_ms: i64,
 }
@@ -166,10 +233,15 @@ pub async fn verify(
     let pool = store::open_read_only(&location)
         .await
         .with_context(|| format!("opening {}", location.display()))?;
-    let report = store::verify(&pool, pinned.as_ref(), &remembered.chains, progress)
+    let mut report = store::verify(&pool, pinned.as_ref(), &remembered.chains, progress)
         .await
         .with_context(|| format!("reading {}", location.display()))?;
     pool.close().await;
+    if let Some(pinned) = &pinned {
+        report
+            .findings
+            .extend(key_findings(pinned, &remembered.keys));
+    }
     if let Some(p) = &state_file
         && report.intact()
     {
@@ -177,6 +249,11 @@ pub async fn verify(
         for v in &report.verified {
             if let Some(latest) = &v.latest {
                 remembered.chains.insert(v.chain.clone(), latest.clone());
+            }
+        }
+        if let Some(pinned) = &pinned {
+            for (chain, key) in pinned {
+                remembered.keys.insert(chain.clone(), key.to_hex());
             }
         }
         remembered.updated_ms = zt_proto::now_ms();
@@ -407,5 +484,49 @@ impl ProgressBar {
             let _ = write!(err, "\r{}\r", " ".repeat(79));
             let _ = err.flush();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zt_proto::audit::Problem;
+    use zt_proto::keys::KeyPair;
+
+    #[test]
+    fn a_pin_dropped_into_public_is_a_finding() {
+        let approval = KeyPair::from_seed(&[1; 32]).public();
+        let broker = KeyPair::from_seed(&[2; 32]).public();
+        let mut pinned: BTreeMap<String, PublicKey> = [
+            ("approval".to_owned(), approval.clone()),
+            ("approval-b".to_owned(), approval.clone()),
+            ("broker".to_owned(), broker.clone()),
+            ("broker-stdio-1".to_owned(), broker.clone()),
+        ]
+        .into();
+        assert!(key_findings(&pinned, &BTreeMap::new()).is_empty());
+
+        // The broker's user pins a chain named for the approval service
+        // under its own key, and one of no known writer.
+        pinned.insert("approval-x".into(), broker.clone());
+        pinned.insert("evil".into(), broker.clone());
+        let found: Vec<(String, Problem)> = key_findings(&pinned, &BTreeMap::new())
+            .into_iter()
+            .map(|f| (f.chain, f.problem))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("approval-x".to_owned(), Problem::Signature),
+                ("evil".to_owned(), Problem::Misplaced)
+            ]
+        );
+
+        // A pinned key replaced since the verifier last checked.
+        let before: BTreeMap<String, String> = [("broker".to_owned(), approval.to_hex())].into();
+        let pinned: BTreeMap<String, PublicKey> = [("broker".to_owned(), broker)].into();
+        let found = key_findings(&pinned, &before);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].detail.contains("changed"), "{}", found[0].detail);
     }
 }
