@@ -392,8 +392,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys {
             kind: KeysCommand::Jwks { data_dir },
         } => {
+            // The keys this service trusts, never a file that merely sits in
+            // public/: whoever consumes this document trusts what it lists.
             let layout = Layout::new(&data_dir);
-            let keys = zt_proto::pinned::read_pinned(&layout.public_dir(), "approval-token")?;
+            let roots = zt_proto::pinned::TrustRoots::read(&setup::trust_path(&layout))?;
+            let keys = zt_proto::pinned::read_trusted(
+                &layout.public_dir(),
+                "approval-token",
+                &roots.get("approval-token"),
+            )?;
             println!("{}", zt_proto::token::KeySet::new(keys).to_jwks());
         }
         Command::Keys {

@@ -288,7 +288,11 @@ pub fn read_pinned(dir: &std::path::Path, name: &str) -> Result<Vec<PublicKey>, 
 }
 
 /// The key files for `name` in `dir` whose keys are trusted from `roots`.
-fn read_trusted(dir: &Path, name: &str, roots: &[PublicKey]) -> Result<Vec<PublicKey>, KeyError> {
+pub fn read_trusted(
+    dir: &Path,
+    name: &str,
+    roots: &[PublicKey],
+) -> Result<Vec<PublicKey>, KeyError> {
     let files = read_pinned(dir, name)?;
     let trusted = trusted_keys(dir, name, roots);
     let (keep, ignored): (Vec<PublicKey>, Vec<PublicKey>) =

@@ -150,6 +150,10 @@ async fn a_key_file_dropped_into_public_mints_nothing() {
         "the approval service refuses an operator token signed by a dropped-in key: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The stack's published key set does not carry it either.
+    let jwks = run_ok("zt-approval", &["keys", "jwks", "--data-dir", &stack.dir()]);
+    let published = zt_proto::token::KeySet::from_jwks(&jwks).expect("a JWKS document");
+    assert!(published.get(att_token.kid()).is_none(), "{jwks}");
     // The real keys still work.
     let good = stack.session_token("agent:x", "alice");
     assert_eq!(raw_list(&stack.broker_url, Some(&good)).await.status, 200);
