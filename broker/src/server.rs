@@ -855,8 +855,11 @@ pub mod limits {
     use std::time::Duration;
 
     /// A client must send a request's headers within this long of opening
-    /// the connection or of its previous request (slowloris).
-    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+    /// the connection or of its previous request (slowloris). hyper's timer
+    /// also runs while a keep-alive connection is idle, so this closes idle
+    /// connections too: it is hyper's own default, long enough that a
+    /// client rarely reuses a connection just as it closes.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
     /// Connections served at once; beyond it new connections are closed at
     /// once.
     pub const MAX_CONNECTIONS: usize = 1024;

@@ -335,7 +335,7 @@ async fn a_slow_client_is_cut_off() {
         let mut buf = [0u8; 256];
         // The server closes (0 bytes, or an error answer then close) well
         // before the test's own bound.
-        let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(45), async {
             loop {
                 match tcp.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
@@ -346,6 +346,6 @@ async fn a_slow_client_is_cut_off() {
         .await;
         assert!(read.is_ok(), "a half-sent request held its connection open");
     }
-    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert!(started.elapsed() < std::time::Duration::from_secs(40));
     assert_eq!(raw_list(&stack.broker_url, Some(&good)).await.status, 200);
 }
