@@ -318,21 +318,28 @@ impl Auth {
     }
 }
 
+/// A refusal the client should retry in a second: `status`, a JSON error
+/// body and `Retry-After: 1`.
+fn retry_later(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut resp = (
+        status,
+        axum::Json(json!({ "error": error, "error_description": description })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
 async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
     if !auth.revoked.is_synced() {
         // A token revoked before this broker started would otherwise pass
         // until the first sync: refuse everyone until then.
-        let mut resp = (
+        return retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({
-                "error": "unavailable",
-                "error_description": "the broker has not yet learned which sessions are revoked; retry shortly"
-            })),
-        )
-            .into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
+            "unavailable",
+            "the broker has not yet learned which sessions are revoked; retry shortly",
+        );
     }
     let token = req
         .headers()
@@ -369,17 +376,11 @@ async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) ->
             if !auth.refusals.admit("invalid_token") {
                 // Flooding: counted for the aggregate entry, and answered
                 // without spending a durable write.
-                let mut resp = (
+                return retry_later(
                     StatusCode::TOO_MANY_REQUESTS,
-                    axum::Json(json!({
-                        "error": "invalid_token",
-                        "error_description": "too many refused requests; retry later"
-                    })),
-                )
-                    .into_response();
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return resp;
+                    "invalid_token",
+                    "too many refused requests; retry later",
+                );
             }
             if let Err(e) = auth.audit.append(Kind::Decision, refused_token(&why)).await {
                 tracing::error!(error = %e, "audit write failed for a refused token");
