@@ -168,6 +168,7 @@ impl Service {
         let audit = AuditLog::open(audit_pool, &chain, keys.audit.clone()).await?;
         let trust = crate::setup::trust_path(&layout);
         let roots = TrustRoots::ensure(&trust, &layout, &["approval-token"])?;
+        roots.publish(&layout.trust_file(), &["approval-token"])?;
         let operator_keys =
             PinnedKeys::load(&layout, "approval-token", roots.get("approval-token"))?;
         let approval_rules = load_approval_rules(&layout.policies())?;

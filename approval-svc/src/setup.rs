@@ -52,7 +52,8 @@ pub fn init(layout: &Layout) -> anyhow::Result<(StackInfo, Keys)> {
     };
     // The service trusts its own token keys only as pinned here, and the
     // keys they introduce by rotation, never a file that appears in public/.
-    TrustRoots::ensure(&trust_path(layout), layout, &["approval-token"])?;
+    TrustRoots::ensure(&trust_path(layout), layout, &["approval-token"])?
+        .publish(&layout.trust_file(), &["approval-token"])?;
     if !layout.policies().join("tools.toml").exists() {
         zt_policies::shipped::install(&layout.policies())
             .with_context(|| format!("writing policy data to {}", layout.policies().display()))?;

@@ -157,7 +157,15 @@ fn hook_decision(
     let data_dir = data_dir.context("ZT_DATA_DIR is not set, so the session cannot be verified")?;
     let layout = Layout::new(&data_dir);
     let stack = layout.stack()?;
-    let keys = zt_proto::pinned::read_pinned(&layout.public_dir(), "approval-token")?;
+    // Only keys the stack's trust anchor names, or that one it names
+    // introduced by rotation: a file dropped into public/ mints nothing.
+    let roots = zt_proto::pinned::TrustRoots::read(&layout.trust_file())?.get("approval-token");
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "{} names no token key, so the session cannot be verified (run `zt-approval init`)",
+        layout.trust_file().display()
+    );
+    let keys = zt_proto::pinned::read_trusted(&layout.public_dir(), "approval-token", &roots)?;
     let jwt = std::env::var("BROKER_SESSION_TOKEN")
         .context("BROKER_SESSION_TOKEN is not set, so the session cannot be verified")?;
     let claims: SessionClaims = token::verify(

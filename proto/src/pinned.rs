@@ -204,6 +204,43 @@ impl TrustRoots {
         })
     }
 
+    /// Writes the roots for `names` alone to `path`, readable by everyone
+    /// (`0644`), unless the file exists: a published anchor is never
+    /// replaced by a running service.
+    pub fn publish(&self, path: &Path, names: &[&str]) -> Result<(), KeyError> {
+        if path.exists() {
+            return Ok(());
+        }
+        let public = TrustRoots {
+            keys: self
+                .keys
+                .iter()
+                .filter(|(name, keys)| names.contains(&name.as_str()) && !keys.is_empty())
+                .map(|(name, keys)| (name.clone(), keys.clone()))
+                .collect(),
+        };
+        if public.keys.is_empty() {
+            return Ok(());
+        }
+        let text = serde_json::to_string_pretty(&public).map_err(|_| KeyError::Malformed {
+            path: path.to_owned(),
+            kind: "trust root",
+        })?;
+        let tmp = path.with_extension("json.new");
+        let _ = std::fs::remove_file(&tmp);
+        crate::keys::write_private(&tmp, &text)?;
+        let io = |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
     /// The roots for `name`.
     pub fn get(&self, name: &str) -> Vec<PublicKey> {
         self.keys

@@ -81,6 +81,14 @@ impl Layout {
         self.root.join("stack.json")
     }
 
+    /// `trust.json`: the stack's public trust anchor, the approval
+    /// service's token key as set up, for verifiers with no private
+    /// directory of their own (the policy hook, running as the agent).
+    /// Written once at set-up; a file dropped into `public/` never adds to it.
+    pub fn trust_file(&self) -> PathBuf {
+        self.root.join("trust.json")
+    }
+
     /// A public key file other domains pin, e.g. `public("approval-token")`.
     pub fn public_key(&self, name: &str) -> PathBuf {
         self.root.join("public").join(format!("{name}.pem"))

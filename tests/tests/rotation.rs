@@ -85,7 +85,7 @@ async fn rotation_keeps_old_tokens_until_retired() {
 /// Whoever can add a file to `public/` (services write there at run time)
 /// but holds no trusted private key: a key of their own, dropped in as a
 /// "retired" approval key, with a rotation record signed by itself. Neither
-/// the broker nor the approval service trusts it.
+/// the broker, the approval service nor the agent's policy hook trusts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_file_dropped_into_public_mints_nothing() {
     use zt_proto::keys::{KeyPair, PublicKey};
@@ -131,6 +131,11 @@ async fn a_key_file_dropped_into_public_mints_nothing() {
         401,
         "the broker refuses a session token signed by a dropped-in key"
     );
+    assert_eq!(
+        hook(&stack, forged.trim()),
+        Some(2),
+        "the agent's policy hook refuses it too"
+    );
     let op = run_ok(
         "zt-approval",
         &[
@@ -157,5 +162,6 @@ async fn a_key_file_dropped_into_public_mints_nothing() {
     // The real keys still work.
     let good = stack.session_token("agent:x", "alice");
     assert_eq!(raw_list(&stack.broker_url, Some(&good)).await.status, 200);
+    assert_eq!(hook(&stack, &good), Some(0));
     let _ = std::fs::remove_dir_all(&att_dir);
 }
