@@ -22,6 +22,7 @@
 pub mod db;
 pub mod detect;
 pub mod hub;
+pub mod incoming;
 pub mod rules;
 pub mod service;
 pub mod setup;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use zt_proto::audit::{Kind, Record};
 use zt_proto::flood::RefusalBudget;
@@ -1426,9 +1426,10 @@ pub async fn serve(
     println!("approval_url={url}");
     tracing::info!(%url, "approval service listening");
     let audit = service.clone();
-    // Bounds against slow and greedy peers: messages of at most 4 MiB each
-    // way, at most 256 requests at once per connection, and a connection
-    // whose peer stops answering HTTP/2 pings for 10 s is closed.
+    // Bounds against slow and greedy peers: connections capped and given
+    // 10 s to start (crate::incoming), messages of at most 4 MiB each way,
+    // at most 256 requests at once per connection, and a connection whose
+    // peer stops answering HTTP/2 pings for 10 s is closed.
     let served = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
         .max_concurrent_streams(Some(256))
@@ -1440,7 +1441,7 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming_nodelay(listener), shutdown)
+        .serve_with_incoming_shutdown(crate::incoming::bounded(listener), shutdown)
         .await
         .context("serving gRPC");
     // The refusals counted since the last summary, then sign the audit
@@ -1533,21 +1534,6 @@ fn encode_event(origin: &str, event: &Event) -> String {
         "{origin} {}",
         base64::engine::general_purpose::STANDARD.encode(event.encode_to_vec())
     )
-}
-
-/// Accepted connections with TCP_NODELAY: without it a small response
-/// written in two segments waits for the peer's delayed ACK (~40 ms).
-fn incoming_nodelay(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        })
-    })
 }
 
 #[cfg(test)]

@@ -194,17 +194,12 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     layout.write_endpoint("billing", &url)?;
-    // TCP_NODELAY on accepted sockets: the broker keeps connections alive,
-    // and without it each answer waits for a delayed ACK (~40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
+    // Hardened like the broker's port: TCP_NODELAY (the broker keeps
+    // connections alive, and without it each answer waits for a delayed
+    // ACK), a header-read timeout and a connection limit.
     let done = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        zt_proto::serve::http1(listener, app, shutdown).await;
+        Ok(())
     });
     Ok(Running { url, done })
 }

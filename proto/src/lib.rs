@@ -27,6 +27,8 @@ pub mod flood;
 pub mod grant;
 pub mod keys;
 pub mod pinned;
+#[cfg(feature = "http")]
+pub mod serve;
 pub mod stack;
 #[cfg(feature = "store")]
 pub mod store;

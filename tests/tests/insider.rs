@@ -309,33 +309,30 @@ async fn a_flood_of_refusals_is_audited_in_aggregate() {
     assert_eq!(limited as u64, summarized);
 }
 
-/// A client that opens connections and sends its headers a byte at a time,
-/// never finishing (slowloris), is cut off; the broker keeps serving.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_client_is_cut_off() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let stack = Stack::up("slowloris").expect("stack starts");
-    let addr = stack
-        .broker_url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .to_owned();
-    let mut slow = Vec::new();
-    for _ in 0..20 {
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        tcp.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-            .await
-            .unwrap();
-        slow.push(tcp);
+/// Opens `n` connections to `addr`, each sending `start` and then nothing
+/// more.
+async fn stalled(addr: &str, start: &[u8], n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if !start.is_empty() {
+            tcp.write_all(start).await.unwrap();
+        }
+        conns.push(tcp);
     }
-    let good = stack.session_token("agent:x", "alice");
-    assert_eq!(raw_list(&stack.broker_url, Some(&good)).await.status, 200);
+    conns
+}
+
+/// Whether the server closes every connection (0 bytes, or an error answer
+/// then close) within `bound`.
+async fn all_closed(conns: &mut [tokio::net::TcpStream], bound: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
     let started = std::time::Instant::now();
-    for tcp in &mut slow {
+    for tcp in conns {
+        let left = bound.saturating_sub(started.elapsed());
         let mut buf = [0u8; 256];
-        // The server closes (0 bytes, or an error answer then close) well
-        // before the test's own bound.
-        let read = tokio::time::timeout(std::time::Duration::from_secs(45), async {
+        let read = tokio::time::timeout(left, async {
             loop {
                 match tcp.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
@@ -344,8 +341,68 @@ async fn a_slow_client_is_cut_off() {
             }
         })
         .await;
-        assert!(read.is_ok(), "a half-sent request held its connection open");
+        if read.is_err() {
+            return false;
+        }
     }
-    assert!(started.elapsed() < std::time::Duration::from_secs(40));
+    true
+}
+
+fn host_port(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Clients that open connections and never finish their request headers
+/// (slowloris) on the broker and the billing API, or never finish the
+/// HTTP/2 preface on the approval service, are cut off; every port keeps
+/// serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_cut_off() {
+    use std::time::Duration;
+    let stack = Stack::up("slowloris").expect("stack starts");
+    let layout = zt_proto::stack::Layout::new(&stack.data_dir);
+    let billing = layout.endpoint("billing").expect("billing API running");
+    let half_headers = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+    let mut broker = stalled(&host_port(&stack.broker_url), half_headers, 20).await;
+    let mut billing_conns = stalled(&host_port(&billing), half_headers, 20).await;
+    let mut grpc = stalled(&host_port(&stack.approval_url), b"PRI * HTTP/2.0\r\n", 10).await;
+    grpc.extend(stalled(&host_port(&stack.approval_url), b"", 10).await);
+
+    // Served meanwhile.
+    let good = stack.session_token("agent:x", "alice");
     assert_eq!(raw_list(&stack.broker_url, Some(&good)).await.status, 200);
+    let (op, _) = credential(&[
+        "token",
+        "operator",
+        "--data-dir",
+        &stack.dir(),
+        "--name",
+        "carol",
+        "--role",
+        "approver",
+    ]);
+    assert!(stack.console(&op, &["pending", "--json"]).status.success());
+
+    // The approval service gives a connection 10 s to start; the HTTP
+    // servers give a request 30 s for its headers.
+    assert!(
+        all_closed(&mut grpc, Duration::from_secs(20)).await,
+        "a stalled gRPC connection was kept open"
+    );
+    assert!(
+        all_closed(&mut broker, Duration::from_secs(45)).await,
+        "a half-sent request held a broker connection open"
+    );
+    assert!(
+        all_closed(&mut billing_conns, Duration::from_secs(15)).await,
+        "a half-sent request held a billing API connection open"
+    );
+    assert_eq!(raw_list(&stack.broker_url, Some(&good)).await.status, 200);
+    assert!(stack.console(&op, &["pending", "--json"]).status.success());
 }
