@@ -191,17 +191,29 @@ impl TrustRoots {
 
     /// Writes the roots to `path` (`0600`).
     pub fn write(&self, path: &Path) -> Result<(), KeyError> {
+        self.write_mode(path, 0o600)
+    }
+
+    /// Writes the roots to `path` with `mode`, replacing it at once.
+    fn write_mode(&self, path: &Path, mode: u32) -> Result<(), KeyError> {
         let text = serde_json::to_string_pretty(self).map_err(|_| KeyError::Malformed {
             path: path.to_owned(),
             kind: "trust root",
         })?;
         let tmp = path.with_extension("json.new");
         let _ = std::fs::remove_file(&tmp);
+        // Created 0600, then given its mode: never wider while written.
         crate::keys::write_private(&tmp, &text)?;
-        std::fs::rename(&tmp, path).map_err(|source| KeyError::Io {
+        let io = |source| KeyError::Io {
             path: path.to_owned(),
             source,
-        })
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
     }
 
     /// Writes the roots for `names` alone to `path`, readable by everyone
@@ -222,23 +234,7 @@ impl TrustRoots {
         if public.keys.is_empty() {
             return Ok(());
         }
-        let text = serde_json::to_string_pretty(&public).map_err(|_| KeyError::Malformed {
-            path: path.to_owned(),
-            kind: "trust root",
-        })?;
-        let tmp = path.with_extension("json.new");
-        let _ = std::fs::remove_file(&tmp);
-        crate::keys::write_private(&tmp, &text)?;
-        let io = |source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)
+        public.write_mode(path, 0o644)
     }
 
     /// The roots for `name`.

@@ -59,6 +59,23 @@ fn launcher(stack: &Stack, name: &str, extra: &[&str]) -> (String, String) {
     credential(&args)
 }
 
+/// An operator credential for `name` with `role` (and any further flags).
+fn operator(stack: &Stack, name: &str, role: &str, extra: &[&str]) -> (String, String) {
+    let dir = stack.dir();
+    let mut args = vec![
+        "token",
+        "operator",
+        "--data-dir",
+        &dir,
+        "--name",
+        name,
+        "--role",
+        role,
+    ];
+    args.extend_from_slice(extra);
+    credential(&args)
+}
+
 /// Revokes a credential by its token id.
 fn revoke_credential(stack: &Stack, jti: &str, reason: &str) {
     run_ok(
@@ -174,18 +191,7 @@ async fn credentials_are_bounded_and_revocable() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
-    let (op, op_jti) = credential(&[
-        "token",
-        "operator",
-        "--data-dir",
-        &stack.dir(),
-        "--name",
-        "carol",
-        "--role",
-        "approver",
-        "--limit",
-        "1000",
-    ]);
+    let (op, op_jti) = operator(&stack, "carol", "approver", &["--limit", "1000"]);
     assert!(stack.console(&op, &["pending"]).status.success());
     revoke_credential(&stack, &op_jti, "left");
     let out = stack.console(&op, &["pending"]);
@@ -377,16 +383,7 @@ async fn a_slow_client_is_cut_off() {
     // Served meanwhile.
     let good = stack.session_token("agent:x", "alice");
     assert_eq!(raw_list(&stack.broker_url, Some(&good)).await.status, 200);
-    let (op, _) = credential(&[
-        "token",
-        "operator",
-        "--data-dir",
-        &stack.dir(),
-        "--name",
-        "carol",
-        "--role",
-        "approver",
-    ]);
+    let (op, _) = operator(&stack, "carol", "approver", &[]);
     assert!(stack.console(&op, &["pending", "--json"]).status.success());
 
     // The approval service gives a connection 10 s to start; the HTTP
