@@ -109,7 +109,6 @@ pub fn init(layout: &Layout) -> anyhow::Result<()> {
         .stack()
         .context("the approval service must initialize the stack first")?;
     layout.create_private("broker")?;
-    layout.create_private("backend")?;
     KeyPair::load_or_generate(
         &key_path(layout, "service"),
         &layout.public_key("broker-service"),

@@ -23,3 +23,5 @@ pub mod client;
 pub mod demo;
 pub mod stack;
 pub mod tui;
+#[cfg(unix)]
+pub mod users;

@@ -81,6 +81,12 @@ enum Command {
         /// SQLite files in the data directory when omitted.
         #[arg(long, env = "ZT_DATABASE_URL", value_name = "URL")]
         database: Option<String>,
+        /// Run each service as its own operating-system user (`zt-approval`,
+        /// `zt-broker`, `zt-billing`; create them with
+        /// `scripts/system-users`), after giving the data directory the
+        /// owners and modes that keep them apart. Needs root.
+        #[arg(long)]
+        users: bool,
     },
     /// The scripted agent: replay a scenario against a broker (token from
     /// BROKER_SESSION_TOKEN).
@@ -263,7 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Up { database } => up(conn.data_dir, database).await,
+        Command::Up { database, users } => up(conn.data_dir, database, users).await,
         Command::Agent {
             broker,
             scenario,
@@ -476,7 +482,11 @@ async fn decide(conn: &Conn, id: &str, approve: bool, reason: &str) -> anyhow::R
     }
 }
 
-async fn up(data_dir: Option<PathBuf>, database: Option<String>) -> anyhow::Result<ExitCode> {
+async fn up(
+    data_dir: Option<PathBuf>,
+    database: Option<String>,
+    users: bool,
+) -> anyhow::Result<ExitCode> {
     if let Some(url) = &database
         && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
     {
@@ -484,8 +494,13 @@ async fn up(data_dir: Option<PathBuf>, database: Option<String>) -> anyhow::Resu
             "--database: give a postgres:// URL (SQLite databases live in the data directory; pass --data-dir for them)"
         );
     }
+    let users = if users {
+        Some(zt_console::users::SystemUsers::lookup()?)
+    } else {
+        None
+    };
     let dir = data_dir.unwrap_or_else(|| stack::temp_data_dir("zt-stack-"));
-    let mut stack = Stack::start_with(&dir, database.as_deref()).await?;
+    let mut stack = Stack::start_with(&dir, database.as_deref(), users.as_ref()).await?;
     println!("broker_url={}", stack.broker_url);
     println!("approval_url={}", stack.approval_url);
     println!("data_dir={}", stack.data_dir.display());

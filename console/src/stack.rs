@@ -15,6 +15,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use zt_proto::stack::Layout;
 
+use crate::users::{Identity, SystemUsers};
+
 /// Where to find the other binaries: `ZT_BIN_DIR`, else beside this
 /// executable, else `PATH`.
 pub fn binary(name: &str) -> PathBuf {
@@ -43,6 +45,12 @@ fn missing(name: &str) -> String {
 /// A command for one of the stack's binaries, with a clean environment:
 /// services get only what they need, never the console's secrets.
 pub fn command(name: &str) -> Command {
+    command_as(name, None)
+}
+
+/// [`command`], run as `who` (its user, group and supplementary groups)
+/// when given.
+pub fn command_as(name: &str, who: Option<&Identity>) -> Command {
     let mut cmd = Command::new(binary(name));
     cmd.env_clear();
     for var in ["PATH", "HOME", "TMPDIR", "LANG", "ZT_LOG", "RUST_BACKTRACE"] {
@@ -51,10 +59,17 @@ pub fn command(name: &str) -> Command {
         }
     }
     cmd.stdin(Stdio::null());
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    let who = who.cloned();
+    // SAFETY: between fork and exec the closure only makes async-signal-safe
+    // system calls (setgroups, setgid, setuid, prctl) on data moved in
+    // before the fork; it allocates nothing.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if let Some(who) = &who {
+                who.become_self()?;
+            }
+            // After the user change, which clears the parent-death signal.
+            #[cfg(target_os = "linux")]
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
         });
@@ -98,10 +113,11 @@ async fn spawn_ready(
     key: &str,
     log: &Path,
     env: &[(&str, &str)],
+    who: Option<&Identity>,
 ) -> anyhow::Result<(Child, String)> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut child = command(name)
+    let mut child = command_as(name, who)
         .envs(env.iter().copied())
         .args(args)
         .stdout(Stdio::piped())
@@ -141,13 +157,19 @@ impl Stack {
     /// Initializes `data_dir` (keys, policies, example backend) if needed and
     /// starts the approval service and the broker on loopback ports.
     pub async fn start(data_dir: &Path) -> anyhow::Result<Stack> {
-        Stack::start_with(data_dir, None).await
+        Stack::start_with(data_dir, None, None).await
     }
 
     /// [`Stack::start`], with the approval service's and the broker's
     /// stores in the PostgreSQL database at `database` (passed to them in
-    /// their environment, never on a command line where `ps` shows it).
-    pub async fn start_with(data_dir: &Path, database: Option<&str>) -> anyhow::Result<Stack> {
+    /// their environment, never on a command line where `ps` shows it),
+    /// and each service run as its own operating-system user when `users`
+    /// is given (the data directory's owners and modes prepared first).
+    pub async fn start_with(
+        data_dir: &Path,
+        database: Option<&str>,
+        users: Option<&SystemUsers>,
+    ) -> anyhow::Result<Stack> {
         let shared: Vec<(&str, &str)> = database
             .map(|url| vec![("ZT_DATABASE_URL", url)])
             .unwrap_or_default();
@@ -173,12 +195,16 @@ impl Stack {
         .await?;
         let run = data_dir.join("run");
         std::fs::create_dir_all(&run)?;
+        if let Some(users) = users {
+            users.prepare(&Layout::new(&data_dir))?;
+        }
         let (billing, billing_url) = spawn_ready(
             "zt-billing",
             &["serve", "--data-dir", &dir, "--listen", "127.0.0.1:0"],
             "billing_url",
             &run.join("billing.log"),
             &shared,
+            users.map(|u| &u.billing),
         )
         .await?;
         let (approval, approval_url) = spawn_ready(
@@ -187,6 +213,7 @@ impl Stack {
             "approval_url",
             &run.join("approval.log"),
             &shared,
+            users.map(|u| &u.approval),
         )
         .await?;
         let mut stack = Stack {
@@ -211,6 +238,7 @@ impl Stack {
             "broker_url",
             &run.join("broker.log"),
             &shared,
+            users.map(|u| &u.broker),
         )
         .await?;
         stack.children.push(("zt-broker", broker));

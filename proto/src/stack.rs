@@ -11,7 +11,8 @@
 //! DIR/run/                   endpoints of running services
 //! ```
 //!
-//! Each service creates its own private directory `0700`, so the approval
+//! Each service creates its own private directory `0700` (and strips any
+//! access for others from an existing one), so the approval
 //! service's keys are not readable through the broker's and vice versa when
 //! they run as different users.
 
@@ -124,23 +125,42 @@ impl Layout {
         self.root.join("run").join(format!("{service}.url"))
     }
 
-    /// Creates a private directory with mode `0700`.
+    /// Creates a private directory with mode `0700`. An existing one keeps
+    /// its owner and group bits (a deployment with one user per service
+    /// gives a group access where a file is shared, e.g. `backend/` to the
+    /// broker's records reader) but loses any access for others.
     pub fn create_private(&self, service: &str) -> Result<PathBuf, StackError> {
         let dir = self.private(service);
-        std::fs::create_dir_all(&dir).map_err(|source| StackError::Io {
+        let io = |source| StackError::Io {
             path: dir.clone(),
             source,
-        })?;
+        };
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(
-                |source| StackError::Io {
-                    path: dir.clone(),
-                    source,
-                },
-            )?;
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) => {
+                    let mode = m.permissions().mode() & 0o7777;
+                    if mode & 0o007 != 0 {
+                        std::fs::set_permissions(
+                            &dir,
+                            std::fs::Permissions::from_mode(mode & !0o007),
+                        )
+                        .map_err(io)?;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(self.root()).map_err(io)?;
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&dir)
+                        .map_err(io)?;
+                }
+                Err(e) => return Err(io(e)),
+            }
         }
+        #[cfg(not(unix))]
+        std::fs::create_dir_all(&dir).map_err(io)?;
         Ok(dir)
     }
 

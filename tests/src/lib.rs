@@ -252,6 +252,21 @@ impl Stack {
     pub fn up_with(dir: &Path, database: Option<&str>) -> anyhow::Result<Stack> {
         let mut cmd = bin("zt-console");
         cmd.args(["up", "--data-dir"]).arg(dir);
+        Stack::spawn(cmd, database)
+    }
+
+    /// Starts `zt-console up --users --data-dir DIR` (as root): each service
+    /// as its own operating-system user, run from the binaries in `bins`
+    /// (which those users can reach).
+    pub fn up_as_users(dir: &Path, bins: &Path) -> anyhow::Result<Stack> {
+        let mut cmd = bin("zt-console");
+        cmd.args(["up", "--users", "--data-dir"])
+            .arg(dir)
+            .env("ZT_BIN_DIR", bins);
+        Stack::spawn(cmd, None)
+    }
+
+    fn spawn(mut cmd: Command, database: Option<&str>) -> anyhow::Result<Stack> {
         match database {
             Some(url) => cmd.env("ZT_DATABASE_URL", url),
             None => cmd.env_remove("ZT_DATABASE_URL"),
