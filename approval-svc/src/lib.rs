@@ -26,5 +26,6 @@ pub mod incoming;
 pub mod rules;
 pub mod service;
 pub mod setup;
+pub mod tls;
 
 pub use service::{Options, serve};

@@ -50,6 +50,21 @@ enum Command {
         /// replicas share requests, votes and grants).
         #[arg(long, value_name = "NAME")]
         replica: Option<String>,
+        /// Serve gRPC over TLS with a certificate from the stack's own CA
+        /// (DIR/tls-ca.pem, which the broker and the console trust). Needed
+        /// to listen on anything but loopback.
+        #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+        tls: bool,
+        /// Another name (DNS or IP) the stack-CA certificate is for, besides
+        /// localhost and the loopback addresses; repeatable.
+        #[arg(long, value_name = "NAME", requires = "tls")]
+        tls_name: Vec<String>,
+        /// Serve gRPC over TLS with this PEM certificate chain instead.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Issue tokens signed by this stack's identity key.
     Token {
@@ -281,8 +296,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             request_ttl,
             database,
             replica,
+            tls,
+            tls_name,
+            tls_cert,
+            tls_key,
         } => {
             setup::init(&Layout::new(&data_dir))?;
+            let tls = match (tls, tls_cert, tls_key) {
+                (true, _, _) => zt_approval::service::Tls::Stack(tls_name),
+                (false, Some(cert), Some(key)) => zt_approval::service::Tls::Given { cert, key },
+                _ => zt_approval::service::Tls::Off,
+            };
             let request_ttl = match request_ttl {
                 Some(text) => Some(parse_request_ttl(&text)?),
                 None => None,
@@ -293,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 request_ttl,
                 database: database.map(zt_proto::db::DbUrl::new),
                 replica,
+                tls,
             };
             zt_approval::serve(opts, async {
                 let _ = tokio::signal::ctrl_c().await;

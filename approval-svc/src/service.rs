@@ -59,6 +59,25 @@ pub struct Options {
     /// This replica's name when several serve one stack: its audit chain
     /// is `approval-NAME` and its endpoint `run/approval-NAME.url`.
     pub replica: Option<String>,
+    /// TLS on the gRPC port.
+    pub tls: Tls,
+}
+
+/// Whether and how the gRPC port speaks TLS.
+#[derive(Debug, Clone, Default)]
+pub enum Tls {
+    /// Plaintext: loopback addresses only.
+    #[default]
+    Off,
+    /// A certificate from the stack's CA for these extra names.
+    Stack(Vec<String>),
+    /// Given certificate (chain) and key files.
+    Given {
+        /// PEM certificate chain.
+        cert: PathBuf,
+        /// PEM private key.
+        key: PathBuf,
+    },
 }
 
 /// A replica name: short, lowercase letters, digits and dashes.
@@ -1382,12 +1401,35 @@ pub async fn serve(
     opts: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let identity = match &opts.tls {
+        Tls::Off => {
+            crate::tls::check_plaintext(opts.listen)?;
+            None
+        }
+        Tls::Stack(names) => {
+            let layout = Layout::new(&opts.data_dir);
+            Some(crate::tls::server_identity(
+                &layout,
+                &layout.stack()?,
+                names,
+            )?)
+        }
+        Tls::Given { cert, key } => Some(crate::tls::given_identity(cert, key)?),
+    };
     let service = Service::open(&opts).await?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
-    let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let mut addr = listener.local_addr()?;
+    // A wildcard listener is reached on loopback from this machine.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let scheme = if identity.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}");
     match &opts.replica {
         None => service.0.layout.write_endpoint("approval", &url)?,
         Some(name) => service
@@ -1430,7 +1472,16 @@ pub async fn serve(
     // 10 s to start (crate::incoming), messages of at most 4 MiB each way,
     // at most 256 requests at once per connection, and a connection whose
     // peer stops answering HTTP/2 pings for 10 s is closed.
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some((cert, key)) = identity {
+        server = server
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+            .context("the gRPC port's TLS certificate")?;
+    }
+    let served = server
         .concurrency_limit_per_connection(256)
         .max_concurrent_streams(Some(256))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))

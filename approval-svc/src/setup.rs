@@ -54,6 +54,7 @@ pub fn init(layout: &Layout) -> anyhow::Result<(StackInfo, Keys)> {
     // keys they introduce by rotation, never a file that appears in public/.
     TrustRoots::ensure(&trust_path(layout), layout, &["approval-token"])?
         .publish(&layout.trust_file(), &["approval-token"])?;
+    crate::tls::ensure_ca(layout, &stack)?;
     if !layout.policies().join("tools.toml").exists() {
         zt_policies::shipped::install(&layout.policies())
             .with_context(|| format!("writing policy data to {}", layout.policies().display()))?;

@@ -33,6 +33,10 @@ enum Command {
         /// The approval service (default: the one running for DIR).
         #[arg(long)]
         approval: Option<String>,
+        /// The CA an `https://` approval service's certificate must chain to
+        /// (default: the stack's DIR/tls-ca.pem).
+        #[arg(long, value_name = "FILE")]
+        approval_ca: Option<PathBuf>,
         /// The billing API (default: broker.toml's, else the one running for DIR).
         #[arg(long)]
         billing: Option<String>,
@@ -48,6 +52,10 @@ enum Command {
         /// The approval service (default: the one running for DIR).
         #[arg(long)]
         approval: Option<String>,
+        /// The CA an `https://` approval service's certificate must chain to
+        /// (default: the stack's DIR/tls-ca.pem).
+        #[arg(long, value_name = "FILE")]
+        approval_ca: Option<PathBuf>,
         /// The billing API (default: broker.toml's, else the one running for DIR).
         #[arg(long)]
         billing: Option<String>,
@@ -79,6 +87,7 @@ async fn main() -> std::process::ExitCode {
         Command::Stdio {
             data_dir,
             approval,
+            approval_ca,
             billing,
         } => match std::env::var("BROKER_SESSION_TOKEN") {
             Ok(token) => {
@@ -86,6 +95,7 @@ async fn main() -> std::process::ExitCode {
                     data_dir,
                     listen: ([127, 0, 0, 1], 0).into(),
                     approval_url: approval,
+                    approval_ca,
                     billing_url: billing,
                     replica: None,
                     database: None,
@@ -100,6 +110,7 @@ async fn main() -> std::process::ExitCode {
             data_dir,
             listen,
             approval,
+            approval_ca,
             billing,
             replica,
             database,
@@ -109,6 +120,7 @@ async fn main() -> std::process::ExitCode {
                     data_dir,
                     listen,
                     approval_url: approval,
+                    approval_ca,
                     billing_url: billing,
                     replica,
                     database: database.map(zt_proto::db::DbUrl::new),

@@ -48,6 +48,9 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The approval service's URL (default: the one recorded in the data dir).
     pub approval_url: Option<String>,
+    /// The CA an `https://` approval URL is verified by (default: the
+    /// stack's `DIR/tls-ca.pem`).
+    pub approval_ca: Option<PathBuf>,
     /// The billing API's URL (default: the config's, else the one recorded
     /// in the data dir).
     pub billing_url: Option<String>,
@@ -476,6 +479,22 @@ struct Started {
 async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let layout = Layout::new(&opts.data_dir);
     let m = setup::load(&layout)?;
+    // First: a URL the broker must not use (plaintext off loopback) stops it
+    // before anything is opened.
+    let approval_url = opts
+        .approval_url
+        .clone()
+        .or_else(|| layout.endpoint("approval"));
+    let approval_ca = opts
+        .approval_ca
+        .clone()
+        .unwrap_or_else(|| layout.tls_ca_file());
+    let upstream = Upstream::new(
+        approval_url.as_deref(),
+        Some(&approval_ca),
+        m.service_key.clone(),
+        m.stack.clone(),
+    )?;
     let policy = PolicyStore::open(layout.policies())
         .with_context(|| format!("loading policies from {}", layout.policies().display()))?;
     let records_at = match opts
@@ -536,15 +555,6 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         m.audit_key.public().write(&layout.audit_key(chain))?;
     }
     let audit = Arc::new(AuditLog::open(audit_pool, chain, m.audit_key.clone()).await?);
-    let approval_url = opts
-        .approval_url
-        .clone()
-        .or_else(|| layout.endpoint("approval"));
-    let upstream = Upstream::new(
-        approval_url.as_deref(),
-        m.service_key.clone(),
-        m.stack.clone(),
-    )?;
 
     let (events, mut events_rx) = mpsc::channel(1024);
     let publisher = upstream.clone();

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tonic::Request;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use zt_proto::keys::KeyPair;
 use zt_proto::pb::approval_client::ApprovalClient;
 use zt_proto::pb::{
@@ -35,13 +35,17 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A lazily-connecting client of `url` (none: every escalation is refused).
-    pub fn new(url: Option<&str>, key: KeyPair, stack: StackInfo) -> anyhow::Result<Upstream> {
+    /// A lazily-connecting client of `url` (none: every escalation is
+    /// refused); an `https://` URL is verified against the CA file `ca`.
+    pub fn new(
+        url: Option<&str>,
+        ca: Option<&std::path::Path>,
+        key: KeyPair,
+        stack: StackInfo,
+    ) -> anyhow::Result<Upstream> {
         let client = match url {
             Some(url) => {
-                let endpoint = Endpoint::from_shared(url.to_owned())?
-                    .connect_timeout(Duration::from_secs(3))
-                    .tcp_nodelay(true);
+                let endpoint = zt_proto::grpc::endpoint(url, ca)?;
                 Some(ApprovalClient::new(endpoint.connect_lazy()))
             }
             None => None,

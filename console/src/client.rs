@@ -3,10 +3,9 @@
 //! no broker code and reads no private key.
 
 use std::path::Path;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
-use tonic::transport::{Channel, Endpoint};
+use anyhow::bail;
+use tonic::transport::Channel;
 use tonic::{Request, Streaming};
 use zt_proto::pb::approval_client::ApprovalClient;
 use zt_proto::pb::{
@@ -44,17 +43,15 @@ pub fn resolve_url(approval: Option<&str>, data_dir: Option<&Path>) -> anyhow::R
 }
 
 impl OperatorClient {
-    /// A client of `url` presenting `token`. Connects lazily.
-    pub fn new(url: &str, token: &str) -> anyhow::Result<OperatorClient> {
+    /// A client of `url` presenting `token`; an `https://` URL is verified
+    /// against the CA file `ca`. Connects lazily.
+    pub fn new(url: &str, token: &str, ca: Option<&Path>) -> anyhow::Result<OperatorClient> {
         if token.trim().is_empty() {
             bail!(
                 "no operator token: set ZT_OPERATOR_TOKEN or pass --token (issue one with `zt-approval token operator`)"
             );
         }
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .with_context(|| format!("invalid approval URL {url}"))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true);
+        let endpoint = zt_proto::grpc::endpoint(url, ca)?;
         Ok(OperatorClient {
             inner: ApprovalClient::new(endpoint.connect_lazy()),
             token: token.trim().into(),
@@ -204,7 +201,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_operator_token_never_reaches_debug() {
-        let client = OperatorClient::new("http://127.0.0.1:9", "eyJsecret.token.value").unwrap();
+        let client =
+            OperatorClient::new("http://127.0.0.1:9", "eyJsecret.token.value", None).unwrap();
         let shown = format!("{client:?}");
         assert!(!shown.contains("eyJsecret"), "{shown}");
     }

@@ -104,7 +104,11 @@ async fn drive(
         ],
     )
     .await?;
-    let client = OperatorClient::new(&stack.approval_url, &operator_token)?;
+    let client = OperatorClient::new(
+        &stack.approval_url,
+        &operator_token,
+        Some(&zt_proto::stack::Layout::new(&stack.data_dir).tls_ca_file()),
+    )?;
 
     let scenario_path = stack.data_dir.join("run").join("scenario.toml");
     std::fs::write(&scenario_path, scenario_text)?;

@@ -46,12 +46,25 @@ struct Conn {
     /// Operator token (issue one with `zt-approval token operator`).
     #[arg(long, global = true, env = "ZT_OPERATOR_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The CA that an `https://` approval service's certificate must chain
+    /// to (default: the stack's DIR/tls-ca.pem).
+    #[arg(long, global = true, value_name = "FILE")]
+    approval_ca: Option<PathBuf>,
 }
 
 impl Conn {
     fn client(&self) -> anyhow::Result<OperatorClient> {
         let url = client::resolve_url(self.approval.as_deref(), self.data_dir.as_deref())?;
-        OperatorClient::new(&url, self.token.as_deref().unwrap_or_default())
+        let ca = self.approval_ca.clone().or_else(|| {
+            self.data_dir
+                .as_deref()
+                .map(|d| zt_proto::stack::Layout::new(d).tls_ca_file())
+        });
+        OperatorClient::new(
+            &url,
+            self.token.as_deref().unwrap_or_default(),
+            ca.as_deref(),
+        )
     }
 }
 
@@ -87,6 +100,11 @@ enum Command {
         /// owners and modes that keep them apart. Needs root.
         #[arg(long)]
         users: bool,
+        /// Serve the approval service's gRPC port over TLS with a
+        /// certificate from the stack's own CA (DIR/tls-ca.pem); the broker
+        /// and the console verify it. `approval_url` is then `https://`.
+        #[arg(long)]
+        tls: bool,
     },
     /// The scripted agent: replay a scenario against a broker (token from
     /// BROKER_SESSION_TOKEN).
@@ -269,7 +287,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Up { database, users } => up(conn.data_dir, database, users).await,
+        Command::Up {
+            database,
+            users,
+            tls,
+        } => up(conn.data_dir, database, users, tls).await,
         Command::Agent {
             broker,
             scenario,
@@ -486,6 +508,7 @@ async fn up(
     data_dir: Option<PathBuf>,
     database: Option<String>,
     users: bool,
+    tls: bool,
 ) -> anyhow::Result<ExitCode> {
     if let Some(url) = &database
         && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
@@ -500,7 +523,7 @@ async fn up(
         None
     };
     let dir = data_dir.unwrap_or_else(|| stack::temp_data_dir("zt-stack-"));
-    let mut stack = Stack::start_with(&dir, database.as_deref(), users.as_ref()).await?;
+    let mut stack = Stack::start_with(&dir, database.as_deref(), users.as_ref(), tls).await?;
     println!("broker_url={}", stack.broker_url);
     println!("approval_url={}", stack.approval_url);
     println!("data_dir={}", stack.data_dir.display());

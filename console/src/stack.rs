@@ -157,18 +157,20 @@ impl Stack {
     /// Initializes `data_dir` (keys, policies, example backend) if needed and
     /// starts the approval service and the broker on loopback ports.
     pub async fn start(data_dir: &Path) -> anyhow::Result<Stack> {
-        Stack::start_with(data_dir, None, None).await
+        Stack::start_with(data_dir, None, None, false).await
     }
 
     /// [`Stack::start`], with the approval service's and the broker's
     /// stores in the PostgreSQL database at `database` (passed to them in
     /// their environment, never on a command line where `ps` shows it),
     /// and each service run as its own operating-system user when `users`
-    /// is given (the data directory's owners and modes prepared first).
+    /// is given (the data directory's owners and modes prepared first), and
+    /// the approval service's gRPC port on TLS from the stack's CA with `tls`.
     pub async fn start_with(
         data_dir: &Path,
         database: Option<&str>,
         users: Option<&SystemUsers>,
+        tls: bool,
     ) -> anyhow::Result<Stack> {
         let shared: Vec<(&str, &str)> = database
             .map(|url| vec![("ZT_DATABASE_URL", url)])
@@ -207,9 +209,13 @@ impl Stack {
             users.map(|u| &u.billing),
         )
         .await?;
+        let mut approval_args = vec!["serve", "--data-dir", &dir, "--listen", "127.0.0.1:0"];
+        if tls {
+            approval_args.push("--tls");
+        }
         let (approval, approval_url) = spawn_ready(
             "zt-approval",
-            &["serve", "--data-dir", &dir, "--listen", "127.0.0.1:0"],
+            &approval_args,
             "approval_url",
             &run.join("approval.log"),
             &shared,

@@ -132,7 +132,11 @@ impl SystemUsers {
         // (setgid: in group zt-audit); sticky: no one removes or renames
         // another's file.
         set(layout.root(), root, self.audit, 0o3775)?;
-        for public in [layout.stack_file(), layout.trust_file()] {
+        for public in [
+            layout.stack_file(),
+            layout.trust_file(),
+            layout.tls_ca_file(),
+        ] {
             if exists(&public)? {
                 set(&public, root, root_gid, 0o644)?;
             }

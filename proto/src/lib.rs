@@ -25,6 +25,7 @@ pub mod canonical;
 pub mod db;
 pub mod flood;
 pub mod grant;
+pub mod grpc;
 pub mod keys;
 pub mod pinned;
 #[cfg(feature = "http")]

@@ -90,6 +90,13 @@ impl Layout {
         self.root.join("trust.json")
     }
 
+    /// `tls-ca.pem`: the certificate of the stack's own TLS CA, which
+    /// clients of the approval service's gRPC port trust for it. Public;
+    /// written once at set-up, never replaced by a service.
+    pub fn tls_ca_file(&self) -> PathBuf {
+        self.root.join("tls-ca.pem")
+    }
+
     /// A public key file other domains pin, e.g. `public("approval-token")`.
     pub fn public_key(&self, name: &str) -> PathBuf {
         self.root.join("public").join(format!("{name}.pem"))

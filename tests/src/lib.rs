@@ -266,6 +266,14 @@ impl Stack {
         Stack::spawn(cmd, None)
     }
 
+    /// Starts `zt-console up ARGS --data-dir DIR` (SQLite), e.g. `--tls`.
+    pub fn up_args(dir: &Path, args: &[&str]) -> anyhow::Result<Stack> {
+        let mut cmd = bin("zt-console");
+        cmd.arg("up").args(args).arg("--data-dir").arg(dir);
+        cmd.env_remove("ZT_DATABASE_URL");
+        Stack::spawn(cmd, None)
+    }
+
     fn spawn(mut cmd: Command, database: Option<&str>) -> anyhow::Result<Stack> {
         match database {
             Some(url) => cmd.env("ZT_DATABASE_URL", url),

@@ -488,7 +488,7 @@ mod tests {
 
     fn ctx() -> Ctx {
         Ctx {
-            client: OperatorClient::new("http://127.0.0.1:9", "token").expect("client"),
+            client: OperatorClient::new("http://127.0.0.1:9", "token", None).expect("client"),
             notifier: Notifier::new(true, false),
         }
     }
