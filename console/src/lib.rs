@@ -23,5 +23,4 @@ pub mod client;
 pub mod demo;
 pub mod stack;
 pub mod tui;
-#[cfg(unix)]
 pub mod users;
