@@ -65,17 +65,19 @@ pub fn ensure_ca(layout: &Layout, stack: &StackInfo) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let key = KeyPair::generate().context("generating the stack's TLS CA key")?;
-    let cert = ca_params(stack)?
-        .self_signed(&key)
-        .context("signing the stack's TLS CA")?;
-    zt_proto::keys::write_private(&key_path, &key.serialize_pem())?;
+    // Checked before a key is written: a new key beside an old certificate
+    // would look like a complete CA on the next start.
     if cert_path.exists() {
         bail!(
             "{} exists without its key: remove it to create a new CA",
             cert_path.display()
         );
     }
+    let key = KeyPair::generate().context("generating the stack's TLS CA key")?;
+    let cert = ca_params(stack)?
+        .self_signed(&key)
+        .context("signing the stack's TLS CA")?;
+    zt_proto::keys::write_private(&key_path, &key.serialize_pem())?;
     let tmp = cert_path.with_extension("pem.new");
     std::fs::write(&tmp, cert.pem()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &cert_path)
@@ -144,4 +146,28 @@ pub fn check_plaintext(listen: SocketAddr) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_without_its_key_is_refused_and_no_key_is_made() {
+        let dir = std::env::temp_dir().join(zt_proto::random_id("zt-tls-ca-"));
+        let layout = Layout::new(&dir);
+        let stack = layout.stack_or_create().expect("stack");
+        layout.create_private("approval").expect("private dir");
+        std::fs::write(layout.tls_ca_file(), "an old certificate").expect("write");
+        assert!(ensure_ca(&layout, &stack).is_err());
+        assert!(
+            !ca_key_path(&layout).exists(),
+            "a key beside the old certificate"
+        );
+        std::fs::remove_file(layout.tls_ca_file()).expect("remove");
+        ensure_ca(&layout, &stack).expect("a new CA");
+        assert!(ca_key_path(&layout).exists() && layout.tls_ca_file().exists());
+        server_identity(&layout, &stack, &["approval.internal".into()]).expect("issues");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
