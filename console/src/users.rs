@@ -37,8 +37,6 @@ const RECORDS: &str = "zt-records";
 /// Who a child process runs as.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// The user's name.
-    pub name: String,
     uid: Uid,
     gid: Gid,
     groups: Vec<Gid>,
@@ -106,7 +104,6 @@ impl SystemUsers {
                 bail!("user {name} must not be root or in group root");
             }
             Ok(Identity {
-                name: name.to_owned(),
                 uid: u.uid,
                 gid: u.gid,
                 groups,
@@ -162,15 +159,11 @@ impl SystemUsers {
             };
             Ok(Some((owner, root_gid, 0o644)))
         })?;
-        // Endpoints of an earlier run: each service writes its own.
-        tree(&layout.root().join("run"), &|name, _| {
-            Ok(if name.ends_with(".url") {
-                None
-            } else {
-                Some((root, root_gid, 0o644))
-            })
-        })?;
+        // Endpoints of an earlier run go: each service writes its own.
         remove_endpoints(&layout.root().join("run"))?;
+        tree(&layout.root().join("run"), &|_, _| {
+            Ok(Some((root, root_gid, 0o644)))
+        })?;
         // The audit database, created here so that it is the writers'
         // group's from the start (SQLite gives -wal and -shm its mode).
         let audit_db = layout.audit_db();

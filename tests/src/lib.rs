@@ -259,19 +259,21 @@ impl Stack {
     /// as its own operating-system user, run from the binaries in `bins`
     /// (which those users can reach).
     pub fn up_as_users(dir: &Path, bins: &Path) -> anyhow::Result<Stack> {
-        let mut cmd = bin("zt-console");
-        cmd.args(["up", "--users", "--data-dir"])
-            .arg(dir)
-            .env("ZT_BIN_DIR", bins);
+        let mut cmd = Stack::up_command(dir, &["--users"]);
+        cmd.env("ZT_BIN_DIR", bins);
         Stack::spawn(cmd, None)
     }
 
     /// Starts `zt-console up ARGS --data-dir DIR` (SQLite), e.g. `--tls`.
     pub fn up_args(dir: &Path, args: &[&str]) -> anyhow::Result<Stack> {
+        Stack::spawn(Stack::up_command(dir, args), None)
+    }
+
+    fn up_command(dir: &Path, args: &[&str]) -> Command {
         let mut cmd = bin("zt-console");
         cmd.arg("up").args(args).arg("--data-dir").arg(dir);
         cmd.env_remove("ZT_DATABASE_URL");
-        Stack::spawn(cmd, None)
+        cmd
     }
 
     fn spawn(mut cmd: Command, database: Option<&str>) -> anyhow::Result<Stack> {
