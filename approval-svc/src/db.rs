@@ -39,23 +39,59 @@ pub enum VoteError {
 /// Opens (creating and migrating) the approval database: an SQLite file,
 /// or the `zt_approval` schema of a PostgreSQL database shared by replicas.
 pub async fn open(location: &Location) -> Result<Db, OpenError> {
-    let db = Db::open(location, "zt_approval", false).await?;
-    match &db {
-        Db::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
-        Db::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
-    }
+    let db = Db::open(location, SCHEMA, false).await?;
+    db.migrate(
+        &sqlx::migrate!("./migrations/sqlite"),
+        &sqlx::migrate!("./migrations/postgres"),
+        "zt-approval migrate",
+    )
+    .await?;
     Ok(db)
+}
+
+/// The PostgreSQL schema of the approval service's state.
+pub const SCHEMA: &str = "zt_approval";
+
+/// `zt-approval migrate`: as the administrator of the PostgreSQL database
+/// at `location`, creates and migrates the approval service's schema and
+/// the audit tables; with `role`, gives that role (the one the service
+/// connects as) its own schema's rows and its own audit chains
+/// (`approval`, `approval-*`) and nothing else; `auditors` may read the
+/// audit tables.
+pub async fn migrate(
+    location: &Location,
+    role: Option<&str>,
+    auditors: &[String],
+) -> Result<(), OpenError> {
+    let db = open(location).await?;
+    let audit = zt_proto::store::open_pool(location).await?;
+    if let Some(role) = role {
+        db.grant_own_schema(SCHEMA, role).await?;
+        zt_proto::store::grant_chain(&audit, crate::setup::AUDIT_CHAIN, role).await?;
+    }
+    for auditor in auditors {
+        audit
+            .grant_read(
+                zt_proto::store::AUDIT_SCHEMA,
+                &zt_proto::store::AUDIT_TABLES,
+                auditor,
+            )
+            .await?;
+    }
+    audit.close().await;
+    db.close().await;
+    Ok(())
 }
 
 /// Why the approval database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// Connecting failed.
-    #[error(transparent)]
+    /// Connecting or migrating failed.
+    #[error("the approval database: {0}")]
     Db(#[from] zt_proto::db::DbError),
-    /// A migration failed.
-    #[error("migrating the approval database: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The audit tables could not be set up.
+    #[error(transparent)]
+    Audit(#[from] zt_proto::store::StoreError),
 }
 
 const COLUMNS: &str = "id, status, tool, args_json, args_hash, session_id, human, actors_json, rules_json, \

@@ -66,6 +66,24 @@ enum Command {
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+    /// Set up a PostgreSQL database for the approval service, as its
+    /// administrator: create and migrate its schema and the audit tables,
+    /// and give ROLE (the one the service connects as) its own rows and its
+    /// own audit chains only. Run before starting the service as ROLE.
+    Migrate {
+        /// The database, with a role that may create schemas
+        /// (postgres://...).
+        #[arg(long, env = "ZT_ADMIN_DATABASE_URL", value_name = "URL")]
+        database: String,
+        /// The role the approval service connects as (it must exist; not a
+        /// superuser; not the administrator).
+        #[arg(long)]
+        role: Option<String>,
+        /// A role that may read the audit tables (for `zt-console audit
+        /// verify --database`); repeatable.
+        #[arg(long, value_name = "ROLE")]
+        auditor: Vec<String>,
+    },
     /// Issue tokens signed by this stack's identity key.
     Token {
         #[command(subcommand)]
@@ -285,6 +303,15 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Migrate {
+            database,
+            role,
+            auditor,
+        } => {
+            let location = zt_proto::db::Location::for_migrate(&database)?;
+            zt_approval::db::migrate(&location, role.as_deref(), &auditor).await?;
+            eprintln!("zt-approval: {} is set up", location.display());
+        }
         Command::Init { data_dir } => {
             let layout = Layout::new(&data_dir);
             let (stack, _) = setup::init(&layout)?;

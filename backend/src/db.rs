@@ -11,15 +11,36 @@ use zt_proto::with_db;
 /// The PostgreSQL schema of the example backend.
 pub const SCHEMA: &str = "zt_backend";
 
+/// The tables the broker's records reader reads (never the plan changes;
+/// never any write).
+pub const RECORDS_TABLES: [&str; 4] = ["accounts", "orders", "refunds", "documents"];
+
+/// `zt-billing migrate`: as the administrator of the PostgreSQL database at
+/// `location`, creates, migrates and seeds the records schema; with `role`,
+/// gives that role (the one the billing API connects as) its rows; each of
+/// `readers` (the broker's role) may read [`RECORDS_TABLES`] and nothing else.
+pub async fn migrate(
+    location: &Location,
+    role: Option<&str>,
+    readers: &[String],
+) -> Result<(), OpenError> {
+    let db = open(location).await?;
+    if let Some(role) = role {
+        db.grant_own_schema(SCHEMA, role).await?;
+    }
+    for reader in readers {
+        db.grant_read(SCHEMA, &RECORDS_TABLES, reader).await?;
+    }
+    db.close().await;
+    Ok(())
+}
+
 /// Why the backend database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// Connecting failed.
-    #[error(transparent)]
+    /// Connecting or migrating failed.
+    #[error("the backend database: {0}")]
     Db(#[from] zt_proto::db::DbError),
-    /// A migration failed.
-    #[error("migrating the backend database: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     /// Seeding failed.
     #[error("seeding the backend database: {0}")]
     Seed(#[from] sqlx::Error),
@@ -31,10 +52,12 @@ pub enum OpenError {
 /// driver's lock and seeding skips rows that exist.
 pub async fn open(location: &Location) -> Result<Db, OpenError> {
     let db = Db::open(location, SCHEMA, false).await?;
-    match &db {
-        Db::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
-        Db::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
-    }
+    db.migrate(
+        &sqlx::migrate!("./migrations/sqlite"),
+        &sqlx::migrate!("./migrations/postgres"),
+        "zt-billing migrate",
+    )
+    .await?;
     seed(&db).await?;
     Ok(db)
 }

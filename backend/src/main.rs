@@ -27,6 +27,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         key_out: Option<PathBuf>,
     },
+    /// Set up a PostgreSQL database for the billing API, as its
+    /// administrator: create, migrate and seed the records schema, give
+    /// ROLE (the one the billing API connects as) its rows, and let each
+    /// READER (the broker's role) read the records the broker serves and
+    /// write nothing. Run before starting the service as ROLE.
+    Migrate {
+        /// The database, with a role that may create schemas
+        /// (postgres://...).
+        #[arg(long, env = "ZT_ADMIN_DATABASE_URL", value_name = "URL")]
+        database: String,
+        /// The role the billing API connects as (it must exist; not a
+        /// superuser; not the administrator).
+        #[arg(long)]
+        role: Option<String>,
+        /// A role that may read the records (the broker's); repeatable.
+        #[arg(long, value_name = "ROLE")]
+        reader: Vec<String>,
+    },
     /// Serve the billing API over HTTP; prints `billing_url=...` when ready.
     Serve {
         /// The stack's data directory.
@@ -54,6 +72,19 @@ async fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Init { data_dir, key_out } => {
             zt_backend::billing::init(&Layout::new(data_dir), key_out.as_deref()).await
+        }
+        Command::Migrate {
+            database,
+            role,
+            reader,
+        } => {
+            async {
+                let location = zt_proto::db::Location::for_migrate(&database)?;
+                zt_backend::db::migrate(&location, role.as_deref(), &reader).await?;
+                eprintln!("zt-billing: {} is set up", location.display());
+                Ok(())
+            }
+            .await
         }
         Command::Serve {
             data_dir,

@@ -24,6 +24,20 @@ enum Command {
         #[arg(long, env = "ZT_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Set up a PostgreSQL database for the broker, as its administrator:
+    /// create and migrate its schema and the audit tables, and give ROLE
+    /// (the one every broker replica connects as) its own rows and its own
+    /// audit chains only. Run before starting the broker as ROLE.
+    Migrate {
+        /// The database, with a role that may create schemas
+        /// (postgres://...).
+        #[arg(long, env = "ZT_ADMIN_DATABASE_URL", value_name = "URL")]
+        database: String,
+        /// The role the broker connects as (it must exist; not a superuser;
+        /// not the administrator).
+        #[arg(long)]
+        role: Option<String>,
+    },
     /// Serve MCP over stdin/stdout for one local agent, whose session token
     /// is read from BROKER_SESSION_TOKEN (re-verified on every request).
     Stdio {
@@ -84,6 +98,15 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init { data_dir } => zt_broker::setup::init(&Layout::new(data_dir)),
+        Command::Migrate { database, role } => {
+            async {
+                let location = zt_proto::db::Location::for_migrate(&database)?;
+                zt_broker::state::migrate(&location, role.as_deref()).await?;
+                eprintln!("zt-broker: {} is set up", location.display());
+                Ok(())
+            }
+            .await
+        }
         Command::Stdio {
             data_dir,
             approval,

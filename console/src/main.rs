@@ -94,6 +94,18 @@ enum Command {
         /// SQLite files in the data directory when omitted.
         #[arg(long, env = "ZT_DATABASE_URL", value_name = "URL")]
         database: Option<String>,
+        /// The approval service's own database URL (its role), instead of
+        /// --database; see `zt-approval migrate`.
+        #[arg(long, env = "ZT_APPROVAL_DATABASE_URL", value_name = "URL")]
+        approval_database: Option<String>,
+        /// The broker's own database URL (its role), instead of --database;
+        /// see `zt-broker migrate`.
+        #[arg(long, env = "ZT_BROKER_DATABASE_URL", value_name = "URL")]
+        broker_database: Option<String>,
+        /// The billing API's own database URL (its role), instead of
+        /// --database; see `zt-billing migrate`.
+        #[arg(long, env = "ZT_BILLING_DATABASE_URL", value_name = "URL")]
+        billing_database: Option<String>,
         /// Run each service as its own operating-system user (`zt-approval`,
         /// `zt-broker`, `zt-billing`; create them with
         /// `scripts/system-users`), after giving the data directory the
@@ -289,9 +301,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Up {
             database,
+            approval_database,
+            broker_database,
+            billing_database,
             users,
             tls,
-        } => up(conn.data_dir, database, users, tls).await,
+        } => {
+            let own = |url: Option<String>| url.or_else(|| database.clone());
+            let urls = [
+                own(approval_database),
+                own(broker_database),
+                own(billing_database),
+            ];
+            up(conn.data_dir, urls, users, tls).await
+        }
         Command::Agent {
             broker,
             scenario,
@@ -504,26 +527,39 @@ async fn decide(conn: &Conn, id: &str, approve: bool, reason: &str) -> anyhow::R
     }
 }
 
+/// `zt-console up`, with the approval service's, the broker's and the
+/// billing API's database URLs (all, or none for SQLite).
 async fn up(
     data_dir: Option<PathBuf>,
-    database: Option<String>,
+    urls: [Option<String>; 3],
     users: bool,
     tls: bool,
 ) -> anyhow::Result<ExitCode> {
-    if let Some(url) = &database
-        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-    {
+    for url in urls.iter().flatten() {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            anyhow::bail!(
+                "--database: give a postgres:// URL (SQLite databases live in the data directory; pass --data-dir for them)"
+            );
+        }
+    }
+    let [approval, broker, billing] = urls.map(|u| u.map(zt_proto::db::DbUrl::new));
+    if !(approval.is_some() == broker.is_some() && broker.is_some() == billing.is_some()) {
         anyhow::bail!(
-            "--database: give a postgres:// URL (SQLite databases live in the data directory; pass --data-dir for them)"
+            "give --database, or a database for each of the approval service, the broker and the billing API (the broker reads the billing API's records)"
         );
     }
+    let databases = stack::Databases {
+        approval,
+        broker,
+        billing,
+    };
     let users = if users {
         Some(zt_console::users::SystemUsers::lookup()?)
     } else {
         None
     };
     let dir = data_dir.unwrap_or_else(|| stack::temp_data_dir("zt-stack-"));
-    let mut stack = Stack::start_with(&dir, database.as_deref(), users.as_ref(), tls).await?;
+    let mut stack = Stack::start_with(&dir, &databases, users.as_ref(), tls).await?;
     println!("broker_url={}", stack.broker_url);
     println!("approval_url={}", stack.approval_url);
     println!("data_dir={}", stack.data_dir.display());

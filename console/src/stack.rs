@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use zt_proto::db::DbUrl;
 use zt_proto::stack::Layout;
 
 use crate::users::{Identity, SystemUsers};
@@ -94,6 +95,31 @@ pub async fn run_to_end(name: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// The PostgreSQL database each service keeps its stores in (SQLite files
+/// in the data directory where none is given). They may be one URL, or one
+/// per service, each connecting as its own role (set up by the services'
+/// `migrate` commands).
+#[derive(Debug, Clone, Default)]
+pub struct Databases {
+    /// The approval service's state and audit chain.
+    pub approval: Option<DbUrl>,
+    /// The broker's state and audit chain, and its reads of the records.
+    pub broker: Option<DbUrl>,
+    /// The billing API's records.
+    pub billing: Option<DbUrl>,
+}
+
+impl Databases {
+    /// One database for every service.
+    pub fn shared(url: &str) -> Databases {
+        Databases {
+            approval: Some(DbUrl::new(url)),
+            broker: Some(DbUrl::new(url)),
+            billing: Some(DbUrl::new(url)),
+        }
+    }
+}
+
 /// A running stack.
 #[derive(Debug)]
 pub struct Stack {
@@ -112,13 +138,13 @@ async fn spawn_ready(
     args: &[&str],
     key: &str,
     log: &Path,
-    env: &[(&str, &str)],
+    env: &[(&str, String)],
     who: Option<&Identity>,
 ) -> anyhow::Result<(Child, String)> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut child = command_as(name, who)
-        .envs(env.iter().copied())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
@@ -157,24 +183,31 @@ impl Stack {
     /// Initializes `data_dir` (keys, policies, example backend) if needed and
     /// starts the approval service and the broker on loopback ports.
     pub async fn start(data_dir: &Path) -> anyhow::Result<Stack> {
-        Stack::start_with(data_dir, None, None, false).await
+        Stack::start_with(data_dir, &Databases::default(), None, false).await
     }
 
-    /// [`Stack::start`], with the approval service's and the broker's
-    /// stores in the PostgreSQL database at `database` (passed to them in
-    /// their environment, never on a command line where `ps` shows it),
+    /// [`Stack::start`], with each service's stores in the PostgreSQL
+    /// database of `databases` (passed to them in their environment, never
+    /// on a command line where `ps` shows it),
     /// and each service run as its own operating-system user when `users`
     /// is given (the data directory's owners and modes prepared first), and
     /// the approval service's gRPC port on TLS from the stack's CA with `tls`.
     pub async fn start_with(
         data_dir: &Path,
-        database: Option<&str>,
+        databases: &Databases,
         users: Option<&SystemUsers>,
         tls: bool,
     ) -> anyhow::Result<Stack> {
-        let shared: Vec<(&str, &str)> = database
-            .map(|url| vec![("ZT_DATABASE_URL", url)])
-            .unwrap_or_default();
+        let env = |url: &Option<DbUrl>| -> Vec<(&str, String)> {
+            url.iter()
+                .map(|u| ("ZT_DATABASE_URL", u.expose().to_owned()))
+                .collect()
+        };
+        let (approval_env, broker_env, billing_env) = (
+            env(&databases.approval),
+            env(&databases.broker),
+            env(&databases.billing),
+        );
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let data_dir = data_dir
@@ -205,7 +238,7 @@ impl Stack {
             &["serve", "--data-dir", &dir, "--listen", "127.0.0.1:0"],
             "billing_url",
             &run.join("billing.log"),
-            &shared,
+            &billing_env,
             users.map(|u| &u.billing),
         )
         .await?;
@@ -218,7 +251,7 @@ impl Stack {
             &approval_args,
             "approval_url",
             &run.join("approval.log"),
-            &shared,
+            &approval_env,
             users.map(|u| &u.approval),
         )
         .await?;
@@ -243,7 +276,7 @@ impl Stack {
             ],
             "broker_url",
             &run.join("broker.log"),
-            &shared,
+            &broker_env,
             users.map(|u| &u.broker),
         )
         .await?;

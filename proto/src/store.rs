@@ -137,6 +137,9 @@ END $d$;
 /// The PostgreSQL schema holding every writer's chains.
 pub const AUDIT_SCHEMA: &str = "zt_audit";
 
+/// The tables of [`AUDIT_SCHEMA`].
+pub const AUDIT_TABLES: [&str; 3] = ["audit_chains", "audit_entries", "audit_checkpoints"];
+
 /// Opens a pool on the SQLite database at `path` with [`sqlite_options`].
 pub async fn open_sqlite(path: &Path) -> Result<SqlitePool, sqlx::Error> {
     sqlx::sqlite::SqlitePoolOptions::new()
@@ -166,6 +169,32 @@ pub async fn open_pool(location: &Location) -> Result<Db, StoreError> {
             }
         }
         Db::Postgres(pool) => {
+            let may_create: bool = sqlx::query_scalar("SELECT has_schema_privilege($1, 'CREATE')")
+                .bind(AUDIT_SCHEMA)
+                .fetch_one(pool)
+                .await?;
+            if !may_create {
+                // A writer's own role (see [`grant_chain`]): the tables are
+                // the administrator's, and must be there already.
+                let ready: bool = sqlx::query_scalar(
+                    "SELECT to_regclass('audit_chains') IS NOT NULL \
+                        AND to_regclass('audit_checkpoints') IS NOT NULL \
+                        AND EXISTS (SELECT 1 FROM pg_attribute \
+                            WHERE attrelid = to_regclass('audit_entries') \
+                              AND attname = 'mac' AND NOT attisdropped)",
+                )
+                .fetch_one(pool)
+                .await?;
+                if !ready {
+                    return Err(DbError::NotSetUp(format!(
+                        "the audit tables in schema {AUDIT_SCHEMA} are missing or out of date and \
+                         this role may not create them: run the service's \
+                         `migrate --database ADMIN_URL --role ROLE` as the database's administrator"
+                    ))
+                    .into());
+                }
+                return Ok(db);
+            }
             // Writers starting together: one creates the tables.
             let mut tx = pool.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock(7414)")
@@ -176,6 +205,52 @@ pub async fn open_pool(location: &Location) -> Result<Db, StoreError> {
         }
     }
     Ok(db)
+}
+
+/// PostgreSQL: lets `role` append to the chains named `chain` and
+/// `chain-*` only, and read every chain. Row security on the three audit
+/// tables holds each writer's role to its own chains (a broker's role cannot
+/// insert an `approval` entry, checkpoint or chain row); the append-only
+/// triggers hold everyone to INSERT; only the administrator who ran this
+/// owns the tables, so no service can lift either. Run once per writer by
+/// its `migrate --role` after [`open_pool`] created the tables.
+pub async fn grant_chain(db: &Db, chain: &str, role: &str) -> Result<(), StoreError> {
+    let Db::Postgres(pool) = db else {
+        return Err(DbError::NotSetUp(
+            "database roles are PostgreSQL's; on SQLite audit.db is shared by its writers \
+             (zt-console up --users gives it to their group)"
+                .to_owned(),
+        )
+        .into());
+    };
+    if chain.is_empty() || !chain.bytes().all(|b| b.is_ascii_lowercase()) {
+        return Err(DbError::NotSetUp(format!("invalid chain name `{chain}`")).into());
+    }
+    db.check_service_role(role).await?;
+    db.check_not_owner(AUDIT_SCHEMA, role).await?;
+    let r = crate::db::quote_role(role)?;
+    let mut sql = format!("GRANT USAGE ON SCHEMA {AUDIT_SCHEMA} TO {r};\n");
+    for table in AUDIT_TABLES {
+        sql.push_str(&format!(
+            "GRANT SELECT, INSERT ON {table} TO {r};
+             DROP POLICY IF EXISTS zt_read ON {table};
+             CREATE POLICY zt_read ON {table} FOR SELECT USING (true);
+             DROP POLICY IF EXISTS zt_append_{chain} ON {table};
+             CREATE POLICY zt_append_{chain} ON {table} FOR INSERT TO {r}
+                 WITH CHECK (chain = '{chain}' OR chain LIKE '{chain}-%');
+             ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;\n"
+        ));
+    }
+    // Serialised with writers creating the tables and with other grants.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7414)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Opens an audit file at `path` (SQLite), creating it if needed.

@@ -250,9 +250,7 @@ impl Stack {
     /// environment, as an operator would keep a password off the command
     /// line).
     pub fn up_with(dir: &Path, database: Option<&str>) -> anyhow::Result<Stack> {
-        let mut cmd = bin("zt-console");
-        cmd.args(["up", "--data-dir"]).arg(dir);
-        Stack::spawn(cmd, database)
+        Stack::spawn(Stack::up_command(dir, &[]), database)
     }
 
     /// Starts `zt-console up --users --data-dir DIR` (as root): each service
@@ -264,6 +262,21 @@ impl Stack {
         Stack::spawn(cmd, None)
     }
 
+    /// Starts `zt-console up --data-dir DIR` with each service on its own
+    /// database URL (its own role), given through the environment.
+    pub fn up_with_roles(
+        dir: &Path,
+        approval: &str,
+        broker: &str,
+        billing: &str,
+    ) -> anyhow::Result<Stack> {
+        let mut cmd = Stack::up_command(dir, &[]);
+        cmd.env("ZT_APPROVAL_DATABASE_URL", approval)
+            .env("ZT_BROKER_DATABASE_URL", broker)
+            .env("ZT_BILLING_DATABASE_URL", billing);
+        Stack::spawn(cmd, None)
+    }
+
     /// Starts `zt-console up ARGS --data-dir DIR` (SQLite), e.g. `--tls`.
     pub fn up_args(dir: &Path, args: &[&str]) -> anyhow::Result<Stack> {
         Stack::spawn(Stack::up_command(dir, args), None)
@@ -272,7 +285,14 @@ impl Stack {
     fn up_command(dir: &Path, args: &[&str]) -> Command {
         let mut cmd = bin("zt-console");
         cmd.arg("up").args(args).arg("--data-dir").arg(dir);
-        cmd.env_remove("ZT_DATABASE_URL");
+        for var in [
+            "ZT_DATABASE_URL",
+            "ZT_APPROVAL_DATABASE_URL",
+            "ZT_BROKER_DATABASE_URL",
+            "ZT_BILLING_DATABASE_URL",
+        ] {
+            cmd.env_remove(var);
+        }
         cmd
     }
 

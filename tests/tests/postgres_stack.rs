@@ -284,3 +284,262 @@ async fn replicas_share_one_postgres_database() {
     drop(stack);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `sql` on a fresh connection at `url`; the error's text on failure.
+async fn exec(url: &str, sql: &str) -> Result<u64, String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(|e| e.to_string());
+    let _ = conn.close().await;
+    done
+}
+
+/// `sql` as `who` fails with an error containing `why` (never a connection
+/// failure, never success).
+async fn refused(url: &str, who: &str, sql: &str, why: &str) {
+    match exec(url, sql).await {
+        Ok(n) => panic!("{who} ran `{sql}` ({n} rows)"),
+        Err(e) => assert!(e.contains(why), "{who}: `{sql}` failed otherwise: {e}"),
+    }
+}
+
+/// `url` (postgres://[user[:password]@]host...) for another user.
+fn as_role(url: &str, role: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{role}:{password}@{host}")
+}
+
+/// Each service connects as its own PostgreSQL role, set up by the
+/// services' `migrate` commands: the stack serves reads and money moves,
+/// while each role is held to its own rows and its own audit chains.
+/// Before, every service shared one role: the broker's could append an
+/// `approval` entry ("approved by carol"), flip a request to approved or
+/// rewrite the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_connects_as_a_role_held_to_its_own_rows_and_chains() {
+    let pg = Postgres::start().expect("a PostgreSQL server");
+    let admin = pg.database("roles").await.unwrap();
+    // Roles are the server's, not the database's: unique names per run.
+    let tag: String = zt_proto::random_id("")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let password = format!("pw-{tag}");
+    let role = |service: &str| format!("zt_{tag}_{service}");
+    let url = |service: &str| as_role(&admin, &role(service), &password);
+    for service in ["approval", "broker", "billing", "auditor"] {
+        exec(
+            &admin,
+            &format!("CREATE ROLE {} LOGIN PASSWORD '{password}'", role(service)),
+        )
+        .await
+        .unwrap();
+    }
+
+    // A service's role cannot set up the database itself.
+    let out = bin("zt-broker")
+        .args(["migrate", "--database", &url("broker")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("may not create it"), "{stderr}");
+    assert!(!stderr.contains(&password), "{stderr}");
+
+    // The administrator sets it up; a superuser, or a role that does not
+    // exist, is refused as a service's role.
+    let migrate = |program: &str, args: &[&str]| {
+        let out = bin(program)
+            .args(["migrate", "--database", &admin])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let superuser = admin
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['@', ':']).next())
+        .unwrap()
+        .to_owned();
+    if pg.dir().is_some() {
+        // The private server's administrator is its superuser.
+        let (code, stderr) = migrate("zt-broker", &["--role", &superuser]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("superuser"), "{stderr}");
+    }
+    let (code, stderr) = migrate("zt-broker", &["--role", "zt_nobody_here"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    for (program, args) in [
+        (
+            "zt-approval",
+            vec!["--role", &role("approval"), "--auditor", &role("auditor")],
+        ),
+        ("zt-broker", vec!["--role", &role("broker")]),
+        (
+            "zt-billing",
+            vec!["--role", &role("billing"), "--reader", &role("broker")],
+        ),
+    ] {
+        let (code, stderr) = migrate(program, &args);
+        assert_eq!(code, Some(0), "{program} migrate: {stderr}");
+    }
+
+    // The stack runs with each service as its role: reads, a refund the
+    // policy allows, a session issued.
+    let dir = prepare_dir("pg-roles", 5, false);
+    let d = dir.to_string_lossy().into_owned();
+    let stack = Stack::up_with_roles(&dir, &url("approval"), &url("broker"), &url("billing"))
+        .expect("stack starts with a role per service");
+    let token = stack.session_token("agent:roles", "alice");
+    let agent = connect(&stack.broker_url, &token).await.unwrap();
+    for (tool, args) in [
+        ("lookup_account", json!({"account_id": "acct_1001"})),
+        (
+            "list_orders",
+            json!({"account_id": "acct_1001", "limit": 5}),
+        ),
+        ("fetch_document", json!({"doc_id": "doc_shipping_faq"})),
+        (
+            "issue_refund",
+            json!({"order_id": "ord_1002", "amount": 1500}),
+        ),
+    ] {
+        let r = call(&agent, tool, args).await.unwrap();
+        assert_eq!(status(&r), "ok", "{tool}: {}", text(&r));
+    }
+
+    // The broker's role.
+    let broker = url("broker");
+    for sql in [
+        "INSERT INTO zt_audit.audit_entries (chain, seq, body, hash, sig, mac) \
+         VALUES ('approval', 999999, '{}', 'h', '', '')",
+        "INSERT INTO zt_audit.audit_checkpoints (chain, seq, time_ms, body, hash, sig) \
+         VALUES ('approval', 1, 0, '{}', 'h', '')",
+        "INSERT INTO zt_audit.audit_chains (chain, public_key, created_ms) \
+         VALUES ('approval-x', 'k', 0)",
+    ] {
+        refused(&broker, "broker", sql, "row-level security").await;
+    }
+    for sql in [
+        "UPDATE zt_approval.requests SET status = 'approved'",
+        "SELECT COUNT(*) FROM zt_approval.requests",
+        "INSERT INTO zt_approval.revoked_sessions (session_id) VALUES ('x')",
+    ] {
+        refused(
+            &broker,
+            "broker",
+            sql,
+            "permission denied for schema zt_approval",
+        )
+        .await;
+    }
+    for sql in [
+        "UPDATE zt_backend.orders SET refunded_cents = 0",
+        "DELETE FROM zt_backend.refunds",
+        "SELECT COUNT(*) FROM zt_backend.plan_changes",
+        "UPDATE zt_audit.audit_entries SET body = '{}'",
+    ] {
+        refused(&broker, "broker", sql, "permission denied for table").await;
+    }
+    for sql in [
+        "ALTER TABLE zt_audit.audit_entries DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE zt_audit.audit_entries DISABLE TRIGGER ALL",
+        "DROP POLICY zt_append_approval ON zt_audit.audit_entries",
+    ] {
+        refused(&broker, "broker", sql, "must be owner").await;
+    }
+    refused(
+        &broker,
+        "broker",
+        "CREATE TABLE zt_audit.shadow (chain TEXT)",
+        "permission denied for schema zt_audit",
+    )
+    .await;
+    // What it may do: read every chain and the records it serves.
+    exec(
+        &broker,
+        "SELECT COUNT(*) FROM zt_audit.audit_entries WHERE chain = 'approval'",
+    )
+    .await
+    .unwrap();
+    exec(&broker, "SELECT COUNT(*) FROM zt_backend.accounts")
+        .await
+        .unwrap();
+
+    // The approval service's role: not the broker's chain, not its grant
+    // redemptions, not the ledger.
+    let approval = url("approval");
+    refused(
+        &approval,
+        "approval",
+        "INSERT INTO zt_audit.audit_entries (chain, seq, body, hash, sig, mac) \
+         VALUES ('broker', 999999, '{}', 'h', '', '')",
+        "row-level security",
+    )
+    .await;
+    refused(
+        &approval,
+        "approval",
+        "DELETE FROM zt_broker.grant_redemptions",
+        "permission denied for schema zt_broker",
+    )
+    .await;
+    refused(
+        &approval,
+        "approval",
+        "UPDATE zt_backend.orders SET refunded_cents = 0",
+        "permission denied for schema zt_backend",
+    )
+    .await;
+    // The billing API's role: no audit chain at all.
+    refused(
+        &url("billing"),
+        "billing",
+        "INSERT INTO zt_audit.audit_entries (chain, seq, body, hash, sig, mac) \
+         VALUES ('billing', 0, '{}', 'h', '', '')",
+        "permission denied for schema zt_audit",
+    )
+    .await;
+
+    // Every service wrote its own chain; an auditor's role verifies them.
+    drop(agent);
+    drop(stack.stop_keep());
+    let out = bin("zt-console")
+        .args([
+            "audit",
+            "verify",
+            "--json",
+            "--no-state",
+            "--data-dir",
+            &d,
+            "--database",
+            &url("auditor"),
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let entries = |chain: &str| {
+        report["chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["chain"] == chain)
+            .and_then(|c| c["entries"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(entries("approval") > 0 && entries("broker") > 0, "{report}");
+}
