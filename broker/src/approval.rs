@@ -25,8 +25,8 @@ use zt_proto::pb::{ApprovalRequest, EscalateRequest};
 use zt_proto::token::SessionClaims;
 use zt_proto::with_db;
 
+use crate::approval_client::ApprovalError;
 use crate::gate::{Broker, Refusal, error_result, ok_result};
-use crate::upstream::UpstreamError;
 
 pub use zt_proto::builtin::{APPROVAL_STATUS, approval_status_schema};
 
@@ -100,10 +100,20 @@ impl Broker {
             return self.refuse(claims, tool, args, r).await;
         };
         let bundle = self.policy.current();
-        let risk = bundle
-            .tool(tool)
-            .map(|t| format!("{:?}", t.risk).to_lowercase())
-            .unwrap_or_default();
+        let Some(spec) = bundle.tool(tool) else {
+            let r = Refusal::new("deny", "registry", "unknown tool", "tool left the registry");
+            return self.refuse(claims, tool, args, r).await;
+        };
+        let risk = spec.risk.to_string();
+        // The money the call moves, from the argument the registry names
+        // (none for a tool that moves none); never a silent zero.
+        let amount_cents = match spec.amount(args) {
+            Ok(cents) => cents.unwrap_or(0),
+            Err(why) => {
+                let r = Refusal::new("deny", "schema", why.clone(), why);
+                return self.refuse(claims, tool, args, r).await;
+            }
+        };
         let mut actors = claims.chain();
         actors.pop();
         let esc = EscalateRequest {
@@ -116,19 +126,19 @@ impl Broker {
             rules: decision.rules.clone(),
             reason: decision.reason.clone(),
             risk,
-            amount_cents: args.get("amount").and_then(Value::as_i64).unwrap_or(0),
+            amount_cents,
             justification: String::new(),
         };
-        let req = match self.upstream.escalate(esc).await {
+        let req = match self.approvals.escalate(esc).await {
             Ok(r) => r,
             Err(e) => {
                 let message = match &e {
-                    UpstreamError::Unavailable => {
+                    ApprovalError::Unavailable => {
                         "this action needs a human's approval, but the approval \
                                                    service is unavailable; it was not run"
                             .to_owned()
                     }
-                    UpstreamError::Refused(why) => format!(
+                    ApprovalError::Refused(why) => format!(
                         "this action needs a human's approval, but the approval service would not queue it \
                          ({}); it was not run",
                         crate::gate::printable(why)
@@ -192,9 +202,9 @@ impl Broker {
                 )
                 .await;
             }
-            match self.upstream.wait(&req.id, left.min(PROGRESS_EVERY)).await {
+            match self.approvals.wait(&req.id, left.min(PROGRESS_EVERY)).await {
                 Ok(r) => req = r,
-                Err(UpstreamError::Unavailable) => break,
+                Err(ApprovalError::Unavailable) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "waiting for a decision failed");
                     break;
@@ -420,6 +430,25 @@ impl Broker {
                     .await;
             }
         };
+        // An earlier redemption that did not finish may have had its side
+        // effect: the example's ledger refuses a grant twice, but nothing
+        // says a team's upstream does, so its call is never sent again.
+        let upstream_tool = self
+            .policy
+            .current()
+            .tool(tool)
+            .is_some_and(|t| t.upstream.is_some());
+        if takeover && upstream_tool {
+            return self
+                .refuse_grant(
+                    claims,
+                    tool,
+                    args,
+                    req,
+                    "an earlier run of this approved call did not finish and its outcome is unknown, so it was not sent again",
+                )
+                .await;
+        }
         let mut rec = self.record(claims, tool, args);
         rec.decision = "redeem".into();
         rec.grant_id = grant.id.clone();
@@ -529,9 +558,9 @@ impl Broker {
                 detail,
             )
         };
-        let req = match self.upstream.wait(&id, Duration::ZERO).await {
+        let req = match self.approvals.wait(&id, Duration::ZERO).await {
             Ok(r) => r,
-            Err(UpstreamError::Unavailable) => {
+            Err(ApprovalError::Unavailable) => {
                 let r = Refusal::new(
                     "deny",
                     "approval-status",

@@ -25,8 +25,8 @@ use zt_proto::store::{AuditLog, StoreError};
 use zt_proto::token::SessionClaims;
 
 use crate::approval::Progress;
-use crate::backend::{self, Backend, BackendError};
-use crate::upstream::Upstream;
+use crate::approval_client::ApprovalService;
+use crate::backend::{self, Backend, BackendError, Output};
 
 /// Everything the call path needs; shared by every MCP session.
 pub struct Broker {
@@ -39,7 +39,7 @@ pub struct Broker {
     /// This broker's audit chain (one writer per chain in the process).
     pub audit: Arc<AuditLog>,
     /// The approval service.
-    pub upstream: Upstream,
+    pub approvals: ApprovalService,
     /// Pinned grant-signing keys.
     pub grant_keys: Arc<PinnedKeys>,
     /// How long an escalation may wait for a human before answering "pending".
@@ -428,11 +428,11 @@ impl Broker {
         } else {
             decision.reason.clone()
         };
-        let result = |rec: &Record, outcome: &Result<Value, backend::BackendError>| {
+        let result = |rec: &Record, outcome: &Result<Output, backend::BackendError>| {
             let mut rec = rec.clone();
-            rec.status = if outcome.is_ok() { "ok" } else { "error" }.into();
+            rec.status = status_of(outcome).into();
             rec.detail = match outcome {
-                Ok(v) => summarize(tool, v),
+                Ok(v) => summarize(tool, v.json()),
                 Err(e) => format!("{e:?}"),
             };
             rec.decision = "executed".into();
@@ -442,7 +442,7 @@ impl Broker {
             // The row read for the policy is the result, unless the policy
             // rewrote the arguments: both entries go in one commit.
             Some(value) if args == original => {
-                let outcome = Ok(value);
+                let outcome = Ok(Output::Json(value));
                 let done = result(&rec, &outcome);
                 let audited = self
                     .audit
@@ -458,7 +458,7 @@ impl Broker {
                     human: &claims.sub,
                     grant_id: None,
                 };
-                let outcome = self.backend.execute(tool, args, &actor).await;
+                let outcome = self.execute(tool, args, &actor).await;
                 let done = self
                     .audit
                     .submit(Kind::Result, result(&rec, &outcome))
@@ -518,14 +518,10 @@ impl Broker {
             human: &claims.sub,
             grant_id: grant.map(|(g, _)| g.id.as_str()),
         };
-        let outcome = self.backend.execute(tool, args, &actor).await;
-        rec.status = if outcome.is_ok() {
-            "ok".into()
-        } else {
-            "error".into()
-        };
+        let outcome = self.execute(tool, args, &actor).await;
+        rec.status = status_of(&outcome).into();
         rec.detail = match &outcome {
-            Ok(v) => summarize(tool, v),
+            Ok(v) => summarize(tool, v.json()),
             Err(e) => format!("{e:?}"),
         };
         rec.decision = "executed".into();
@@ -537,15 +533,31 @@ impl Broker {
         }
         if let Some((g, req)) = grant {
             let (ok, summary) = match &outcome {
-                Ok(v) => (true, summarize(tool, v)),
+                Ok(v) => (!v.failed(), summarize(tool, v.json())),
                 Err(e) => (false, e.to_string()),
             };
-            if let Err(e) = self.upstream.report(&req.id, ok, &summary, &g.id).await {
+            if let Err(e) = self.approvals.report(&req.id, ok, &summary, &g.id).await {
                 tracing::warn!(error = %e, request = %req.id, "could not report execution");
             }
         }
         let label = if grant.is_some() { "executed" } else { effect };
         self.finish(claims, tool, args, decision, label, outcome)
+    }
+
+    /// Executes an authorized call on the backend the registry names.
+    async fn execute(
+        &self,
+        tool: &str,
+        args: &Value,
+        actor: &backend::Actor<'_>,
+    ) -> Result<Output, BackendError> {
+        let bundle = self.policy.current();
+        match bundle.tool(tool) {
+            Some(spec) => self.backend.execute(spec, args, actor).await,
+            None => Err(BackendError::Unavailable(format!(
+                "`{tool}` left the registry before it ran"
+            ))),
+        }
     }
 
     /// Publishes the outcome to the live view and shapes the model's result.
@@ -556,10 +568,33 @@ impl Broker {
         args: &Value,
         decision: &Decision,
         label: &str,
-        outcome: Result<Value, backend::BackendError>,
+        outcome: Result<Output, backend::BackendError>,
     ) -> CallToolResult {
         match outcome {
-            Ok(mut value) => {
+            Ok(Output::Tool(mut result)) => {
+                let (label, summary) = if result.is_error == Some(true) {
+                    ("error", "the upstream reported an error".to_owned())
+                } else {
+                    (
+                        label,
+                        summarize(
+                            tool,
+                            result.structured_content.as_ref().unwrap_or(&Value::Null),
+                        ),
+                    )
+                };
+                self.publish(claims, tool, args, label, summary, "");
+                if let (Effect::Constrain, Some(Value::Object(m))) =
+                    (decision.effect, &mut result.structured_content)
+                {
+                    m.insert(
+                        "constrained".into(),
+                        json!({ "applied_arguments": args, "reason": decision.model_message }),
+                    );
+                }
+                result
+            }
+            Ok(Output::Json(mut value)) => {
                 self.publish(claims, tool, args, label, summarize(tool, &value), "");
                 if let (Effect::Constrain, Value::Object(m)) = (decision.effect, &mut value) {
                     m.insert(
@@ -581,6 +616,14 @@ impl Broker {
 }
 
 pub use zt_proto::printable;
+
+/// The audit status of an executed call.
+fn status_of(outcome: &Result<Output, BackendError>) -> &'static str {
+    match outcome {
+        Ok(o) if !o.failed() => "ok",
+        _ => "error",
+    }
+}
 
 pub(crate) fn effect_name(effect: Effect) -> &'static str {
     match effect {

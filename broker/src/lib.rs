@@ -19,11 +19,12 @@
 //!   redemption (exactly once), and the built-in `approval_status` tool.
 //! - [`backend`]: backends as adapters: the records database (sqlx) and the
 //!   billing API (HTTP, with the API key).
-//! - [`upstream`]: the approval-service client (service token, never the agent's).
+//! - [`approval_client`]: the approval-service client (service token, never the agent's).
 //! - [`setup`]: keys and private config.
 //! - [`jwks`]: session-token keys from an external identity provider.
 
 pub mod approval;
+pub mod approval_client;
 pub mod backend;
 pub mod gate;
 pub mod jwks;
@@ -31,6 +32,5 @@ pub mod ratelimit;
 pub mod server;
 pub mod setup;
 pub mod state;
-pub mod upstream;
 
 pub use server::{Options, serve};

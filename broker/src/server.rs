@@ -32,10 +32,10 @@ use zt_proto::store::AuditLog;
 use zt_proto::token::{self, Expect, SessionClaims, TokenType};
 
 use crate::approval::{APPROVAL_STATUS, Progress, approval_status_schema};
+use crate::approval_client::ApprovalService;
 use crate::backend::{Adapter, Backend, Billing, Records};
 use crate::gate::{Broker, Revocations, SharedBroker};
 use crate::setup::{self, AUDIT_CHAIN};
-use crate::upstream::Upstream;
 use zt_proto::db::Location;
 use zt_proto::flood::RefusalBudget;
 
@@ -474,7 +474,7 @@ struct Started {
     auth: Auth,
 }
 
-/// Loads keys, config, policy, backend and audit chain, connects upstream,
+/// Loads keys, config, policy, backend and audit chain, connects to the approval service,
 /// and starts the background tasks (live events, revocations, policy reload).
 async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let layout = Layout::new(&opts.data_dir);
@@ -489,7 +489,7 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         .approval_ca
         .clone()
         .unwrap_or_else(|| layout.tls_ca_file());
-    let upstream = Upstream::new(
+    let approvals = ApprovalService::new(
         approval_url.as_deref(),
         Some(&approval_ca),
         m.service_key.clone(),
@@ -530,7 +530,24 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
             "no billing API key issued (zt-billing init --key-out): refunds and plan changes will fail closed"
         ),
     }
-    let backend = Backend::new(records, adapters);
+    // A team's own servers, declared in the broker's private directory.
+    let declared = crate::backend::upstreams::load(&layout.private("broker"))?;
+    let mut upstreams: Vec<Arc<dyn crate::backend::Upstream>> = Vec::new();
+    for spec in declared {
+        upstreams.push(Arc::new(crate::backend::mcp::Mcp::start(spec)?));
+    }
+    let backend = Backend::new(records, adapters).with_upstreams(upstreams);
+    for tool in policy.current().tools() {
+        if let Some(name) = &tool.upstream
+            && !backend.has_upstream(name)
+        {
+            tracing::warn!(
+                tool = %tool.name,
+                upstream = %name,
+                "the tool names an upstream that upstreams.toml does not declare: its calls fail closed"
+            );
+        }
+    }
     // SQLite files in the data directory, or one PostgreSQL database shared
     // by every replica (a schema per store).
     let (state_at, audit_at) = match opts
@@ -557,7 +574,7 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let audit = Arc::new(AuditLog::open(audit_pool, chain, m.audit_key.clone()).await?);
 
     let (events, mut events_rx) = mpsc::channel(1024);
-    let publisher = upstream.clone();
+    let publisher = approvals.clone();
     tokio::spawn(async move {
         // One RPC carries every event queued meanwhile, so a busy broker
         // does not make one call to the approval service per tool call.
@@ -570,14 +587,14 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     });
 
     let revoked = Revocations::default();
-    tokio::spawn(follow_revocations(upstream.clone(), revoked.clone()));
+    tokio::spawn(follow_revocations(approvals.clone(), revoked.clone()));
 
     let broker = Arc::new(Broker {
         policy,
         backend,
         state,
         audit: audit.clone(),
-        upstream,
+        approvals,
         grant_keys: m.grant_keys.clone(),
         approval_wait: Duration::from_secs(m.config.approval_wait_secs),
         max_args_bytes: m.config.max_args_bytes,
@@ -774,7 +791,7 @@ async fn wait_for_revocations(revoked: &Revocations) {
 /// Keeps the revocation set current. Revocations reach this broker within
 /// about a second; while the approval service is unreachable the set stops
 /// growing (in-policy calls go on; escalations are refused anyway).
-async fn follow_revocations(upstream: Upstream, revoked: Revocations) {
+async fn follow_revocations(approvals: ApprovalService, revoked: Revocations) {
     // A cursor on the service's monotonic sequence, a page at a time: the
     // set is complete (and the broker serves) only once a page says there
     // is no more.
@@ -783,7 +800,7 @@ async fn follow_revocations(upstream: Upstream, revoked: Revocations) {
     loop {
         tick.tick().await;
         loop {
-            match upstream.list_revoked(after).await {
+            match approvals.list_revoked(after).await {
                 Ok(page) => {
                     if page.last_seq < after {
                         tracing::warn!("the approval service's revocation cursor went back");

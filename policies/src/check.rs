@@ -99,6 +99,77 @@ fn check_tools(src: &Sources, out: &mut Vec<Problem>) {
             out.push(Problem::new(&culprit, format!("invalid input_schema: {e}")));
         }
         check_resource_arg(tool, &culprit, out);
+        check_routing(tool, &culprit, out);
+    }
+}
+
+/// `upstream`, `operation`, `amount_arg` and `resource_attrs`.
+fn check_routing(tool: &RawTool, culprit: &str, out: &mut Vec<Problem>) {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    if let Some(u) = &tool.upstream
+        && !name_ok(u)
+    {
+        out.push(Problem::new(
+            culprit,
+            format!("upstream `{u}`: names use only A-Z, a-z, 0-9, _ and - (at most 64)"),
+        ));
+    }
+    match (&tool.upstream, &tool.operation) {
+        (None, Some(_)) => out.push(Problem::new(
+            culprit,
+            "`operation` names an upstream's operation, so it needs `upstream`",
+        )),
+        (_, Some(op)) if op.is_empty() || op.len() > 128 || op.chars().any(char::is_control) => out
+            .push(Problem::new(
+                culprit,
+                "`operation` must be a short printable name",
+            )),
+        _ => {}
+    }
+    let prop = |arg: &str| tool.input_schema.get("properties").and_then(|p| p.get(arg));
+    let ty = |arg: &str| {
+        prop(arg)
+            .and_then(|p| p.get("type"))
+            .and_then(Value::as_str)
+    };
+    if let Some(arg) = &tool.amount_arg {
+        let required = tool
+            .input_schema
+            .get("required")
+            .and_then(Value::as_array)
+            .is_some_and(|r| r.iter().any(|v| v.as_str() == Some(arg)));
+        let min_ok = prop(arg)
+            .and_then(|p| p.get("minimum"))
+            .and_then(Value::as_i64)
+            .is_some_and(|m| m >= 0);
+        if ty(arg) != Some("integer") || !required || !min_ok {
+            out.push(Problem::new(
+                culprit,
+                format!(
+                    "amount_arg `{arg}` must be a required integer property of input_schema with a minimum of 0 or more"
+                ),
+            ));
+        }
+    }
+    for (name, attr) in &tool.resource_attrs {
+        let wanted = match attr.derive {
+            crate::Derive::Value => ty(&attr.arg).is_some(),
+            crate::Derive::Path | crate::Derive::Dirname => ty(&attr.arg) == Some("string"),
+        };
+        if !wanted {
+            out.push(Problem::new(
+                culprit,
+                format!(
+                    "resource_attrs.{name}: `{}` is not a property of input_schema (of type string, for a path)",
+                    attr.arg
+                ),
+            ));
+        }
     }
 }
 

@@ -135,6 +135,35 @@ impl PolicyBundle {
             Some(r) => &r.attrs,
             None => &empty,
         };
+        // Attributes from the arguments (the same for the broker and the
+        // hook); one that cannot be derived refuses the call.
+        let derived;
+        let attrs = if entry.arg_attrs.is_empty() {
+            attrs
+        } else {
+            let mut all = attrs.clone();
+            for (name, spec) in &entry.arg_attrs {
+                let Some(value) = args.get(&spec.arg) else {
+                    all.remove(name);
+                    continue;
+                };
+                match spec.derive.apply(value) {
+                    Ok(v) => {
+                        all.insert(name.clone(), v);
+                    }
+                    Err(m) => {
+                        return deny(
+                            args,
+                            "invalid-args",
+                            format!("argument `{}`: {m}", spec.arg),
+                            format!("Invalid arguments: `{}`: {m}.", spec.arg),
+                        );
+                    }
+                }
+            }
+            derived = all;
+            &derived
+        };
         let resource = match resource_entity(entry, resource_id, attrs) {
             Ok(r) => r,
             Err(m) => {

@@ -161,6 +161,113 @@ pub struct ToolSpec {
     pub resource: String,
     /// Strict JSON Schema of the arguments.
     pub input_schema: serde_json::Value,
+    /// The upstream that executes the tool: a name declared in the broker's
+    /// private `upstreams.toml` (connection details and credentials never
+    /// live in the policy directory). `None`: the broker's built-in adapters
+    /// of the example domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// The upstream's own name for the operation (an MCP server's tool
+    /// name); the tool's name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// The argument holding the money the call moves (integer cents), which
+    /// approval limits, quorum and detection rules read; `None`: the tool
+    /// moves no money.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_arg: Option<String>,
+    /// Resource attributes taken from the arguments (e.g. a file's path and
+    /// directory), computed the same way by the broker and the hook.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub resource_attrs: std::collections::BTreeMap<String, ArgAttr>,
+}
+
+impl ToolSpec {
+    /// The name the upstream knows the operation by.
+    pub fn operation(&self) -> &str {
+        self.operation.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The amount of money `args` move, in cents: `Ok(None)` for a tool that
+    /// moves none, an error when the declared argument is missing or not a
+    /// non-negative integer (never a silent zero).
+    pub fn amount(&self, args: &serde_json::Value) -> Result<Option<i64>, String> {
+        let Some(arg) = &self.amount_arg else {
+            return Ok(None);
+        };
+        match args.get(arg).and_then(serde_json::Value::as_i64) {
+            Some(cents) if cents >= 0 => Ok(Some(cents)),
+            _ => Err(format!(
+                "`{arg}` (the amount of `{}`) is missing or not a non-negative integer",
+                self.name
+            )),
+        }
+    }
+}
+
+/// A resource attribute taken from an argument (`[tool.resource_attrs]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgAttr {
+    /// The argument (a string property of the tool's schema).
+    pub arg: String,
+    /// How the attribute is derived from it.
+    #[serde(default, rename = "as")]
+    pub derive: Derive,
+}
+
+/// How an [`ArgAttr`] is derived from its argument.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Derive {
+    /// The argument as it is.
+    #[default]
+    Value,
+    /// An absolute path in normal form (no `.` or `..` segment, no empty
+    /// segment, no trailing `/`); any other path is refused, so a rule on
+    /// `resource.path like "/srv/docs/*"` means what it says.
+    Path,
+    /// The directory of such a path (`/srv/docs` for `/srv/docs/a.txt`).
+    Dirname,
+}
+
+impl Derive {
+    /// The attribute's value for the argument `value`.
+    pub fn apply(self, value: &serde_json::Value) -> Result<serde_json::Value, String> {
+        if self == Derive::Value {
+            return Ok(value.clone());
+        }
+        let Some(text) = value.as_str() else {
+            return Err("a path must be a string".into());
+        };
+        let path = normal_path(text)?;
+        Ok(serde_json::Value::String(match self {
+            Derive::Dirname => match path.rfind('/') {
+                Some(0) | None => "/".to_owned(),
+                Some(i) => path[..i].to_owned(),
+            },
+            _ => path.to_owned(),
+        }))
+    }
+}
+
+/// `text` if it is an absolute path in normal form.
+fn normal_path(text: &str) -> Result<&str, String> {
+    if !text.starts_with('/') {
+        return Err("the path must be absolute".into());
+    }
+    if text.contains('\0') || text.chars().any(char::is_control) {
+        return Err("the path holds control characters".into());
+    }
+    if text == "/" {
+        return Ok(text);
+    }
+    for segment in text[1..].split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err("the path must be in normal form (no empty, `.` or `..` segment)".into());
+        }
+    }
+    Ok(text)
 }
 
 /// A human agents may act for (`[[human]]` in `humans.toml`).
@@ -305,3 +412,67 @@ const _: () = {
     assert_send_sync::<PolicyBundle>();
     assert_send_sync::<PolicyStore>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_are_taken_only_in_normal_form() {
+        assert_eq!(
+            Derive::Path.apply(&json!("/srv/docs/a.txt")).unwrap(),
+            json!("/srv/docs/a.txt")
+        );
+        assert_eq!(
+            Derive::Dirname.apply(&json!("/srv/docs/a.txt")).unwrap(),
+            json!("/srv/docs")
+        );
+        assert_eq!(Derive::Dirname.apply(&json!("/a")).unwrap(), json!("/"));
+        assert_eq!(Derive::Path.apply(&json!("/")).unwrap(), json!("/"));
+        for bad in [
+            "srv/docs",
+            "/srv/docs/../etc/passwd",
+            "/srv/./docs",
+            "/srv//docs",
+            "/srv/docs/",
+            "/srv/do\ncs",
+            "",
+        ] {
+            assert!(Derive::Path.apply(&json!(bad)).is_err(), "{bad:?}");
+            assert!(Derive::Dirname.apply(&json!(bad)).is_err(), "{bad:?}");
+        }
+        assert!(Derive::Path.apply(&json!(3)).is_err());
+        assert_eq!(Derive::Value.apply(&json!(3)).unwrap(), json!(3));
+    }
+
+    #[test]
+    fn an_amount_is_read_never_defaulted() {
+        let mut spec = ToolSpec {
+            name: "pay".into(),
+            title: String::new(),
+            description: String::new(),
+            risk: Risk::High,
+            read_only: false,
+            destructive: true,
+            resource: "Order".into(),
+            input_schema: json!({}),
+            upstream: None,
+            operation: None,
+            amount_arg: None,
+            resource_attrs: Default::default(),
+        };
+        assert_eq!(spec.amount(&json!({"amount": 5})), Ok(None));
+        spec.amount_arg = Some("amount".into());
+        assert_eq!(spec.amount(&json!({"amount": 5})), Ok(Some(5)));
+        for bad in [
+            json!({}),
+            json!({"amount": -1}),
+            json!({"amount": "5"}),
+            json!({"amount": 1.5}),
+        ] {
+            assert!(spec.amount(&bad).is_err(), "{bad}");
+        }
+        assert_eq!(spec.operation(), "pay");
+    }
+}

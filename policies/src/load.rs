@@ -73,6 +73,14 @@ pub(crate) struct RawTool {
     pub resource: String,
     pub resource_arg: String,
     pub input_schema: Value,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub operation: Option<String>,
+    #[serde(default)]
+    pub amount_arg: Option<String>,
+    #[serde(default)]
+    pub resource_attrs: std::collections::BTreeMap<String, crate::ArgAttr>,
 }
 
 impl RawTool {
@@ -86,6 +94,10 @@ impl RawTool {
             destructive: self.destructive,
             resource: self.resource.clone(),
             input_schema: self.input_schema.clone(),
+            upstream: self.upstream.clone(),
+            operation: self.operation.clone(),
+            amount_arg: self.amount_arg.clone(),
+            resource_attrs: self.resource_attrs.clone(),
         }
     }
 }
@@ -158,6 +170,8 @@ pub(crate) struct RuleMeta {
 /// Per-tool compiled state.
 pub(crate) struct ToolEntry {
     pub resource_arg: String,
+    /// Resource attributes taken from the arguments.
+    pub arg_attrs: Vec<(String, crate::ArgAttr)>,
     pub resource_type: EntityTypeName,
     pub action: EntityUid,
     pub validator: jsonschema::Validator,
@@ -390,6 +404,11 @@ impl PolicyBundle {
                 raw.name.clone(),
                 ToolEntry {
                     resource_arg: raw.resource_arg.clone(),
+                    arg_attrs: raw
+                        .resource_attrs
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                     resource_type,
                     action,
                     validator,

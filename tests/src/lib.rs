@@ -447,6 +447,27 @@ impl Stack {
             .collect()
     }
 
+    /// Runs the agent-side hook (`zt-policy hook`) of this stack for a
+    /// call of the broker's `tool` with `input`, as the session `token`.
+    pub fn hook(&self, token: &str, tool: &str, input: &Value) -> Output {
+        use std::io::Write;
+        let mut child = bin("zt-policy")
+            .arg("hook")
+            .env("ZT_DATA_DIR", &self.data_dir)
+            .env("BROKER_SESSION_TOKEN", token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running zt-policy hook");
+        let payload =
+            serde_json::json!({"tool_name": format!("mcp__broker__{tool}"), "tool_input": input});
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(payload.to_string().as_bytes());
+        }
+        child.wait_with_output().expect("zt-policy hook")
+    }
+
     /// Runs `zt-console ARGS --data-dir DIR` as operator `token`.
     pub fn console(&self, token: &str, args: &[&str]) -> Output {
         bin("zt-console")

@@ -3,28 +3,14 @@
 //! broker and the hook; once the old key is retired, the hook refuses its
 //! tokens.
 
-use std::io::Write;
-use std::process::Stdio;
-
-use zt_tests::{Stack, bin, raw_list, run_ok};
+use serde_json::json;
+use zt_tests::{Stack, raw_list, run_ok};
 
 fn hook(stack: &Stack, token: &str) -> Option<i32> {
-    let mut child = bin("zt-policy")
-        .arg("hook")
-        .env("ZT_DATA_DIR", &stack.data_dir)
-        .env("BROKER_SESSION_TOKEN", token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"tool_name":"mcp__broker__lookup_account","tool_input":{"account_id":"acct_1001"}}"#)
-        .unwrap();
-    child.wait_with_output().unwrap().status.code()
+    stack
+        .hook(token, "lookup_account", &json!({"account_id": "acct_1001"}))
+        .status
+        .code()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,13 +6,21 @@
 //! - [`Billing`]: the billing API (HTTP), which moves money and changes
 //!   plans; it needs an API key that only the broker holds.
 //!
+//! - [`Upstream`]s: a team's own servers, declared as data in the broker's
+//!   private `upstreams.toml` ([`upstreams`]), one module per kind: [`mcp`]
+//!   (stdio or Streamable HTTP). A tool whose registry entry names an
+//!   `upstream` goes there, as the upstream's `operation`.
+//!
 //! The broker asks [`Backend`] for resource attributes and idempotent
-//! replays (from the records), and routes each authorized call to the one
-//! adapter that owns its tool. A tool no adapter owns fails closed.
+//! replays (from the records), and routes each authorized call to its
+//! upstream, or to the one adapter that owns its tool. A tool that neither
+//! reaches fails closed.
 
 mod billing;
 pub(crate) use billing::loopback_http;
+pub mod mcp;
 mod records;
+pub mod upstreams;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +48,51 @@ pub enum BackendError {
     /// The database failed.
     #[error("the backend could not complete the request")]
     Db(#[from] sqlx::Error),
+    /// The result was larger than the upstream's cap.
+    #[error("the result was too large to return")]
+    TooLarge(String),
+}
+
+/// What an executed call returned.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A JSON result of a built-in adapter (sent as structured content).
+    Json(Value),
+    /// An MCP upstream's own result: its content blocks (text, images,
+    /// resources), structured content and error flag, passed on.
+    Tool(rmcp::model::CallToolResult),
+}
+
+impl Output {
+    /// The JSON a summary is drawn from (an MCP result's structured
+    /// content, when it has any).
+    pub fn json(&self) -> &Value {
+        static NULL: Value = Value::Null;
+        match self {
+            Output::Json(v) => v,
+            Output::Tool(r) => r.structured_content.as_ref().unwrap_or(&NULL),
+        }
+    }
+
+    /// Whether the upstream reported the call as failed.
+    pub fn failed(&self) -> bool {
+        matches!(self, Output::Tool(r) if r.is_error == Some(true))
+    }
+}
+
+/// An upstream: one kind per module, declared in `upstreams.toml`.
+pub trait Upstream: Send + Sync + std::fmt::Debug {
+    /// Its declared name.
+    fn name(&self) -> &str;
+    /// Calls `operation` with arguments that were validated and authorized,
+    /// attaching the upstream's own credential (never the agent's token).
+    /// Never retried: it may have a side effect.
+    fn call<'a>(
+        &'a self,
+        operation: &'a str,
+        args: &'a Value,
+        actor: &'a Actor<'a>,
+    ) -> BoxFuture<'a, Result<Output, BackendError>>;
 }
 
 /// Who is acting, passed with every write.
@@ -83,6 +136,7 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
 pub struct Backend {
     records: Records,
     owners: HashMap<&'static str, Arc<dyn Adapter>>,
+    upstreams: HashMap<String, Arc<dyn Upstream>>,
 }
 
 impl Backend {
@@ -96,7 +150,24 @@ impl Backend {
                 owners.insert(tool, adapter.clone());
             }
         }
-        Backend { records, owners }
+        Backend {
+            records,
+            owners,
+            upstreams: HashMap::new(),
+        }
+    }
+
+    /// Adds the declared upstreams.
+    pub fn with_upstreams(mut self, upstreams: Vec<Arc<dyn Upstream>>) -> Backend {
+        for u in upstreams {
+            self.upstreams.insert(u.name().to_owned(), u);
+        }
+        self
+    }
+
+    /// Whether an upstream of that name is declared.
+    pub fn has_upstream(&self, name: &str) -> bool {
+        self.upstreams.contains_key(name)
     }
 
     /// The attributes the policy needs about the object a call acts on.
@@ -116,15 +187,25 @@ impl Backend {
         self.records.replay(tool, args, human).await
     }
 
-    /// Executes an authorized call on the adapter that owns its tool.
+    /// Executes an authorized call: on the upstream its registry entry
+    /// names, or on the adapter that owns it.
     pub async fn execute(
         &self,
-        tool: &str,
+        spec: &zt_policies::ToolSpec,
         args: &Value,
         actor: &Actor<'_>,
-    ) -> Result<Value, BackendError> {
+    ) -> Result<Output, BackendError> {
+        let tool = spec.name.as_str();
+        if let Some(name) = &spec.upstream {
+            return match self.upstreams.get(name) {
+                Some(u) => u.call(spec.operation(), args, actor).await,
+                None => Err(BackendError::Unavailable(format!(
+                    "`{tool}` names upstream `{name}`, which upstreams.toml does not declare"
+                ))),
+            };
+        }
         match self.owners.get(tool) {
-            Some(adapter) => adapter.execute(tool, args, actor).await,
+            Some(adapter) => adapter.execute(tool, args, actor).await.map(Output::Json),
             None => Err(BackendError::Unavailable(format!(
                 "no backend adapter executes `{tool}`"
             ))),

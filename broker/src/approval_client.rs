@@ -17,7 +17,7 @@ use zt_proto::token::{self, SERVICE_TTL_SECS, ServiceClaims, TokenType};
 
 /// A failure talking to the approval service. Callers fail closed.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub enum ApprovalError {
     /// Not reachable or not configured.
     #[error("approval service unavailable")]
     Unavailable,
@@ -28,13 +28,13 @@ pub enum UpstreamError {
 
 /// Client of the approval service.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub struct ApprovalService {
     client: Option<ApprovalClient<Channel>>,
     key: KeyPair,
     stack: StackInfo,
 }
 
-impl Upstream {
+impl ApprovalService {
     /// A lazily-connecting client of `url` (none: every escalation is
     /// refused); an `https://` URL is verified against the CA file `ca`.
     pub fn new(
@@ -42,7 +42,7 @@ impl Upstream {
         ca: Option<&std::path::Path>,
         key: KeyPair,
         stack: StackInfo,
-    ) -> anyhow::Result<Upstream> {
+    ) -> anyhow::Result<ApprovalService> {
         let client = match url {
             Some(url) => {
                 let endpoint = zt_proto::grpc::endpoint(url, ca)?;
@@ -50,10 +50,10 @@ impl Upstream {
             }
             None => None,
         };
-        Ok(Upstream { client, key, stack })
+        Ok(ApprovalService { client, key, stack })
     }
 
-    fn request<T>(&self, msg: T, timeout: Duration) -> Result<Request<T>, UpstreamError> {
+    fn request<T>(&self, msg: T, timeout: Duration) -> Result<Request<T>, ApprovalError> {
         let now = token::now_secs();
         let claims = ServiceClaims {
             iss: self.stack.broker_audience.clone(),
@@ -65,31 +65,31 @@ impl Upstream {
             exp: now + SERVICE_TTL_SECS,
         };
         let jwt = token::sign(&self.key, TokenType::Service, &claims)
-            .map_err(|_| UpstreamError::Unavailable)?;
+            .map_err(|_| ApprovalError::Unavailable)?;
         let mut req = Request::new(msg);
         req.set_timeout(timeout);
         let value = format!("Bearer {jwt}")
             .parse()
-            .map_err(|_| UpstreamError::Unavailable)?;
+            .map_err(|_| ApprovalError::Unavailable)?;
         req.metadata_mut().insert("authorization", value);
         Ok(req)
     }
 
-    fn client(&self) -> Result<ApprovalClient<Channel>, UpstreamError> {
-        self.client.clone().ok_or(UpstreamError::Unavailable)
+    fn client(&self) -> Result<ApprovalClient<Channel>, ApprovalError> {
+        self.client.clone().ok_or(ApprovalError::Unavailable)
     }
 
-    fn map(status: tonic::Status) -> UpstreamError {
+    fn map(status: tonic::Status) -> ApprovalError {
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
-                UpstreamError::Unavailable
+                ApprovalError::Unavailable
             }
-            _ => UpstreamError::Refused(status.message().to_owned()),
+            _ => ApprovalError::Refused(status.message().to_owned()),
         }
     }
 
     /// Records an escalation (deduplicated by the service).
-    pub async fn escalate(&self, req: EscalateRequest) -> Result<ApprovalRequest, UpstreamError> {
+    pub async fn escalate(&self, req: EscalateRequest) -> Result<ApprovalRequest, ApprovalError> {
         let r = self.request(req, Duration::from_secs(10))?;
         Ok(self
             .client()?
@@ -100,7 +100,7 @@ impl Upstream {
     }
 
     /// Waits up to `wait` for the request to be decided.
-    pub async fn wait(&self, id: &str, wait: Duration) -> Result<ApprovalRequest, UpstreamError> {
+    pub async fn wait(&self, id: &str, wait: Duration) -> Result<ApprovalRequest, ApprovalError> {
         let timeout_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
         let msg = WaitDecisionRequest {
             id: id.to_owned(),
@@ -122,7 +122,7 @@ impl Upstream {
         ok: bool,
         outcome: &str,
         grant_id: &str,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<(), ApprovalError> {
         let msg = ReportExecutionRequest {
             id: id.to_owned(),
             ok,
@@ -138,14 +138,14 @@ impl Upstream {
     }
 
     /// Publishes live events for operators, in order (best effort).
-    pub async fn publish(&self, events: Vec<Event>) -> Result<(), UpstreamError> {
+    pub async fn publish(&self, events: Vec<Event>) -> Result<(), ApprovalError> {
         let r = self.request(EventBatch { events }, Duration::from_secs(3))?;
         self.client()?.publish_batch(r).await.map_err(Self::map)?;
         Ok(())
     }
 
     /// Sessions revoked since `since_ms` (the service's clock).
-    pub async fn list_revoked(&self, after_seq: i64) -> Result<RevokedSessions, UpstreamError> {
+    pub async fn list_revoked(&self, after_seq: i64) -> Result<RevokedSessions, ApprovalError> {
         let r = self.request(
             ListRevokedRequest {
                 after_seq,

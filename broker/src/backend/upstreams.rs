@@ -1,0 +1,457 @@
+//! The upstreams a team puts behind the broker, declared as data in the
+//! broker's private `DIR/broker/upstreams.toml` (connection details and
+//! credentials never live in the policy directory the agent's hook reads).
+//!
+//! ```toml
+//! [[upstream]]
+//! name = "files"                 # what tools.toml's `upstream` names
+//! kind = "mcp"                   # an MCP server over stdio: the broker's own child
+//! command = "/usr/bin/node"
+//! args = ["/opt/mcp/filesystem/dist/index.js", "/srv/docs"]
+//! env = { NODE_ENV = "production" }          # the child's whole environment, with:
+//! secret_env = { API_TOKEN = "files.token" } # values read from files in DIR/broker
+//! timeout_secs = 30              # every call (default 30)
+//! max_result_bytes = 1048576     # larger results are refused (default 1 MiB)
+//!
+//! [[upstream]]
+//! name = "tickets"
+//! kind = "mcp"                   # an MCP server over Streamable HTTP
+//! url = "https://mcp.tickets.internal/mcp"   # https://, or http:// on loopback
+//! credential = { header = "authorization", prefix = "Bearer ", secret_file = "tickets.token" }
+//! ```
+//!
+//! One module per kind implements [`super::Upstream`]; a new kind is a new
+//! variant of [`Declared`] and a new module.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The file, in the broker's private directory.
+pub const FILE: &str = "upstreams.toml";
+
+/// Longest a secret file may be.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// Why `upstreams.toml` was refused. Each names its upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("{FILE}: {0}")]
+    Parse(String),
+    /// An upstream's declaration is inconsistent.
+    #[error("{FILE}: upstream `{name}`: {message}")]
+    Invalid {
+        /// The upstream.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    upstream: Vec<Declared>,
+}
+
+/// One `[[upstream]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Declared {
+    /// An MCP server, over stdio or Streamable HTTP.
+    Mcp(McpDecl),
+}
+
+impl Declared {
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Declared::Mcp(m) => &m.name,
+        }
+    }
+}
+
+/// `kind = "mcp"`: `command` (stdio) or `url` (Streamable HTTP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpDecl {
+    /// The name tools refer to.
+    pub name: String,
+    /// Stdio: the program the broker starts (an absolute path: the child's
+    /// environment has no `PATH` unless `env` gives one).
+    pub command: Option<PathBuf>,
+    /// Stdio: its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Stdio: its working directory (default `/`).
+    pub cwd: Option<PathBuf>,
+    /// Stdio: the child's environment (nothing of the broker's is passed).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Stdio: more variables, each read from a file (relative paths are in
+    /// the broker's private directory).
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, PathBuf>,
+    /// Streamable HTTP: the endpoint.
+    pub url: Option<String>,
+    /// Streamable HTTP: the upstream's own credential, sent with every
+    /// request (the agent's token never is).
+    pub credential: Option<CredentialDecl>,
+    /// Longest a call may take, in seconds (default 30).
+    pub timeout_secs: Option<u64>,
+    /// Largest result passed on, in bytes of JSON (default 1 MiB).
+    pub max_result_bytes: Option<usize>,
+}
+
+/// A credential header whose value is read from a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialDecl {
+    /// The header (default `authorization`).
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// Put before the secret, e.g. `"Bearer "`.
+    #[serde(default)]
+    pub prefix: String,
+    /// The file holding the secret (relative paths are in the broker's
+    /// private directory).
+    pub secret_file: PathBuf,
+}
+
+fn default_header() -> String {
+    "authorization".to_owned()
+}
+
+/// A credential ready to send: header name and value; `Debug` hides it.
+#[derive(Clone)]
+pub struct Credential {
+    /// The header.
+    pub header: String,
+    /// Its value (prefix and secret).
+    pub value: SecretString,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("header", &self.header)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How an MCP upstream is reached, checked and with its secrets read.
+#[derive(Debug, Clone)]
+pub enum McpTransport {
+    /// The broker's own child over stdio.
+    Stdio {
+        /// Program.
+        command: PathBuf,
+        /// Arguments.
+        args: Vec<String>,
+        /// Working directory.
+        cwd: PathBuf,
+        /// The whole environment, secrets included (`Debug` hides values).
+        env: Vec<(String, SecretString)>,
+    },
+    /// Streamable HTTP.
+    Http {
+        /// Endpoint.
+        url: String,
+        /// The upstream's credential.
+        credential: Option<Credential>,
+    },
+}
+
+/// An MCP upstream, resolved.
+#[derive(Debug, Clone)]
+pub struct McpSpec {
+    /// Name.
+    pub name: String,
+    /// Transport.
+    pub transport: McpTransport,
+    /// Per-call bound.
+    pub timeout: Duration,
+    /// Largest result.
+    pub max_result_bytes: usize,
+}
+
+/// Every upstream of `DIR/broker/upstreams.toml`, validated, secrets read.
+/// No file: none.
+pub fn load(private_dir: &Path) -> Result<Vec<McpSpec>, ConfigError> {
+    let path = private_dir.join(FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ConfigError::Io { path, source }),
+    };
+    parse(&text, private_dir)
+}
+
+/// [`load`] on the file's text.
+pub fn parse(text: &str, private_dir: &Path) -> Result<Vec<McpSpec>, ConfigError> {
+    let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for declared in file.upstream {
+        let name = declared.name().to_owned();
+        let invalid = |message: String| ConfigError::Invalid {
+            name: name.clone(),
+            message,
+        };
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "names use only A-Z, a-z, 0-9, _ and - (at most 64)".into(),
+            ));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(invalid("declared twice".into()));
+        }
+        match declared {
+            Declared::Mcp(m) => out.push(mcp(m, private_dir).map_err(invalid)?),
+        }
+    }
+    Ok(out)
+}
+
+fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
+    let timeout = Duration::from_secs(m.timeout_secs.unwrap_or(30));
+    if timeout.is_zero() || timeout > Duration::from_secs(600) {
+        return Err("timeout_secs must be 1..=600".into());
+    }
+    let max_result_bytes = m.max_result_bytes.unwrap_or(1024 * 1024);
+    if max_result_bytes == 0 || max_result_bytes > 64 * 1024 * 1024 {
+        return Err("max_result_bytes must be 1..=67108864".into());
+    }
+    let transport = match (m.command, m.url) {
+        (Some(command), None) => {
+            if m.credential.is_some() {
+                return Err("`credential` is for `url`; give a stdio server `secret_env`".into());
+            }
+            if !command.is_absolute() {
+                return Err(format!(
+                    "command `{}` must be an absolute path (the child gets no PATH of the broker's)",
+                    command.display()
+                ));
+            }
+            let mut env = Vec::new();
+            for (k, v) in m.env {
+                check_var(&k)?;
+                env.push((k, SecretString::from(v)));
+            }
+            for (k, file) in m.secret_env {
+                check_var(&k)?;
+                if env.iter().any(|(e, _)| *e == k) {
+                    return Err(format!("`{k}` is in both env and secret_env"));
+                }
+                env.push((k, read_secret(private_dir, &file)?));
+            }
+            McpTransport::Stdio {
+                command,
+                args: m.args,
+                cwd: m.cwd.unwrap_or_else(|| PathBuf::from("/")),
+                env,
+            }
+        }
+        (None, Some(url)) => {
+            if !m.args.is_empty()
+                || !m.env.is_empty()
+                || !m.secret_env.is_empty()
+                || m.cwd.is_some()
+            {
+                return Err("`args`, `env`, `secret_env` and `cwd` are for `command`".into());
+            }
+            if !(url.starts_with("https://") || super::loopback_http(&url)) {
+                return Err(format!(
+                    "url `{url}` must be https://, or http:// on a loopback address"
+                ));
+            }
+            let credential = match m.credential {
+                None => None,
+                Some(c) => {
+                    let header = c.header.to_ascii_lowercase();
+                    if header.is_empty()
+                        || !header
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        return Err(format!(
+                            "credential header `{}` is not a header name",
+                            c.header
+                        ));
+                    }
+                    let secret = read_secret(private_dir, &c.secret_file)?;
+                    let value = format!(
+                        "{}{}",
+                        c.prefix,
+                        secrecy::ExposeSecret::expose_secret(&secret)
+                    );
+                    if value
+                        .chars()
+                        .any(|ch| !(ch == ' ' || ch.is_ascii_graphic()))
+                    {
+                        return Err("the credential holds characters a header cannot carry".into());
+                    }
+                    Some(Credential {
+                        header,
+                        value: SecretString::from(value),
+                    })
+                }
+            };
+            McpTransport::Http { url, credential }
+        }
+        (Some(_), Some(_)) => return Err("give `command` (stdio) or `url` (HTTP), not both".into()),
+        (None, None) => return Err("give `command` (stdio) or `url` (Streamable HTTP)".into()),
+    };
+    Ok(McpSpec {
+        name: m.name,
+        transport,
+        timeout,
+        max_result_bytes,
+    })
+}
+
+fn check_var(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not an environment variable name"))
+    }
+}
+
+/// A secret file's contents, trimmed: a regular file, non-empty, at most
+/// 64 KiB.
+fn read_secret(private_dir: &Path, file: &Path) -> Result<SecretString, String> {
+    let path = if file.is_absolute() {
+        file.to_owned()
+    } else {
+        private_dir.join(file)
+    };
+    let shown = path.display();
+    let meta = std::fs::metadata(&path).map_err(|e| format!("secret file {shown}: {e}"))?;
+    if !meta.is_file() || meta.len() > MAX_SECRET_BYTES {
+        return Err(format!(
+            "secret file {shown} must be a regular file of at most 64 KiB"
+        ));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("secret file {shown}: {e}"))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("secret file {shown} is empty"));
+    }
+    Ok(SecretString::from(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(zt_proto::random_id("zt-upstreams-"));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn declarations_parse_and_secrets_stay_hidden() {
+        let d = dir();
+        std::fs::write(d.join("t.token"), "s3cret-value\n").unwrap();
+        let specs = parse(
+            r#"
+            [[upstream]]
+            name = "files"
+            kind = "mcp"
+            command = "/usr/bin/node"
+            args = ["x.js", "/srv"]
+            env = { NODE_ENV = "production" }
+            secret_env = { TOKEN = "t.token" }
+
+            [[upstream]]
+            name = "tickets"
+            kind = "mcp"
+            url = "http://127.0.0.1:9/mcp"
+            credential = { prefix = "Bearer ", secret_file = "t.token" }
+            timeout_secs = 5
+            "#,
+            &d,
+        )
+        .unwrap();
+        assert_eq!(specs.len(), 2);
+        let shown = format!("{specs:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("production"), "{shown}");
+        match &specs[1].transport {
+            McpTransport::Http {
+                credential: Some(c),
+                ..
+            } => {
+                assert_eq!(c.header, "authorization");
+                assert_eq!(
+                    secrecy::ExposeSecret::expose_secret(&c.value),
+                    "Bearer s3cret-value"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(specs[1].timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_declarations_are_refused_by_name() {
+        let d = dir();
+        for (text, why) in [
+            (
+                "[[upstream]]\nname = \"a\"\nkind = \"mcp\"\n",
+                "give `command`",
+            ),
+            (
+                "[[upstream]]\nname = \"a\"\nkind = \"mcp\"\ncommand = \"node\"\n",
+                "absolute path",
+            ),
+            (
+                "[[upstream]]\nname = \"a\"\nkind = \"mcp\"\nurl = \"http://example.com/mcp\"\n",
+                "https://",
+            ),
+            (
+                "[[upstream]]\nname = \"a\"\nkind = \"mcp\"\ncommand = \"/x\"\nsecret_env = { K = \"missing\" }\n",
+                "secret file",
+            ),
+            (
+                "[[upstream]]\nname = \"a\"\nkind = \"mcp\"\ncommand = \"/x\"\nbogus = 1\n",
+                "unknown field",
+            ),
+            (
+                "[[upstream]]\nname = \"a\"\nkind = \"ftp\"\n",
+                "unknown variant",
+            ),
+            (
+                "[[upstream]]\nname = \"a b\"\nkind = \"mcp\"\ncommand = \"/x\"\n",
+                "names use only",
+            ),
+        ] {
+            let e = parse(text, &d).unwrap_err().to_string();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! A team's own MCP server behind the broker, added with data files only:
+//! the official `@modelcontextprotocol/server-filesystem` (npm, pinned and
+//! installed by `scripts/test`; `ZT_MCP_FILESYSTEM` names its entry point)
+//! over stdio, as the broker's own child, with a Cedar policy on its `path`
+//! argument: reads only under one directory, writes escalate to an
+//! operator, everything else denied — through the broker, the hook and an
+//! operator's approval.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rmcp::model::CallToolResult;
+use serde_json::{Value, json};
+use zt_tests::{Stack, bin, call, connect, prepare_dir, status, text};
+
+/// The server's entry point; the suite fails (never skips) without it.
+fn filesystem_server() -> PathBuf {
+    let path = std::env::var_os("ZT_MCP_FILESYSTEM").map(PathBuf::from).expect(
+        "ZT_MCP_FILESYSTEM must name server-filesystem's dist/index.js (./scripts/test installs it)",
+    );
+    assert!(path.is_file(), "{} is missing", path.display());
+    path
+}
+
+/// `node`, as an absolute path: the child gets no PATH of the broker's.
+fn node() -> PathBuf {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "command -v node"])
+        .output()
+        .expect("sh");
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(path.is_absolute(), "node is not on PATH");
+    path
+}
+
+fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// Puts the filesystem server behind the broker of `dir`, serving `root`:
+/// the upstream (private), three tools, their Cedar actions and rules.
+fn add_files_upstream(dir: &Path, root: &Path) {
+    let root = root.to_string_lossy();
+    std::fs::write(
+        dir.join("broker").join("upstreams.toml"),
+        format!(
+            "[[upstream]]\nname = \"files\"\nkind = \"mcp\"\ncommand = {node:?}\n\
+             args = [{server:?}, {root:?}]\nenv = {{ NODE_ENV = \"production\" }}\ntimeout_secs = 20\n",
+            node = node().to_string_lossy(),
+            server = filesystem_server().to_string_lossy(),
+        ),
+    )
+    .unwrap();
+    let policies = dir.join("policies");
+    append(
+        &policies.join("tools.toml"),
+        r#"
+[[tool]]
+name = "read_text_file"
+title = "Read a shared document"
+description = "Read a text file of the shared documents, by absolute path."
+risk = "low"
+read_only = true
+destructive = false
+resource = "File"
+resource_arg = "path"
+upstream = "files"
+
+[tool.resource_attrs]
+path = { arg = "path", as = "path" }
+
+[tool.input_schema]
+type = "object"
+additionalProperties = false
+required = ["path"]
+
+[tool.input_schema.properties.path]
+type = "string"
+maxLength = 4096
+
+[tool.input_schema.properties.head]
+type = "integer"
+minimum = 1
+maximum = 10000
+
+[[tool]]
+name = "list_shared"
+title = "List a shared directory"
+description = "List a directory of the shared documents."
+risk = "low"
+read_only = true
+destructive = false
+resource = "File"
+resource_arg = "path"
+upstream = "files"
+operation = "list_directory"
+
+[tool.resource_attrs]
+path = { arg = "path", as = "path" }
+
+[tool.input_schema]
+type = "object"
+additionalProperties = false
+required = ["path"]
+
+[tool.input_schema.properties.path]
+type = "string"
+maxLength = 4096
+
+[[tool]]
+name = "write_file"
+title = "Write a shared document"
+description = "Create or overwrite a text file of the shared documents."
+risk = "high"
+read_only = false
+destructive = true
+resource = "File"
+resource_arg = "path"
+upstream = "files"
+
+[tool.resource_attrs]
+path = { arg = "path", as = "path" }
+dir = { arg = "path", as = "dirname" }
+
+[tool.input_schema]
+type = "object"
+additionalProperties = false
+required = ["path", "content"]
+
+[tool.input_schema.properties.path]
+type = "string"
+maxLength = 4096
+
+[tool.input_schema.properties.content]
+type = "string"
+maxLength = 100000
+"#,
+    );
+    append(
+        &policies.join("schema.cedarschema"),
+        r#"
+entity File = {
+  path?: String,
+  dir?: String,
+};
+
+action read_text_file appliesTo {
+  principal: Agent,
+  resource: File,
+  context: { args: { path: String, head?: Long } },
+};
+
+action list_shared appliesTo {
+  principal: Agent,
+  resource: File,
+  context: { args: { path: String } },
+};
+
+action write_file appliesTo {
+  principal: Agent,
+  resource: File,
+  context: { args: { path: String, content: String } },
+};
+"#,
+    );
+    append(
+        &policies.join("policy.cedar"),
+        &format!(
+            r#"
+@id("files-read-docs")
+@reason("reading the shared documents")
+permit (principal, action in [Action::"read_text_file", Action::"list_shared"], resource is File)
+when {{ resource has path && (resource.path == "{root}/docs" || resource.path like "{root}/docs/*") }};
+
+@id("files-write-docs")
+@effect("escalate")
+@reason("writing a shared document needs an operator's approval")
+@model_message("Writing this document needs approval from a support lead.")
+permit (principal, action == Action::"write_file", resource is File)
+when {{ resource has dir && resource.dir == "{root}/docs" }};
+"#
+        ),
+    );
+}
+
+fn hook(stack: &Stack, token: &str, tool: &str, input: Value) -> String {
+    let out = stack.hook(token, tool, &input);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn refused(r: &CallToolResult, why: &str) {
+    assert_eq!(r.is_error, Some(true), "{}", text(r));
+    assert!(text(r).contains(why), "{}", text(r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_server_over_stdio_goes_behind_the_broker_with_data_files_only() {
+    let dir = prepare_dir("upstreams", 1, false);
+    let root = dir.join("files");
+    std::fs::create_dir_all(root.join("docs")).unwrap();
+    std::fs::create_dir_all(root.join("secret")).unwrap();
+    std::fs::write(root.join("docs").join("readme.txt"), "hello from docs\n").unwrap();
+    std::fs::write(root.join("secret").join("creds.txt"), "top secret\n").unwrap();
+    let root = root.canonicalize().unwrap();
+    let r = root.to_string_lossy().into_owned();
+    add_files_upstream(&dir, &root);
+    let check = bin("zt-policy")
+        .args(["check"])
+        .arg(dir.join("policies"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    let stack = Stack::up_at(&dir).expect("stack starts");
+    let token = stack.session_token("agent:files", "alice");
+    let agent = connect(&stack.broker_url, &token).await.unwrap();
+    let listed: Vec<String> = agent
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    for tool in [
+        "read_text_file",
+        "list_shared",
+        "write_file",
+        "lookup_account",
+    ] {
+        assert!(listed.iter().any(|t| t == tool), "{tool} in {listed:?}");
+    }
+
+    // Reads under docs/ reach the server (its own result, passed on); the
+    // example's tools keep working beside it.
+    let read = call(
+        &agent,
+        "read_text_file",
+        json!({"path": format!("{r}/docs/readme.txt")}),
+    )
+    .await
+    .unwrap();
+    assert_ne!(read.is_error, Some(true), "{}", text(&read));
+    assert!(text(&read).contains("hello from docs"), "{}", text(&read));
+    let listing = call(&agent, "list_shared", json!({"path": format!("{r}/docs")}))
+        .await
+        .unwrap();
+    assert!(text(&listing).contains("readme.txt"), "{}", text(&listing));
+    let account = call(&agent, "lookup_account", json!({"account_id": "acct_1001"}))
+        .await
+        .unwrap();
+    assert_eq!(status(&account), "ok", "{}", text(&account));
+
+    // Outside docs/: default deny; a path that climbs out: refused before
+    // the policy; a relative one too. None reaches the server.
+    for path in [
+        format!("{r}/secret/creds.txt"),
+        format!("{r}/docs/../secret/creds.txt"),
+        "secret/creds.txt".to_owned(),
+        format!("{r}//docs/readme.txt"),
+    ] {
+        let denied = call(&agent, "read_text_file", json!({"path": path}))
+            .await
+            .unwrap();
+        assert_eq!(denied.is_error, Some(true), "{path}: {}", text(&denied));
+        assert!(!text(&denied).contains("top secret"), "{path}");
+    }
+    refused(
+        &call(
+            &agent,
+            "read_text_file",
+            json!({"path": format!("{r}/docs/../secret/creds.txt")}),
+        )
+        .await
+        .unwrap(),
+        "normal form",
+    );
+    refused(
+        &call(
+            &agent,
+            "read_text_file",
+            json!({"path": format!("{r}/docs/readme.txt"), "mode": "x"}),
+        )
+        .await
+        .unwrap(),
+        "invalid arguments",
+    );
+
+    // The hook decides the same from the public files alone.
+    assert!(
+        hook(
+            &stack,
+            &token,
+            "read_text_file",
+            json!({"path": format!("{r}/docs/readme.txt")})
+        )
+        .contains(r#""permissionDecision":"allow""#)
+    );
+    assert!(
+        hook(
+            &stack,
+            &token,
+            "read_text_file",
+            json!({"path": format!("{r}/secret/creds.txt")})
+        )
+        .contains(r#""permissionDecision":"deny""#)
+    );
+
+    // A write escalates; nothing is written until carol approves; then it
+    // runs once, on the server.
+    let target = root.join("docs").join("note.txt");
+    let w = call(
+        &agent,
+        "write_file",
+        json!({"path": target.to_string_lossy(), "content": "approved text"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&w), "awaiting_approval", "{}", text(&w));
+    let id = w.structured_content.as_ref().unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!target.exists());
+    let carol = stack.operator_token("carol", "approver", 0);
+    let out = stack.console(&carol, &["approve", &id, "--reason", "doc update"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = call(&agent, "approval_status", json!({"request_id": id}))
+        .await
+        .unwrap();
+    assert_ne!(done.is_error, Some(true), "{}", text(&done));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "approved text");
+    let denied = call(
+        &agent,
+        "write_file",
+        json!({"path": format!("{r}/secret/x.txt"), "content": "x"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(denied.is_error, Some(true), "{}", text(&denied));
+    assert!(!root.join("secret").join("x.txt").exists());
+
+    // Every decision is in the trail, which verifies.
+    drop(agent);
+    let d = stack.stop_keep();
+    let out = bin("zt-console")
+        .args(["audit", "verify", "--no-state", "--data-dir"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let _ = std::fs::remove_dir_all(&d);
+}
