@@ -174,7 +174,9 @@ fn check_routing(tool: &RawTool, culprit: &str, out: &mut Vec<Problem>) {
 }
 
 fn check_resource_arg(tool: &RawTool, culprit: &str, out: &mut Vec<Problem>) {
-    let arg = &tool.resource_arg;
+    let Some(arg) = &tool.resource_arg else {
+        return;
+    };
     let prop = tool.input_schema.get("properties").and_then(|p| p.get(arg));
     let required = tool
         .input_schema

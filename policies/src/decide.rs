@@ -108,15 +108,13 @@ impl PolicyBundle {
                 format!("Invalid arguments: {e}."),
             );
         }
-        let Some(resource_id) = args.get(&entry.resource_arg).and_then(Value::as_str) else {
+        let Some(resource_id) = entry.resource_id(args) else {
+            let arg = entry.resource_arg.as_deref().unwrap_or_default();
             return deny(
                 args,
                 "invalid-args",
-                format!("missing resource argument `{}`", entry.resource_arg),
-                format!(
-                    "Invalid arguments: missing required field `{}`.",
-                    entry.resource_arg
-                ),
+                format!("missing resource argument `{arg}`"),
+                format!("Invalid arguments: missing required field `{arg}`."),
             );
         };
         let empty = Map::new();
@@ -127,7 +125,7 @@ impl PolicyBundle {
                     "resource-mismatch",
                     format!(
                         "the resource looked up does not match the `{}` argument",
-                        entry.resource_arg
+                        entry.resource_arg.as_deref().unwrap_or_default()
                     ),
                     DENY_MESSAGE,
                 );

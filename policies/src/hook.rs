@@ -114,9 +114,7 @@ fn assumed_resource(
 ) -> Option<Resource> {
     let spec = bundle.tool(tool)?;
     let id = bundle
-        .resource_arg(tool)
-        .and_then(|a| args.get(a))
-        .and_then(Value::as_str)
+        .resource_id(tool, args)
         .unwrap_or_default()
         .to_owned();
     let region = bundle

@@ -71,7 +71,8 @@ pub(crate) struct RawTool {
     pub read_only: bool,
     pub destructive: bool,
     pub resource: String,
-    pub resource_arg: String,
+    #[serde(default)]
+    pub resource_arg: Option<String>,
     pub input_schema: Value,
     #[serde(default)]
     pub upstream: Option<String>,
@@ -169,7 +170,8 @@ pub(crate) struct RuleMeta {
 
 /// Per-tool compiled state.
 pub(crate) struct ToolEntry {
-    pub resource_arg: String,
+    pub name: String,
+    pub resource_arg: Option<String>,
     /// Resource attributes taken from the arguments.
     pub arg_attrs: Vec<(String, crate::ArgAttr)>,
     pub resource_type: EntityTypeName,
@@ -177,6 +179,16 @@ pub(crate) struct ToolEntry {
     pub validator: jsonschema::Validator,
     /// Only the rules that can apply to this tool.
     pub policies: PolicySet,
+}
+
+impl ToolEntry {
+    /// See [`PolicyBundle::resource_id`].
+    pub(crate) fn resource_id<'a>(&'a self, args: &'a Value) -> Option<&'a str> {
+        match &self.resource_arg {
+            Some(arg) => args.get(arg).and_then(Value::as_str),
+            None => Some(&self.name),
+        }
+    }
 }
 
 /// A human with its prebuilt Cedar entity.
@@ -403,6 +415,7 @@ impl PolicyBundle {
             entries.insert(
                 raw.name.clone(),
                 ToolEntry {
+                    name: raw.name.clone(),
                     resource_arg: raw.resource_arg.clone(),
                     arg_attrs: raw
                         .resource_attrs
@@ -505,9 +518,17 @@ impl PolicyBundle {
     }
 
     /// The name of the argument carrying the resource id of `tool` (e.g.
-    /// `order_id` for `issue_refund`).
+    /// `order_id` for `issue_refund`); `None` for a tool that names none.
     pub fn resource_arg(&self, tool: &str) -> Option<&str> {
-        self.entries.get(tool).map(|e| e.resource_arg.as_str())
+        self.entries
+            .get(tool)
+            .and_then(|e| e.resource_arg.as_deref())
+    }
+
+    /// The id of the resource a call of `tool` acts on: its resource
+    /// argument, or the tool's own name for a tool that names none.
+    pub fn resource_id<'a>(&'a self, tool: &str, args: &'a Value) -> Option<&'a str> {
+        self.entries.get(tool).and_then(|e| e.resource_id(args))
     }
 
     /// Validates a call's arguments against the tool's strict JSON Schema.

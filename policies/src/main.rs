@@ -300,9 +300,7 @@ fn parse_resource(
         bail!("--resource must be a JSON object");
     };
     let id = bundle
-        .resource_arg(tool)
-        .and_then(|arg| args.get(arg))
-        .and_then(|v| v.as_str())
+        .resource_id(tool, args)
         .unwrap_or_default()
         .to_string();
     Ok(Resource { id, attrs })

@@ -359,3 +359,324 @@ async fn an_mcp_server_over_stdio_goes_behind_the_broker_with_data_files_only() 
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// One tool of the faulty server (no resource argument: the resource is
+/// the tool itself).
+fn probe_tool(name: &str, upstream: &str, operation: &str, read_only: bool) -> String {
+    format!(
+        r#"
+[[tool]]
+name = "{name}"
+title = "Probe {name}"
+description = "A probe of the upstream fault handling."
+risk = "low"
+read_only = {read_only}
+destructive = false
+resource = "Probe"
+upstream = "{upstream}"
+operation = "{operation}"
+
+[tool.input_schema]
+type = "object"
+additionalProperties = false
+
+[tool.input_schema.properties.text]
+type = "string"
+maxLength = 100
+"#
+    )
+}
+
+/// Every way an upstream can fail — down, dying mid-call, hanging, talking
+/// garbage, answering too much, not declared at all — gives the model a
+/// short safe error and an audited error entry, sends the call once and
+/// never again, and leaves the broker serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_upstream_fails_closed_and_the_broker_stays_healthy() {
+    let dir = prepare_dir("upstream-faults", 1, false);
+    let calls = dir.join("faulty-calls.txt");
+    let faulty = zt_tests::bin_dir().join("zt-faulty-mcp");
+    assert!(faulty.is_file(), "{}", faulty.display());
+    std::fs::write(
+        dir.join("broker").join("upstreams.toml"),
+        format!(
+            "[[upstream]]\nname = \"faulty\"\nkind = \"mcp\"\ncommand = {faulty:?}\n\
+             env = {{ ZT_FAULTY_CALLS = {calls:?} }}\ntimeout_secs = 2\nmax_result_bytes = 1048576\n\n\
+             [[upstream]]\nname = \"down\"\nkind = \"mcp\"\ncommand = \"/bin/false\"\ntimeout_secs = 2\n",
+            faulty = faulty.to_string_lossy(),
+            calls = calls.to_string_lossy(),
+        ),
+    )
+    .unwrap();
+    let policies = dir.join("policies");
+    let tools = [
+        ("echo", "faulty", "echo", true),
+        ("crash", "faulty", "crash", false),
+        ("hang", "faulty", "hang", false),
+        ("garbage", "faulty", "garbage", true),
+        ("huge", "faulty", "huge", true),
+        ("down_echo", "down", "echo", true),
+        ("ghost", "nowhere", "echo", true),
+    ];
+    let mut registry = String::new();
+    let mut schema = String::from("\nentity Probe;\n");
+    for (name, upstream, operation, read_only) in tools {
+        registry.push_str(&probe_tool(name, upstream, operation, read_only));
+        schema.push_str(&format!(
+            "action {name} appliesTo {{ principal: Agent, resource: Probe, context: {{ args: {{ text?: String }} }} }};\n"
+        ));
+    }
+    append(&policies.join("tools.toml"), &registry);
+    append(&policies.join("schema.cedarschema"), &schema);
+    let actions: Vec<String> = tools
+        .iter()
+        .map(|(name, ..)| format!("Action::\"{name}\""))
+        .collect();
+    append(
+        &policies.join("policy.cedar"),
+        &format!(
+            "\n@id(\"probes\")\npermit (principal, action in [{}], resource is Probe);\n",
+            actions.join(", ")
+        ),
+    );
+    let stack = Stack::up_at(&dir).expect("stack starts");
+    let agent = connect(
+        &stack.broker_url,
+        &stack.session_token("agent:faults", "alice"),
+    )
+    .await
+    .unwrap();
+    let echo = || async {
+        let r = call(&agent, "echo", json!({"text": "still here"}))
+            .await
+            .unwrap();
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert!(text(&r).contains("echo: still here"), "{}", text(&r));
+    };
+    echo().await;
+
+    for (tool, says) in [
+        ("crash", "could not complete"),
+        ("hang", "could not complete"),
+        ("garbage", "could not complete"),
+        ("huge", "too large"),
+        ("down_echo", "could not complete"),
+        ("ghost", "could not complete"),
+    ] {
+        let started = std::time::Instant::now();
+        let r = call(&agent, tool, json!({})).await.unwrap();
+        assert_eq!(r.is_error, Some(true), "{tool}: {}", text(&r));
+        let shown = text(&r);
+        assert!(shown.contains(says), "{tool}: {shown}");
+        for internal in [
+            "faulty",
+            "zt-faulty-mcp",
+            "/bin/false",
+            "nowhere",
+            "timed out",
+        ] {
+            assert!(
+                !shown.contains(internal),
+                "{tool} leaked `{internal}`: {shown}"
+            );
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{tool} took {:?}",
+            started.elapsed()
+        );
+        // The broker, and the server unless it died, keep serving.
+        echo().await;
+    }
+
+    // Each failing call reached the server once: nothing was retried.
+    let sent = std::fs::read_to_string(&calls).unwrap();
+    for tool in ["crash", "hang", "garbage", "huge"] {
+        assert_eq!(
+            sent.lines().filter(|l| *l == tool).count(),
+            1,
+            "{tool} sent once: {sent}"
+        );
+    }
+    let d = stack.stop_keep();
+    let bodies = zt_tests::audit_bodies(&d, "broker").await;
+    for tool in ["crash", "hang", "garbage", "huge", "down_echo", "ghost"] {
+        assert!(
+            bodies
+                .iter()
+                .any(|b| b.contains(&format!("\"tool\":\"{tool}\""))
+                    && b.contains("\"status\":\"error\"")),
+            "{tool}: an audited error"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The official `@modelcontextprotocol/server-everything` (npm, pinned;
+/// `ZT_MCP_EVERYTHING` names its entry point) serving Streamable HTTP on
+/// `port`; killed when dropped.
+struct Everything(std::process::Child);
+
+impl Everything {
+    fn start(port: u16) -> Everything {
+        let server = std::env::var_os("ZT_MCP_EVERYTHING").map(PathBuf::from).expect(
+            "ZT_MCP_EVERYTHING must name server-everything's dist/index.js (./scripts/test installs it)",
+        );
+        assert!(server.is_file(), "{} is missing", server.display());
+        let child = std::process::Command::new(node())
+            .arg(server)
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting server-everything");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server-everything did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Everything(child)
+    }
+}
+
+impl Drop for Everything {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An MCP server over Streamable HTTP behind the broker: text, binary
+/// (image) and structured results passed on, the upstream's own errors
+/// passed on as errors, tool names the registry cannot use mapped by
+/// `operation`, and a server that goes away and comes back reconnected to
+/// on the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_server_over_streamable_http_goes_behind_the_broker() {
+    let dir = prepare_dir("upstream-http", 1, false);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let everything = Everything::start(port);
+    std::fs::write(
+        dir.join("broker").join("everything.token"),
+        "upstream-own-secret\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("broker").join("upstreams.toml"),
+        format!(
+            "[[upstream]]\nname = \"everything\"\nkind = \"mcp\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n\
+             credential = {{ prefix = \"Bearer \", secret_file = \"everything.token\" }}\ntimeout_secs = 10\n"
+        ),
+    )
+    .unwrap();
+    let tool = |name: &str, op: &str, props: &str, required: &str| {
+        format!(
+            "\n[[tool]]\nname = \"{name}\"\ntitle = \"{name}\"\ndescription = \"server-everything's {op}\"\n\
+             risk = \"low\"\nread_only = true\ndestructive = false\nresource = \"Probe\"\n\
+             upstream = \"everything\"\noperation = \"{op}\"\n\n[tool.input_schema]\ntype = \"object\"\n\
+             additionalProperties = false\nrequired = [{required}]\n{props}"
+        )
+    };
+    let policies = dir.join("policies");
+    append(
+        &policies.join("tools.toml"),
+        &[
+            tool(
+                "say",
+                "echo",
+                "[tool.input_schema.properties.message]\ntype = \"string\"\nmaxLength = 200\n",
+                "\"message\"",
+            ),
+            tool(
+                "add",
+                "get-sum",
+                "[tool.input_schema.properties.a]\ntype = \"integer\"\n[tool.input_schema.properties.b]\ntype = \"integer\"\n",
+                "\"a\", \"b\"",
+            ),
+            tool(
+                "add_words",
+                "get-sum",
+                "[tool.input_schema.properties.a]\ntype = \"string\"\nmaxLength = 10\n[tool.input_schema.properties.b]\ntype = \"string\"\nmaxLength = 10\n",
+                "\"a\", \"b\"",
+            ),
+            tool("tiny_image", "get-tiny-image", "", ""),
+            tool(
+                "weather",
+                "get-structured-content",
+                "[tool.input_schema.properties.location]\ntype = \"string\"\nenum = [\"Chicago\"]\n",
+                "\"location\"",
+            ),
+        ]
+        .concat(),
+    );
+    append(
+        &policies.join("schema.cedarschema"),
+        "\nentity Probe;\n\
+         action say appliesTo { principal: Agent, resource: Probe, context: { args: { message: String } } };\n\
+         action add appliesTo { principal: Agent, resource: Probe, context: { args: { a: Long, b: Long } } };\n\
+         action add_words appliesTo { principal: Agent, resource: Probe, context: { args: { a: String, b: String } } };\n\
+         action tiny_image appliesTo { principal: Agent, resource: Probe, context: { args: {} } };\n\
+         action weather appliesTo { principal: Agent, resource: Probe, context: { args: { location: String } } };\n",
+    );
+    append(
+        &policies.join("policy.cedar"),
+        "\n@id(\"everything\")\npermit (principal, action in [Action::\"say\", Action::\"add\", \
+         Action::\"add_words\", Action::\"tiny_image\", Action::\"weather\"], resource is Probe);\n",
+    );
+    let stack = Stack::up_at(&dir).expect("stack starts");
+    let agent = connect(
+        &stack.broker_url,
+        &stack.session_token("agent:http", "alice"),
+    )
+    .await
+    .unwrap();
+
+    let r = call(&agent, "say", json!({"message": "over http"}))
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    assert!(text(&r).contains("over http"), "{}", text(&r));
+    let r = call(&agent, "add", json!({"a": 2, "b": 3})).await.unwrap();
+    assert!(text(&r).contains('5'), "{}", text(&r));
+    let r = call(&agent, "tiny_image", json!({})).await.unwrap();
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    let image = r
+        .content
+        .iter()
+        .find_map(|c| c.as_image())
+        .expect("an image block passed on");
+    assert_eq!(image.mime_type, "image/png");
+    assert!(!image.data.is_empty());
+    let r = call(&agent, "weather", json!({"location": "Chicago"}))
+        .await
+        .unwrap();
+    let structured = r.structured_content.clone().unwrap_or(Value::Null);
+    assert!(structured.get("temperature").is_some(), "{structured}");
+    // The upstream refuses what its own schema refuses: an error, passed on.
+    let r = call(&agent, "add_words", json!({"a": "two", "b": "three"}))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true), "{}", text(&r));
+
+    // The server goes away: a short error; it comes back: served again.
+    drop(everything);
+    let r = call(&agent, "say", json!({"message": "anyone?"}))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true), "{}", text(&r));
+    assert!(text(&r).contains("could not complete"), "{}", text(&r));
+    let _everything = Everything::start(port);
+    let r = call(&agent, "say", json!({"message": "back"}))
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    assert!(text(&r).contains("back"), "{}", text(&r));
+}

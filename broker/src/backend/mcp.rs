@@ -95,7 +95,9 @@ impl Mcp {
 
     /// The current peer, connecting an HTTP upstream if needed.
     async fn peer(&self) -> Result<Peer<RoleClient>, BackendError> {
-        if let Some(p) = self.peer.borrow().clone() {
+        if let Some(p) = self.peer.borrow().clone()
+            && !p.is_transport_closed()
+        {
             return Ok(p);
         }
         let name = &self.spec.name;
@@ -110,7 +112,9 @@ impl Mcp {
             let mut peer = self.peer.clone();
             let wait = tokio::time::timeout(self.spec.timeout.min(START_WAIT), async {
                 loop {
-                    if let Some(p) = peer.borrow_and_update().clone() {
+                    if let Some(p) = peer.borrow_and_update().clone()
+                        && !p.is_transport_closed()
+                    {
                         return Some(p);
                     }
                     if peer.changed().await.is_err() {
@@ -205,11 +209,9 @@ impl Upstream for Mcp {
                     )));
                 }
                 Ok(Err(e)) => {
-                    let transport = matches!(
-                        e,
-                        rmcp::ServiceError::TransportClosed | rmcp::ServiceError::TransportSend(_)
-                    );
-                    if transport {
+                    // Anything but the server's own answer may have broken
+                    // the session: the next call starts a new one.
+                    if !matches!(e, rmcp::ServiceError::McpError(_)) {
                         self.drop_session().await;
                     }
                     return Err(BackendError::Unavailable(format!(
