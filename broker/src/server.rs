@@ -534,7 +534,15 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let declared = crate::backend::upstreams::load(&layout.private("broker"))?;
     let mut upstreams: Vec<Arc<dyn crate::backend::Upstream>> = Vec::new();
     for spec in declared {
-        upstreams.push(Arc::new(crate::backend::mcp::Mcp::start(spec)?));
+        use crate::backend::upstreams::Spec;
+        upstreams.push(match spec {
+            Spec::Mcp(m) => Arc::new(crate::backend::mcp::Mcp::start(m)?),
+            Spec::Http(h) => Arc::new(crate::backend::http::Http::start(
+                h,
+                |name| layout.endpoint(name),
+                None,
+            )?),
+        });
     }
     let backend = Backend::new(records, adapters).with_upstreams(upstreams);
     for tool in policy.current().tools() {

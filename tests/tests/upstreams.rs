@@ -680,3 +680,222 @@ async fn an_mcp_server_over_streamable_http_goes_behind_the_broker() {
     assert_ne!(r.is_error, Some(true), "{}", text(&r));
     assert!(text(&r).contains("back"), "{}", text(&r));
 }
+
+/// `zt-test-api` on a free port: its child and base URL; killed on drop.
+struct TestApi(std::process::Child, String);
+
+impl TestApi {
+    fn start() -> TestApi {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(zt_tests::bin_dir().join("zt-test-api"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting zt-test-api");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().expect("a line").expect("readable");
+            if let Some(u) = line.strip_prefix("api_url=") {
+                break u.to_owned();
+            }
+        };
+        TestApi(child, url)
+    }
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A REST/JSON API behind the broker as data: path arguments encoded as
+/// one segment each, bodies built from arguments and the actor, the
+/// upstream's credential injected (a wrong one is the operator's problem,
+/// not the model's), 4xx as a safe refusal, 5xx, redirects, timeouts,
+/// oversize and non-JSON answers as "could not complete", a side effect
+/// never retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_api_goes_behind_the_broker_as_data() {
+    let api = TestApi::start();
+    let dir = prepare_dir("upstream-rest", 1, false);
+    let broker = dir.join("broker");
+    std::fs::write(broker.join("api.key"), "api-secret\n").unwrap();
+    std::fs::write(broker.join("wrong.key"), "not-the-secret\n").unwrap();
+    let operations = r#"
+[[upstream.operation]]
+name = "get_item"
+method = "GET"
+path = "/v1/items/{id}"
+
+[[upstream.operation]]
+name = "create_item"
+method = "POST"
+path = "/v1/items"
+body = { name = "$args.name", tags = "$args.tags", by = "$actor.human", session = "$actor.session", kind = "$$literal" }
+result = "/received"
+
+[[upstream.operation]]
+name = "refuse"
+method = "GET"
+path = "/v1/refuse"
+error_message = "/error/message"
+
+[[upstream.operation]]
+name = "boom"
+method = "POST"
+path = "/v1/boom"
+body = {}
+
+[[upstream.operation]]
+name = "big"
+method = "GET"
+path = "/v1/big"
+
+[[upstream.operation]]
+name = "redirect"
+method = "GET"
+path = "/v1/redirect"
+
+[[upstream.operation]]
+name = "slow"
+method = "GET"
+path = "/v1/slow"
+
+[[upstream.operation]]
+name = "notjson"
+method = "GET"
+path = "/v1/notjson"
+"#;
+    std::fs::write(
+        broker.join("upstreams.toml"),
+        format!(
+            "[[upstream]]\nname = \"api\"\nkind = \"http\"\nurl = \"{url}\"\n\
+             credential = {{ prefix = \"Bearer \", secret_file = \"api.key\" }}\n\
+             timeout_secs = 2\n{operations}\n\
+             [[upstream]]\nname = \"api_wrong_key\"\nkind = \"http\"\nurl = \"{url}\"\n\
+             credential = {{ prefix = \"Bearer \", secret_file = \"wrong.key\" }}\n\
+             [[upstream.operation]]\nname = \"get_item\"\nmethod = \"GET\"\npath = \"/v1/items/{{id}}\"\n",
+            url = api.1
+        ),
+    )
+    .unwrap();
+    let tools = [
+        ("get_item", "api", "get_item", "id"),
+        ("create_item", "api", "create_item", "name"),
+        ("refuse", "api", "refuse", ""),
+        ("boom", "api", "boom", ""),
+        ("big", "api", "big", ""),
+        ("redirect", "api", "redirect", ""),
+        ("slow", "api", "slow", ""),
+        ("notjson", "api", "notjson", ""),
+        ("get_item_wrong_key", "api_wrong_key", "get_item", "id"),
+    ];
+    let mut registry = String::new();
+    let mut schema = String::from("\nentity Probe;\n");
+    for (name, upstream, operation, arg) in tools {
+        let (props, required, ctx) = match arg {
+            "" => (String::new(), String::new(), String::new()),
+            "name" => (
+                "[tool.input_schema.properties.name]\ntype = \"string\"\nmaxLength = 50\n\
+                 [tool.input_schema.properties.tags]\ntype = \"array\"\nitems = { type = \"string\", maxLength = 20 }\nmaxItems = 5\n"
+                    .to_owned(),
+                "required = [\"name\"]\n".to_owned(),
+                "name: String, tags?: Set<String>".to_owned(),
+            ),
+            a => (
+                format!("[tool.input_schema.properties.{a}]\ntype = \"string\"\nmaxLength = 50\n"),
+                format!("required = [\"{a}\"]\n"),
+                format!("{a}: String"),
+            ),
+        };
+        registry.push_str(&format!(
+            "\n[[tool]]\nname = \"{name}\"\ntitle = \"{name}\"\ndescription = \"The test API's {operation}.\"\n\
+             risk = \"low\"\nread_only = false\ndestructive = false\nresource = \"Probe\"\n\
+             upstream = \"{upstream}\"\noperation = \"{operation}\"\n\n[tool.input_schema]\ntype = \"object\"\n\
+             additionalProperties = false\n{required}{props}"
+        ));
+        schema.push_str(&format!(
+            "action {name} appliesTo {{ principal: Agent, resource: Probe, context: {{ args: {{ {ctx} }} }} }};\n"
+        ));
+    }
+    let policies = dir.join("policies");
+    append(&policies.join("tools.toml"), &registry);
+    append(&policies.join("schema.cedarschema"), &schema);
+    let actions: Vec<String> = tools
+        .iter()
+        .map(|(name, ..)| format!("Action::\"{name}\""))
+        .collect();
+    append(
+        &policies.join("policy.cedar"),
+        &format!(
+            "\n@id(\"test-api\")\npermit (principal, action in [{}], resource is Probe);\n",
+            actions.join(", ")
+        ),
+    );
+    let stack = Stack::up_at(&dir).expect("stack starts");
+    let token = stack.session_token("agent:rest", "alice");
+    let agent = connect(&stack.broker_url, &token).await.unwrap();
+    let ok = |r: &CallToolResult| -> Value {
+        assert_ne!(r.is_error, Some(true), "{}", text(r));
+        r.structured_content.clone().unwrap_or(Value::Null)
+    };
+
+    // A path argument is one segment, however it is spelled.
+    for (id, raw) in [
+        ("a b", "/v1/items/a%20b"),
+        ("x/../../admin", "/v1/items/x%2F..%2F..%2Fadmin"),
+        ("q?x=1#f", "/v1/items/q%3Fx%3D1%23f"),
+    ] {
+        let v = ok(&call(&agent, "get_item", json!({"id": id})).await.unwrap());
+        assert_eq!(v["raw_path"], raw, "{v}");
+        assert_eq!(v["id"], id, "{v}");
+    }
+    refused(
+        &call(&agent, "get_item", json!({"id": ".."})).await.unwrap(),
+        "could not complete",
+    );
+    // The body from the arguments and the actor; absent arguments left out.
+    let v = ok(&call(&agent, "create_item", json!({"name": "widget"}))
+        .await
+        .unwrap());
+    assert_eq!(
+        v,
+        json!({"name": "widget", "by": "alice", "session": zt_tests::sid_of(&token), "kind": "$literal"})
+    );
+    // A 4xx is the API's refusal, as one safe line.
+    refused(
+        &call(&agent, "refuse", json!({})).await.unwrap(),
+        "item is locked by someone",
+    );
+    for (tool, says) in [
+        ("boom", "could not complete"),
+        ("big", "too large"),
+        ("redirect", "could not complete"),
+        ("slow", "could not complete"),
+        ("notjson", "could not complete"),
+    ] {
+        let r = call(&agent, tool, json!({})).await.unwrap();
+        refused(&r, says);
+        assert!(!text(&r).contains("127.0.0.1"), "{tool}: {}", text(&r));
+    }
+    let r = call(&agent, "get_item_wrong_key", json!({"id": "a"}))
+        .await
+        .unwrap();
+    refused(&r, "could not complete");
+    assert!(!text(&r).contains("bad key"), "{}", text(&r));
+    // The failed POST reached the API once: never retried.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let count: Value = reqwest::get(format!("{}/count", api.1))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count["boom"], 1, "{count}");
+    ok(&call(&agent, "get_item", json!({"id": "still-here"}))
+        .await
+        .unwrap());
+}

@@ -17,8 +17,6 @@ use super::{Actor, Adapter, BackendError};
 
 /// How long one billing request may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest message from the billing API passed on to the model.
-const MAX_MESSAGE: usize = 200;
 
 /// An API key; its `Debug` does not show it.
 #[derive(Clone)]
@@ -111,7 +109,7 @@ impl Billing {
         let message = value
             .pointer("/error/message")
             .and_then(Value::as_str)
-            .map(sanitize)
+            .map(super::safe_message)
             .unwrap_or_default();
         match status.as_u16() {
             404 | 409 if !message.is_empty() => Err(BackendError::Refused(message)),
@@ -123,20 +121,6 @@ impl Billing {
             ))),
         }
     }
-}
-
-/// A backend message made safe to hand to a model: one line, printable,
-/// bounded.
-fn sanitize(message: &str) -> String {
-    let mut out: String = message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_MESSAGE)
-        .collect();
-    if message.chars().count() > MAX_MESSAGE {
-        out.push('…');
-    }
-    out
 }
 
 fn actor_json(actor: &Actor<'_>) -> Value {
@@ -233,7 +217,7 @@ mod tests {
     #[test]
     fn backend_messages_are_bounded_single_lines() {
         let long = "x".repeat(500);
-        assert_eq!(sanitize(&long).chars().count(), MAX_MESSAGE + 1);
-        assert_eq!(sanitize("a\nb\u{1b}[2J"), "a b [2J");
+        assert_eq!(super::super::safe_message(&long).chars().count(), 201);
+        assert_eq!(super::super::safe_message("a\nb\u{1b}[2J"), "a b [2J");
     }
 }

@@ -18,6 +18,7 @@
 
 mod billing;
 pub(crate) use billing::loopback_http;
+pub mod http;
 pub mod mcp;
 mod records;
 pub mod upstreams;
@@ -51,6 +52,23 @@ pub enum BackendError {
     /// The result was larger than the upstream's cap.
     #[error("the result was too large to return")]
     TooLarge(String),
+}
+
+/// Longest message from a backend passed on to the model.
+const MAX_MESSAGE: usize = 200;
+
+/// A backend's message made safe to hand to a model: one line, printable,
+/// bounded.
+pub(crate) fn safe_message(message: &str) -> String {
+    let mut out: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_MESSAGE)
+        .collect();
+    if message.chars().count() > MAX_MESSAGE {
+        out.push('…');
+    }
+    out
 }
 
 /// What an executed call returned.

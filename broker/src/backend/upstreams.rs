@@ -18,6 +18,16 @@
 //! kind = "mcp"                   # an MCP server over Streamable HTTP
 //! url = "https://mcp.tickets.internal/mcp"   # https://, or http:// on loopback
 //! credential = { header = "authorization", prefix = "Bearer ", secret_file = "tickets.token" }
+//!
+//! [[upstream]]
+//! name = "crm"
+//! kind = "http"                  # a REST/JSON API (see `OperationDecl`)
+//! url = "https://crm.internal"   # or endpoint = "billing": DIR/run/billing.url
+//! credential = { header = "x-api-key", secret_file = "crm.key" }
+//! [[upstream.operation]]
+//! name = "get_customer"
+//! method = "GET"
+//! path = "/v2/customers/{customer_id}"
 //! ```
 //!
 //! One module per kind implements [`super::Upstream`]; a new kind is a new
@@ -73,6 +83,8 @@ struct File {
 pub enum Declared {
     /// An MCP server, over stdio or Streamable HTTP.
     Mcp(McpDecl),
+    /// A REST/JSON API described as data.
+    Http(HttpDecl),
 }
 
 impl Declared {
@@ -80,8 +92,62 @@ impl Declared {
     pub fn name(&self) -> &str {
         match self {
             Declared::Mcp(m) => &m.name,
+            Declared::Http(h) => &h.name,
         }
     }
+}
+
+/// `kind = "http"`: a REST/JSON API; each `[[upstream.operation]]` is one
+/// request the registry's tools may name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpDecl {
+    /// The name tools refer to.
+    pub name: String,
+    /// The base URL (`https://`, or `http://` on loopback).
+    pub url: Option<String>,
+    /// Or: the URL a service of this stack records in `DIR/run/NAME.url`
+    /// when it starts (the example's billing API).
+    pub endpoint: Option<String>,
+    /// The API's credential, sent with every request.
+    pub credential: Option<CredentialDecl>,
+    /// Longest a request may take, in seconds (default 10).
+    pub timeout_secs: Option<u64>,
+    /// Largest response body read, in bytes (default 1 MiB).
+    pub max_response_bytes: Option<usize>,
+    /// The operations.
+    #[serde(default)]
+    pub operation: Vec<OperationDecl>,
+}
+
+/// One request of an `http` upstream.
+///
+/// Values in `query` and `body` are JSON templates: a string
+/// `"$args.NAME"` is the argument (left out when the call has none),
+/// `"$actor"` is `{session, human, grant_id}`, `"$actor.session"`,
+/// `"$actor.human"`, `"$actor.grant_id"` its parts; a string starting
+/// `"$$"` is the literal text after one `$`; anything else is literal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationDecl {
+    /// What tools name as their `operation`.
+    pub name: String,
+    /// GET, POST, PUT, PATCH or DELETE.
+    pub method: String,
+    /// The path, from `/`; `{NAME}` is the argument, percent-encoded as one
+    /// path segment (an empty, `.` or `..` value is refused).
+    pub path: String,
+    /// Query parameters.
+    #[serde(default)]
+    pub query: BTreeMap<String, serde_json::Value>,
+    /// The JSON body.
+    pub body: Option<serde_json::Value>,
+    /// A JSON pointer to the part of a successful response that is the
+    /// result (default: all of it).
+    pub result: Option<String>,
+    /// A JSON pointer to a message in a 4xx response that is safe to show
+    /// the model (made one bounded printable line).
+    pub error_message: Option<String>,
 }
 
 /// `kind = "mcp"`: `command` (stdio) or `url` (Streamable HTTP).
@@ -176,6 +242,52 @@ pub enum McpTransport {
     },
 }
 
+/// An HTTP upstream, resolved.
+#[derive(Debug, Clone)]
+pub struct HttpSpec {
+    /// Name.
+    pub name: String,
+    /// The base URL (no trailing `/`), or the stack endpoint to read it
+    /// from at start.
+    pub base: Base,
+    /// The credential header.
+    pub credential: Option<Credential>,
+    /// Per-request bound.
+    pub timeout: Duration,
+    /// Largest response body.
+    pub max_response_bytes: usize,
+    /// The operations by name.
+    pub operations: BTreeMap<String, OperationDecl>,
+}
+
+/// Where an HTTP upstream is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    /// This URL.
+    Url(String),
+    /// The URL in `DIR/run/NAME.url`.
+    Endpoint(String),
+}
+
+/// A declared upstream, checked.
+#[derive(Debug, Clone)]
+pub enum Spec {
+    /// An MCP server.
+    Mcp(McpSpec),
+    /// A REST/JSON API.
+    Http(HttpSpec),
+}
+
+impl Spec {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        match self {
+            Spec::Mcp(m) => &m.name,
+            Spec::Http(h) => &h.name,
+        }
+    }
+}
+
 /// An MCP upstream, resolved.
 #[derive(Debug, Clone)]
 pub struct McpSpec {
@@ -191,7 +303,7 @@ pub struct McpSpec {
 
 /// Every upstream of `DIR/broker/upstreams.toml`, validated, secrets read.
 /// No file: none.
-pub fn load(private_dir: &Path) -> Result<Vec<McpSpec>, ConfigError> {
+pub fn load(private_dir: &Path) -> Result<Vec<Spec>, ConfigError> {
     let path = private_dir.join(FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -202,7 +314,7 @@ pub fn load(private_dir: &Path) -> Result<Vec<McpSpec>, ConfigError> {
 }
 
 /// [`load`] on the file's text.
-pub fn parse(text: &str, private_dir: &Path) -> Result<Vec<McpSpec>, ConfigError> {
+pub fn parse(text: &str, private_dir: &Path) -> Result<Vec<Spec>, ConfigError> {
     let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
@@ -226,7 +338,8 @@ pub fn parse(text: &str, private_dir: &Path) -> Result<Vec<McpSpec>, ConfigError
             return Err(invalid("declared twice".into()));
         }
         match declared {
-            Declared::Mcp(m) => out.push(mcp(m, private_dir).map_err(invalid)?),
+            Declared::Mcp(m) => out.push(Spec::Mcp(mcp(m, private_dir).map_err(invalid)?)),
+            Declared::Http(h) => out.push(Spec::Http(http(h, private_dir).map_err(invalid)?)),
         }
     }
     Ok(out)
@@ -284,38 +397,10 @@ fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
                     "url `{url}` must be https://, or http:// on a loopback address"
                 ));
             }
-            let credential = match m.credential {
-                None => None,
-                Some(c) => {
-                    let header = c.header.to_ascii_lowercase();
-                    if header.is_empty()
-                        || !header
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                    {
-                        return Err(format!(
-                            "credential header `{}` is not a header name",
-                            c.header
-                        ));
-                    }
-                    let secret = read_secret(private_dir, &c.secret_file)?;
-                    let value = format!(
-                        "{}{}",
-                        c.prefix,
-                        secrecy::ExposeSecret::expose_secret(&secret)
-                    );
-                    if value
-                        .chars()
-                        .any(|ch| !(ch == ' ' || ch.is_ascii_graphic()))
-                    {
-                        return Err("the credential holds characters a header cannot carry".into());
-                    }
-                    Some(Credential {
-                        header,
-                        value: SecretString::from(value),
-                    })
-                }
-            };
+            let credential = m
+                .credential
+                .map(|c| credential(c, private_dir))
+                .transpose()?;
             McpTransport::Http { url, credential }
         }
         (Some(_), Some(_)) => return Err("give `command` (stdio) or `url` (HTTP), not both".into()),
@@ -327,6 +412,112 @@ fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
         timeout,
         max_result_bytes,
     })
+}
+
+fn credential(c: CredentialDecl, private_dir: &Path) -> Result<Credential, String> {
+    let header = c.header.to_ascii_lowercase();
+    if header.is_empty()
+        || !header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "credential header `{}` is not a header name",
+            c.header
+        ));
+    }
+    let secret = read_secret(private_dir, &c.secret_file)?;
+    let value = format!(
+        "{}{}",
+        c.prefix,
+        secrecy::ExposeSecret::expose_secret(&secret)
+    );
+    if value
+        .chars()
+        .any(|ch| !(ch == ' ' || ch.is_ascii_graphic()))
+    {
+        return Err("the credential holds characters a header cannot carry".into());
+    }
+    Ok(Credential {
+        header,
+        value: SecretString::from(value),
+    })
+}
+
+fn http(h: HttpDecl, private_dir: &Path) -> Result<HttpSpec, String> {
+    let timeout = Duration::from_secs(h.timeout_secs.unwrap_or(10));
+    if timeout.is_zero() || timeout > Duration::from_secs(600) {
+        return Err("timeout_secs must be 1..=600".into());
+    }
+    let max_response_bytes = h.max_response_bytes.unwrap_or(1024 * 1024);
+    if max_response_bytes == 0 || max_response_bytes > 64 * 1024 * 1024 {
+        return Err("max_response_bytes must be 1..=67108864".into());
+    }
+    let base = match (h.url, h.endpoint) {
+        (Some(url), None) => {
+            let url = url.trim_end_matches('/').to_owned();
+            check_base(&url)?;
+            Base::Url(url)
+        }
+        (None, Some(name)) => Base::Endpoint(name),
+        _ => return Err("give `url` or `endpoint`, one of them".into()),
+    };
+    let credential = h
+        .credential
+        .map(|c| credential(c, private_dir))
+        .transpose()?;
+    let mut operations = BTreeMap::new();
+    for op in h.operation {
+        let culprit = format!("operation `{}`", op.name);
+        if op.name.is_empty() || op.name.len() > 128 || op.name.chars().any(char::is_control) {
+            return Err(format!("{culprit}: a short printable name"));
+        }
+        if !matches!(
+            op.method.as_str(),
+            "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
+        ) {
+            return Err(format!(
+                "{culprit}: method must be GET, POST, PUT, PATCH or DELETE"
+            ));
+        }
+        super::http::check_path(&op.path).map_err(|m| format!("{culprit}: {m}"))?;
+        for pointer in op.result.iter().chain(&op.error_message) {
+            if !(pointer.is_empty() || pointer.starts_with('/')) {
+                return Err(format!("{culprit}: `{pointer}` is not a JSON pointer"));
+            }
+        }
+        if op.body.is_some() && op.method == "GET" {
+            return Err(format!("{culprit}: a GET has no body"));
+        }
+        for template in op.query.values().chain(&op.body) {
+            super::http::check_template(template).map_err(|m| format!("{culprit}: {m}"))?;
+        }
+        if operations.insert(op.name.clone(), op).is_some() {
+            return Err(format!("{culprit}: declared twice"));
+        }
+    }
+    Ok(HttpSpec {
+        name: h.name,
+        base,
+        credential,
+        timeout,
+        max_response_bytes,
+        operations,
+    })
+}
+
+/// An HTTP upstream's base URL: `https://`, or `http://` on loopback, and
+/// no query or fragment.
+pub fn check_base(url: &str) -> Result<(), String> {
+    if !(url.starts_with("https://") || super::loopback_http(url)) {
+        return Err(format!(
+            "url `{url}` must be https://, or http:// on a loopback address (the credential travels with every request)"
+        ));
+    }
+    if url.contains('?') || url.contains('#') {
+        return Err(format!("url `{url}` must have no query or fragment"));
+    }
+    Ok(())
 }
 
 fn check_var(name: &str) -> Result<(), String> {
@@ -401,7 +592,10 @@ mod tests {
         let shown = format!("{specs:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(!shown.contains("production"), "{shown}");
-        match &specs[1].transport {
+        let Spec::Mcp(tickets) = &specs[1] else {
+            panic!("{specs:?}")
+        };
+        match &tickets.transport {
             McpTransport::Http {
                 credential: Some(c),
                 ..
@@ -414,7 +608,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(specs[1].timeout, Duration::from_secs(5));
+        assert_eq!(tickets.timeout, Duration::from_secs(5));
     }
 
     #[test]
