@@ -33,7 +33,7 @@ use zt_proto::token::{self, Expect, SessionClaims, TokenType};
 
 use crate::approval::{APPROVAL_STATUS, Progress, approval_status_schema};
 use crate::approval_client::ApprovalService;
-use crate::backend::{Adapter, Backend, Billing, Records};
+use crate::backend::{Backend, Records};
 use crate::gate::{Broker, Revocations, SharedBroker};
 use crate::setup::{self, AUDIT_CHAIN};
 use zt_proto::db::Location;
@@ -509,27 +509,6 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let records = Records::open(&records_at)
         .await
         .context("opening the backend records database")?;
-    let mut adapters: Vec<Arc<dyn Adapter>> = Vec::new();
-    let billing_url = opts
-        .billing_url
-        .clone()
-        .or_else(|| m.config.billing.as_ref().and_then(|b| b.url.clone()))
-        .or_else(|| layout.endpoint("billing"));
-    match (billing_url, &m.billing_key) {
-        (Some(url), Some(key)) => {
-            adapters.push(Arc::new(
-                Billing::new(&url, secrecy::ExposeSecret::expose_secret(key))
-                    .context("configuring the billing adapter")?,
-            ));
-            tracing::info!(%url, "billing adapter configured");
-        }
-        (None, _) => tracing::warn!(
-            "no billing API configured or running: refunds and plan changes will fail closed"
-        ),
-        (Some(_), None) => tracing::warn!(
-            "no billing API key issued (zt-billing init --key-out): refunds and plan changes will fail closed"
-        ),
-    }
     // A team's own servers, declared in the broker's private directory.
     let declared = crate::backend::upstreams::load(&layout.private("broker"))?;
     let mut upstreams: Vec<Arc<dyn crate::backend::Upstream>> = Vec::new();
@@ -537,14 +516,25 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         use crate::backend::upstreams::Spec;
         upstreams.push(match spec {
             Spec::Mcp(m) => Arc::new(crate::backend::mcp::Mcp::start(m)?),
-            Spec::Http(h) => Arc::new(crate::backend::http::Http::start(
-                h,
-                |name| layout.endpoint(name),
-                None,
-            )?),
+            Spec::Http(h) => {
+                // The example's billing API: `--billing URL` (or the
+                // config's `billing.url`) names where it runs.
+                let url = (h.name == "billing")
+                    .then(|| {
+                        opts.billing_url
+                            .clone()
+                            .or_else(|| m.config.billing.as_ref().and_then(|b| b.url.clone()))
+                    })
+                    .flatten();
+                Arc::new(crate::backend::http::Http::start(
+                    h,
+                    |name| layout.endpoint(name),
+                    url.as_deref(),
+                )?)
+            }
         });
     }
-    let backend = Backend::new(records, adapters).with_upstreams(upstreams);
+    let backend = Backend::new(records, Vec::new()).with_upstreams(upstreams);
     for tool in policy.current().tools() {
         if let Some(name) = &tool.upstream
             && !backend.has_upstream(name)

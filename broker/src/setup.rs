@@ -32,23 +32,55 @@ pub struct Config {
     /// the stack's own issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
-    /// The billing API (refunds, plan changes). Without it those tools fail
-    /// closed with "the backend could not complete the request".
+    /// Where the example's billing API runs, when not where it records
+    /// itself (`DIR/run/billing.url`) and no `--billing URL` is given. The
+    /// API itself is the `billing` upstream of `upstreams.toml`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billing: Option<BillingConfig>,
 }
 
-/// Where the billing API is and the file holding its API key.
+/// Where the example's billing API runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BillingConfig {
-    /// The file holding the API key (`0600`, in the broker's directory).
-    pub api_key_file: PathBuf,
-    /// The API's base URL; when absent, `--billing URL` or the billing
-    /// service recorded as running for the data directory.
+    /// Written by earlier versions; the key file is now the `billing`
+    /// upstream's `secret_file`.
+    #[serde(default, skip_serializing)]
+    pub api_key_file: Option<PathBuf>,
+    /// The API's base URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
+
+/// The broker's `upstreams.toml` as `init` writes it: the example's billing
+/// API, an `http` upstream like any team's.
+const UPSTREAMS: &str = r#"# The upstreams behind this broker: a team's own MCP servers and HTTP APIs
+# (see the README, "Your own tools behind the broker"). Connection details and
+# credentials live here, in the broker's private directory, and nowhere else.
+
+# The example backend's billing API: refunds and plan changes. It runs where it
+# records itself (DIR/run/billing.url) unless `zt-broker serve --billing URL`.
+[[upstream]]
+name = "billing"
+kind = "http"
+endpoint = "billing"
+credential = { prefix = "Bearer ", secret_file = "billing.key" }
+timeout_secs = 10
+
+[[upstream.operation]]
+name = "refund"
+method = "POST"
+path = "/v1/refunds"
+body = { order_id = "$args.order_id", amount_cents = "$args.amount", idempotency_key = "$args.idempotency_key", actor = "$actor" }
+error_message = "/error/message"
+
+[[upstream.operation]]
+name = "change_plan"
+method = "POST"
+path = "/v1/plan-changes"
+body = { account_id = "$args.account_id", new_plan = "$args.new_plan", actor = "$actor" }
+error_message = "/error/message"
+"#;
 
 /// The file the billing API key is issued into by default.
 pub fn billing_key_path(layout: &Layout) -> PathBuf {
@@ -90,8 +122,6 @@ pub struct Material {
     pub session_keys: Arc<PinnedKeys>,
     /// Pinned keys that sign grants (current and retired).
     pub grant_keys: Arc<PinnedKeys>,
-    /// The billing API key, if configured and issued (never in `Debug`).
-    pub billing_key: Option<secrecy::SecretString>,
 }
 
 fn config_path(layout: &Layout) -> PathBuf {
@@ -124,10 +154,7 @@ pub fn init(layout: &Layout) -> anyhow::Result<()> {
             approval_wait_secs: default_wait(),
             max_args_bytes: default_max_args(),
             identity: None,
-            billing: Some(BillingConfig {
-                api_key_file: billing_key_path(layout),
-                url: None,
-            }),
+            billing: None,
         };
         let text = format!(
             "# The broker's private configuration. Backend credentials live here and\n\
@@ -135,6 +162,12 @@ pub fn init(layout: &Layout) -> anyhow::Result<()> {
             toml::to_string(&config)?
         );
         zt_proto::keys::write_private(&path, &text)?;
+    }
+    let upstreams = layout
+        .private("broker")
+        .join(crate::backend::upstreams::FILE);
+    if !upstreams.exists() {
+        zt_proto::keys::write_private(&upstreams, UPSTREAMS)?;
     }
     Ok(())
 }
@@ -163,19 +196,9 @@ pub fn load(layout: &Layout) -> anyhow::Result<Material> {
         Ok(Arc::new(keys))
     };
     let config = read_config(&config_path(layout))?;
-    let billing_key = match &config.billing {
-        Some(b) if b.api_key_file.exists() => Some(
-            std::fs::read_to_string(&b.api_key_file)
-                .with_context(|| format!("reading {}", b.api_key_file.display()))?
-                .trim()
-                .into(),
-        ),
-        _ => None,
-    };
     Ok(Material {
         stack: layout.stack()?,
         config,
-        billing_key,
         service_key: KeyPair::read(&key_path(layout, "service"))?,
         audit_key: KeyPair::read(&key_path(layout, "audit"))?,
         session_keys: pinned("approval-token")?,

@@ -55,6 +55,9 @@ impl Http {
                 endpoint(name).map(|u| u.trim_end_matches('/').to_owned())
             }
         };
+        if let Some(why) = &spec.unusable {
+            tracing::error!(upstream = %spec.name, why, "the upstream is unusable: its calls fail closed");
+        }
         if let Some(b) = &base {
             super::upstreams::check_base(b)
                 .map_err(|m| BackendError::Unavailable(format!("upstream {}: {m}", spec.name)))?;
@@ -84,6 +87,9 @@ impl Http {
         let name = &self.spec.name;
         let unavailable =
             |why: String| BackendError::Unavailable(format!("upstream {name}: {why}"));
+        if let Some(why) = &self.spec.unusable {
+            return Err(unavailable(why.clone()));
+        }
         let Some(base) = &self.base else {
             return Err(unavailable("no URL".into()));
         };

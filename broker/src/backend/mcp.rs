@@ -67,7 +67,13 @@ impl Mcp {
     /// Starts (stdio) or prepares (HTTP) the upstream of `spec`.
     pub fn start(spec: McpSpec) -> Result<Mcp, BackendError> {
         let (publish, peer) = watch::channel(None);
+        if let Some(why) = &spec.unusable {
+            tracing::error!(upstream = %spec.name, why, "the upstream is unusable: its calls fail closed");
+        }
         let link = match &spec.transport {
+            McpTransport::Stdio { .. } if spec.unusable.is_some() => Link::Stdio {
+                _supervisor: tokio::spawn(async {}),
+            },
             McpTransport::Stdio { .. } => Link::Stdio {
                 _supervisor: tokio::spawn(supervise(spec.clone(), publish)),
             },
@@ -195,6 +201,9 @@ impl Upstream for Mcp {
     ) -> BoxFuture<'a, Result<Output, BackendError>> {
         Box::pin(async move {
             let name = &self.spec.name;
+            if let Some(why) = &self.spec.unusable {
+                return Err(BackendError::Unavailable(format!("upstream {name}: {why}")));
+            }
             let peer = self.peer().await?;
             let mut params = CallToolRequestParams::new(operation.to_owned());
             if let Value::Object(map) = args {

@@ -3,21 +3,18 @@
 //! - [`Records`]: the example business's records database (SQLite through
 //!   sqlx): the read-only tools, and the attributes the policy needs about
 //!   every object a call acts on.
-//! - [`Billing`]: the billing API (HTTP), which moves money and changes
-//!   plans; it needs an API key that only the broker holds.
-//!
-//! - [`Upstream`]s: a team's own servers, declared as data in the broker's
-//!   private `upstreams.toml` ([`upstreams`]), one module per kind: [`mcp`]
-//!   (stdio or Streamable HTTP). A tool whose registry entry names an
-//!   `upstream` goes there, as the upstream's `operation`.
+//! - [`Upstream`]s: servers declared as data in the broker's private
+//!   `upstreams.toml` ([`upstreams`]), one module per kind: [`mcp`] (an MCP
+//!   server over stdio or Streamable HTTP) and [`http`] (a REST/JSON API).
+//!   A tool whose registry entry names an `upstream` goes there, as the
+//!   upstream's `operation`. The example's billing API, which moves money
+//!   and changes plans with a key only the broker holds, is one of them.
 //!
 //! The broker asks [`Backend`] for resource attributes and idempotent
 //! replays (from the records), and routes each authorized call to its
 //! upstream, or to the one adapter that owns its tool. A tool that neither
 //! reaches fails closed.
 
-mod billing;
-pub(crate) use billing::loopback_http;
 pub mod http;
 pub mod mcp;
 mod records;
@@ -30,7 +27,6 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use zt_policies::Resource;
 
-pub use billing::Billing;
 pub use records::Records;
 
 /// Backend failures. `Display` is safe to show an agent: `Unavailable` and
@@ -52,6 +48,20 @@ pub enum BackendError {
     /// The result was larger than the upstream's cap.
     #[error("the result was too large to return")]
     TooLarge(String),
+}
+
+/// Whether `url` is `http://` to a loopback address (where a credential
+/// may travel without TLS).
+pub(crate) fn loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 /// Longest message from a backend passed on to the model.
@@ -233,5 +243,39 @@ impl Backend {
     /// Which adapter executes `tool`, if any.
     pub fn owner(&self, tool: &str) -> Option<&'static str> {
         self.owners.get(tool).map(|a| a.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_travel_only_over_tls_or_loopback() {
+        assert!(upstreams::check_base("https://billing.example.com").is_ok());
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:9",
+        ] {
+            assert!(loopback_http(ok), "{ok}");
+        }
+        for bad in [
+            "http://billing.example.com",
+            "http://127.0.0.1.evil.com",
+            "http://127.0.0.1@evil.com",
+            "ftp://127.0.0.1",
+        ] {
+            assert!(!loopback_http(bad), "{bad}");
+            assert!(upstreams::check_base(bad).is_err(), "{bad}");
+        }
+        assert!(upstreams::check_base("https://a.example/?x=1").is_err());
+    }
+
+    #[test]
+    fn backend_messages_are_bounded_single_lines() {
+        let long = "x".repeat(500);
+        assert_eq!(safe_message(&long).chars().count(), MAX_MESSAGE + 1);
+        assert_eq!(safe_message("a\nb\u{1b}[2J"), "a b [2J");
     }
 }

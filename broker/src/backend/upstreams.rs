@@ -258,6 +258,8 @@ pub struct HttpSpec {
     pub max_response_bytes: usize,
     /// The operations by name.
     pub operations: BTreeMap<String, OperationDecl>,
+    /// Why every call fails closed (a secret file that could not be read).
+    pub unusable: Option<String>,
 }
 
 /// Where an HTTP upstream is.
@@ -299,6 +301,8 @@ pub struct McpSpec {
     pub timeout: Duration,
     /// Largest result.
     pub max_result_bytes: usize,
+    /// Why every call fails closed (a secret file that could not be read).
+    pub unusable: Option<String>,
 }
 
 /// Every upstream of `DIR/broker/upstreams.toml`, validated, secrets read.
@@ -346,6 +350,7 @@ pub fn parse(text: &str, private_dir: &Path) -> Result<Vec<Spec>, ConfigError> {
 }
 
 fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
+    let mut unusable = None;
     let timeout = Duration::from_secs(m.timeout_secs.unwrap_or(30));
     if timeout.is_zero() || timeout > Duration::from_secs(600) {
         return Err("timeout_secs must be 1..=600".into());
@@ -375,7 +380,7 @@ fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
                 if env.iter().any(|(e, _)| *e == k) {
                     return Err(format!("`{k}` is in both env and secret_env"));
                 }
-                env.push((k, read_secret(private_dir, &file)?));
+                env.push((k, secret(private_dir, &file, &mut unusable)));
             }
             McpTransport::Stdio {
                 command,
@@ -399,7 +404,7 @@ fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
             }
             let credential = m
                 .credential
-                .map(|c| credential(c, private_dir))
+                .map(|c| credential(c, private_dir, &mut unusable))
                 .transpose()?;
             McpTransport::Http { url, credential }
         }
@@ -411,10 +416,15 @@ fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
         transport,
         timeout,
         max_result_bytes,
+        unusable,
     })
 }
 
-fn credential(c: CredentialDecl, private_dir: &Path) -> Result<Credential, String> {
+fn credential(
+    c: CredentialDecl,
+    private_dir: &Path,
+    unusable: &mut Option<String>,
+) -> Result<Credential, String> {
     let header = c.header.to_ascii_lowercase();
     if header.is_empty()
         || !header
@@ -426,7 +436,7 @@ fn credential(c: CredentialDecl, private_dir: &Path) -> Result<Credential, Strin
             c.header
         ));
     }
-    let secret = read_secret(private_dir, &c.secret_file)?;
+    let secret = secret(private_dir, &c.secret_file, unusable);
     let value = format!(
         "{}{}",
         c.prefix,
@@ -445,6 +455,7 @@ fn credential(c: CredentialDecl, private_dir: &Path) -> Result<Credential, Strin
 }
 
 fn http(h: HttpDecl, private_dir: &Path) -> Result<HttpSpec, String> {
+    let mut unusable = None;
     let timeout = Duration::from_secs(h.timeout_secs.unwrap_or(10));
     if timeout.is_zero() || timeout > Duration::from_secs(600) {
         return Err("timeout_secs must be 1..=600".into());
@@ -464,7 +475,7 @@ fn http(h: HttpDecl, private_dir: &Path) -> Result<HttpSpec, String> {
     };
     let credential = h
         .credential
-        .map(|c| credential(c, private_dir))
+        .map(|c| credential(c, private_dir, &mut unusable))
         .transpose()?;
     let mut operations = BTreeMap::new();
     for op in h.operation {
@@ -503,6 +514,7 @@ fn http(h: HttpDecl, private_dir: &Path) -> Result<HttpSpec, String> {
         timeout,
         max_response_bytes,
         operations,
+        unusable,
     })
 }
 
@@ -533,6 +545,16 @@ fn check_var(name: &str) -> Result<(), String> {
 
 /// A secret file's contents, trimmed: a regular file, non-empty, at most
 /// 64 KiB.
+/// A secret file's contents; one that cannot be read makes the upstream
+/// unusable (its calls fail closed, the reason logged) rather than keeping
+/// the broker and every other tool from starting.
+fn secret(private_dir: &Path, file: &Path, unusable: &mut Option<String>) -> SecretString {
+    read_secret(private_dir, file).unwrap_or_else(|why| {
+        unusable.get_or_insert(why);
+        SecretString::from(String::new())
+    })
+}
+
 fn read_secret(private_dir: &Path, file: &Path) -> Result<SecretString, String> {
     let path = if file.is_absolute() {
         file.to_owned()
@@ -609,6 +631,25 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(tickets.timeout, Duration::from_secs(5));
+        assert!(tickets.unusable.is_none());
+
+        // A secret that cannot be read: that upstream fails closed, the
+        // others (and the broker) start.
+        let specs = parse(
+            "[[upstream]]\nname = \"a\"\nkind = \"http\"\nurl = \"https://a.example\"\n\
+             credential = { secret_file = \"missing.key\" }\n",
+            &d,
+        )
+        .unwrap();
+        let Spec::Http(a) = &specs[0] else {
+            panic!("{specs:?}")
+        };
+        assert!(
+            a.unusable
+                .as_deref()
+                .is_some_and(|w| w.contains("missing.key")),
+            "{a:?}"
+        );
     }
 
     #[test]
@@ -626,10 +667,6 @@ mod tests {
             (
                 "[[upstream]]\nname = \"a\"\nkind = \"mcp\"\nurl = \"http://example.com/mcp\"\n",
                 "https://",
-            ),
-            (
-                "[[upstream]]\nname = \"a\"\nkind = \"mcp\"\ncommand = \"/x\"\nsecret_env = { K = \"missing\" }\n",
-                "secret file",
             ),
             (
                 "[[upstream]]\nname = \"a\"\nkind = \"mcp\"\ncommand = \"/x\"\nbogus = 1\n",
