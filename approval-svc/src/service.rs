@@ -649,7 +649,7 @@ fn refund_limits(dir: &Path) -> anyhow::Result<HashMap<String, i64>> {
     })?;
     Ok(bundle
         .humans()
-        .map(|h| (h.id.clone(), h.rep_limit))
+        .filter_map(|h| Some((h.id.clone(), h.int("rep_limit")?)))
         .collect())
 }
 

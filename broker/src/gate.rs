@@ -432,7 +432,7 @@ impl Broker {
             let mut rec = rec.clone();
             rec.status = status_of(outcome).into();
             rec.detail = match outcome {
-                Ok(v) => summarize(tool, v.json()),
+                Ok(v) => summarize(&self.policy, tool, v.json(), args),
                 Err(e) => format!("{e:?}"),
             };
             rec.decision = "executed".into();
@@ -521,7 +521,7 @@ impl Broker {
         let outcome = self.execute(tool, args, &actor).await;
         rec.status = status_of(&outcome).into();
         rec.detail = match &outcome {
-            Ok(v) => summarize(tool, v.json()),
+            Ok(v) => summarize(&self.policy, tool, v.json(), args),
             Err(e) => format!("{e:?}"),
         };
         rec.decision = "executed".into();
@@ -533,7 +533,7 @@ impl Broker {
         }
         if let Some((g, req)) = grant {
             let (ok, summary) = match &outcome {
-                Ok(v) => (!v.failed(), summarize(tool, v.json())),
+                Ok(v) => (!v.failed(), summarize(&self.policy, tool, v.json(), args)),
                 Err(e) => (false, e.to_string()),
             };
             if let Err(e) = self.approvals.report(&req.id, ok, &summary, &g.id).await {
@@ -578,8 +578,10 @@ impl Broker {
                     (
                         label,
                         summarize(
+                            &self.policy,
                             tool,
                             result.structured_content.as_ref().unwrap_or(&Value::Null),
+                            args,
                         ),
                     )
                 };
@@ -595,7 +597,14 @@ impl Broker {
                 result
             }
             Ok(Output::Json(mut value)) => {
-                self.publish(claims, tool, args, label, summarize(tool, &value), "");
+                self.publish(
+                    claims,
+                    tool,
+                    args,
+                    label,
+                    summarize(&self.policy, tool, &value, args),
+                    "",
+                );
                 if let (Effect::Constrain, Value::Object(m)) = (decision.effect, &mut value) {
                     m.insert(
                         "constrained".into(),
@@ -634,34 +643,13 @@ pub(crate) fn effect_name(effect: Effect) -> &'static str {
     }
 }
 
-/// A one-line summary of a result for the audit trail and live view.
-pub(crate) fn summarize(tool: &str, v: &Value) -> String {
-    let s = |k: &str| v.get(k).map(|x| x.to_string()).unwrap_or_default();
-    match tool {
-        "issue_refund" => format!(
-            "refunded {} cents on {} ({})",
-            s("amount"),
-            s("order_id"),
-            s("refund_id")
-        ),
-        "change_plan" => format!(
-            "plan of {} changed {} -> {}",
-            s("account_id"),
-            s("old_plan"),
-            s("new_plan")
-        ),
-        "list_orders" => format!(
-            "{} orders of {}",
-            v.get("orders")
-                .and_then(Value::as_array)
-                .map(Vec::len)
-                .unwrap_or(0),
-            s("account_id")
-        ),
-        "lookup_account" => format!("account {}", s("account_id")),
-        "fetch_document" => format!("document {}", s("doc_id")),
-        _ => "done".into(),
-    }
+/// A one-line summary of a result for the audit trail and live view, from
+/// the registry's `summary` template of the tool.
+pub(crate) fn summarize(policy: &PolicyStore, tool: &str, result: &Value, args: &Value) -> String {
+    policy
+        .current()
+        .tool(tool)
+        .map_or_else(|| "done".to_owned(), |spec| spec.summarize(result, args))
 }
 
 /// Shared handle.

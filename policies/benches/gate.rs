@@ -45,7 +45,18 @@ use cedar_policy::{
 };
 use criterion::{Criterion, Throughput};
 use serde_json::{Map, Value, json};
-use zt_policies::{DecisionRequest, Effect, Human, PolicyBundle, Resource};
+use zt_policies::{DecisionRequest, Effect, PolicyBundle, Resource};
+
+/// The example's humans with their attributes typed, as the hand-written
+/// baselines read them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Human {
+    id: String,
+    rep_limit: i64,
+    allowed_regions: Vec<String>,
+    grantable_plans: Vec<String>,
+    roles: Vec<String>,
+}
 
 /// Number of calls in the mix.
 const MIX_SIZE: usize = 400;
@@ -757,7 +768,13 @@ impl Setup {
     fn new() -> Self {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
         let bundle = PolicyBundle::load(&dir).expect("the shipped policies load");
-        let humans: Vec<Human> = bundle.humans().cloned().collect();
+        let humans: Vec<Human> = bundle
+            .humans()
+            .map(|h| {
+                serde_json::from_value(serde_json::to_value(h).expect("a human"))
+                    .expect("the example's human attributes")
+            })
+            .collect();
         let calls = mix(&humans);
         let by_id: HashMap<String, Human> =
             humans.iter().map(|h| (h.id.clone(), h.clone())).collect();

@@ -103,7 +103,28 @@ fn check_tools(src: &Sources, out: &mut Vec<Problem>) {
     }
 }
 
-/// `upstream`, `operation`, `amount_arg` and `resource_attrs`.
+/// A summary template: at most 200 characters, every `{` closed by a `}`
+/// around a field name (letters, digits, `_`), optionally `|count`.
+fn summary_ok(t: &str) -> bool {
+    let mut rest = t;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest[open..].starts_with('}') {
+            return false;
+        }
+        let Some(close) = rest[open..].find('}') else {
+            return false;
+        };
+        let field = &rest[open + 1..open + close];
+        let name = field.strip_suffix("|count").unwrap_or(field);
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return false;
+        }
+        rest = &rest[open + close + 1..];
+    }
+    t.len() <= 200
+}
+
+/// `upstream`, `operation`, `amount_arg`, `resource_attrs` and `summary`.
 fn check_routing(tool: &RawTool, culprit: &str, out: &mut Vec<Problem>) {
     let name_ok = |n: &str| {
         !n.is_empty()
@@ -155,6 +176,14 @@ fn check_routing(tool: &RawTool, culprit: &str, out: &mut Vec<Problem>) {
                 ),
             ));
         }
+    }
+    if let Some(t) = &tool.summary
+        && !summary_ok(t)
+    {
+        out.push(Problem::new(
+            culprit,
+            "summary: `{NAME}` or `{NAME|count}` placeholders, at most 200 characters",
+        ));
     }
     for (name, attr) in &tool.resource_attrs {
         let wanted = match attr.derive {
@@ -260,8 +289,13 @@ fn check_humans(src: &Sources, out: &mut Vec<Problem>) {
         if !seen.insert(h.id.as_str()) {
             out.push(Problem::new(&culprit, "declared twice"));
         }
-        if h.rep_limit < 0 {
-            out.push(Problem::new(&culprit, "rep_limit must not be negative"));
+        for (name, value) in &h.attrs {
+            if value.as_i64().is_some_and(|n| n < 0) && name.ends_with("limit") {
+                out.push(Problem::new(
+                    &culprit,
+                    format!("{name} must not be negative"),
+                ));
+            }
         }
     }
 }

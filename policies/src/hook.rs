@@ -117,21 +117,10 @@ fn assumed_resource(
         .resource_id(tool, args)
         .unwrap_or_default()
         .to_owned();
-    let region = bundle
-        .human(human)
-        .and_then(|h| h.allowed_regions.first().cloned())
-        .unwrap_or_default();
-    let attrs = match spec.resource.as_str() {
-        "Account" => json!({ "region": region, "plan": "basic" }),
-        "Order" => {
-            json!({ "region": region, "account": "", "amount": 1_000_000_000_000i64, "refunded": 0 })
-        }
-        _ => json!({}),
-    };
-    match attrs {
-        Value::Object(attrs) => Some(Resource { id, attrs }),
-        _ => None,
-    }
+    Some(Resource {
+        id,
+        attrs: spec.assumed_attrs(bundle.human(human)),
+    })
 }
 
 /// Decides one hook call for `human`, with `agent` acting.

@@ -15,7 +15,8 @@
 //!   **strict** JSON Schema for the arguments (`additionalProperties = false` at
 //!   every object level; unknown fields are an error, never silently dropped).
 //! - `humans.toml` — the directory of humans agents may act for, with the cached
-//!   attributes rules use (`rep_limit` in cents, `allowed_regions`,
+//!   attributes rules use: whatever `schema.cedarschema` declares for `Human`
+//!   (checked at load; in the example `rep_limit` in cents, `allowed_regions`,
 //!   `grantable_plans`, `roles`).
 //! - `policy.cedar` — the rules, in [Cedar](https://www.cedarpolicy.com/).
 //! - `schema.cedarschema` — the Cedar schema; every rule is validated against it
@@ -47,8 +48,8 @@
 //!
 //! - principal `Agent::"<agent id>"` with attribute `human: Human` — the human the
 //!   agent acts for (the token's `sub`);
-//! - `Human::"<id>"` with `rep_limit`, `allowed_regions`, `grantable_plans`,
-//!   `roles`, built once at load time from `humans.toml`;
+//! - `Human::"<id>"` with the attributes the schema declares, built once at
+//!   load time from `humans.toml`;
 //! - action `Action::"<tool name>"`;
 //! - resource of the tool's `resource` type (`Account`, `Order`, `Document`) whose
 //!   id is the tool's `resource_arg` argument and whose attributes come from
@@ -180,9 +181,88 @@ pub struct ToolSpec {
     /// directory), computed the same way by the broker and the hook.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub resource_attrs: std::collections::BTreeMap<String, ArgAttr>,
+    /// The one-line summary of a result for operators (audit, live view):
+    /// `{NAME}` is the result's field, else the argument; `{NAME|count}`
+    /// the length of an array. `None`: "done".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// What the agent-side hook, which has no backend access, assumes about
+    /// the resource: the most favourable values the rules allow (the broker
+    /// decides again with the real ones). A value is a JSON literal, or
+    /// `"$human.NAME"` (the human's attribute) or `"$human.NAME|first"`
+    /// (the first member of a set attribute).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub hook_assumes: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl ToolSpec {
+    /// The resource attributes the hook assumes for `human` (see
+    /// [`ToolSpec::hook_assumes`]); a `$human` reference the human does not
+    /// have is left out.
+    pub fn assumed_attrs(
+        &self,
+        human: Option<&Human>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        for (name, value) in &self.hook_assumes {
+            let resolved = match value.as_str().and_then(|s| s.strip_prefix("$human.")) {
+                None => Some(value.clone()),
+                Some(reference) => {
+                    let (attr, first) = match reference.strip_suffix("|first") {
+                        Some(a) => (a, true),
+                        None => (reference, false),
+                    };
+                    let v = human.and_then(|h| h.attrs.get(attr));
+                    if first {
+                        v.and_then(serde_json::Value::as_array)
+                            .and_then(|a| a.first())
+                            .cloned()
+                    } else {
+                        v.cloned()
+                    }
+                }
+            };
+            if let Some(v) = resolved {
+                out.insert(name.clone(), v);
+            }
+        }
+        out
+    }
+
+    /// The summary of a call's `result` (see [`ToolSpec::summary`]): one
+    /// printable line of at most 200 characters.
+    pub fn summarize(&self, result: &serde_json::Value, args: &serde_json::Value) -> String {
+        let Some(template) = &self.summary else {
+            return "done".to_owned();
+        };
+        let mut out = String::new();
+        let mut rest = template.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let Some(close) = rest[open..].find('}') else {
+                break;
+            };
+            let field = &rest[open + 1..open + close];
+            let (name, count) = match field.strip_suffix("|count") {
+                Some(n) => (n, true),
+                None => (field, false),
+            };
+            let value = result.get(name).or_else(|| args.get(name));
+            out.push_str(&match (value, count) {
+                (Some(serde_json::Value::Array(items)), true) => items.len().to_string(),
+                (Some(serde_json::Value::String(s)), false) => s.clone(),
+                (Some(v), false) if !v.is_null() => v.to_string(),
+                _ => "?".to_owned(),
+            });
+            rest = &rest[open + close + 1..];
+        }
+        out.push_str(rest);
+        out.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(200)
+            .collect()
+    }
+
     /// The name the upstream knows the operation by.
     pub fn operation(&self) -> &str {
         self.operation.as_deref().unwrap_or(&self.name)
@@ -270,22 +350,35 @@ fn normal_path(text: &str) -> Result<&str, String> {
     Ok(text)
 }
 
-/// A human agents may act for (`[[human]]` in `humans.toml`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A human agents may act for (`[[human]]` in `humans.toml`): an id, a
+/// display name, and whatever attributes `schema.cedarschema` declares for
+/// the `Human` entity type (checked against it at load; in the example
+/// `rep_limit`, `allowed_regions`, `grantable_plans`, `roles`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Human {
     /// Directory id (the token's `sub`).
     pub id: String,
     /// Display name.
     pub name: String,
-    /// Largest refund, in cents, this human may issue without approval.
-    pub rep_limit: i64,
-    /// Regions whose accounts and orders this human may touch.
-    pub allowed_regions: Vec<String>,
-    /// Plans this human may move an account to.
-    pub grantable_plans: Vec<String>,
-    /// Roles, e.g. `support_rep`, `senior`, `support_lead`.
-    pub roles: Vec<String>,
+    /// The attributes rules read as `principal.human.NAME`.
+    #[serde(flatten)]
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Human {
+    /// An integer attribute (e.g. a limit in cents), if the human has it.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.attrs.get(name).and_then(serde_json::Value::as_i64)
+    }
+
+    /// A set-of-strings attribute's members (empty when absent).
+    pub fn strings(&self, name: &str) -> Vec<&str> {
+        self.attrs
+            .get(name)
+            .and_then(serde_json::Value::as_array)
+            .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// The resource a call acts on, as known by the caller (the broker looks it up in
@@ -416,7 +509,7 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     #[test]
     fn paths_are_taken_only_in_normal_form() {
@@ -461,7 +554,31 @@ mod tests {
             operation: None,
             amount_arg: None,
             resource_attrs: Default::default(),
+            summary: Some("paid {amount} on {order} ({items|count} items, {missing})".into()),
+            hook_assumes: [
+                ("region".to_owned(), json!("$human.regions|first")),
+                ("limit".to_owned(), json!("$human.limit")),
+                ("plan".to_owned(), json!("basic")),
+                ("gone".to_owned(), json!("$human.nothing")),
+            ]
+            .into_iter()
+            .collect(),
         };
+        let human: Human = serde_json::from_value(
+            json!({"id": "a", "name": "A", "regions": ["eu", "us"], "limit": 5}),
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(spec.assumed_attrs(Some(&human))),
+            json!({"region": "eu", "limit": 5, "plan": "basic"})
+        );
+        assert_eq!(
+            spec.summarize(
+                &json!({"order": "o1", "items": [1, 2]}),
+                &json!({"amount": 5})
+            ),
+            "paid 5 on o1 (2 items, ?)"
+        );
         assert_eq!(spec.amount(&json!({"amount": 5})), Ok(None));
         spec.amount_arg = Some("amount".into());
         assert_eq!(spec.amount(&json!({"amount": 5})), Ok(Some(5)));

@@ -1,12 +1,11 @@
 //! Loading a policy directory into an immutable [`PolicyBundle`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
-    RestrictedExpression, Schema,
+    Authorizer, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -82,6 +81,10 @@ pub(crate) struct RawTool {
     pub amount_arg: Option<String>,
     #[serde(default)]
     pub resource_attrs: std::collections::BTreeMap<String, crate::ArgAttr>,
+    #[serde(default)]
+    pub summary: Option<String>,
+    #[serde(default)]
+    pub hook_assumes: std::collections::BTreeMap<String, Value>,
 }
 
 impl RawTool {
@@ -99,6 +102,8 @@ impl RawTool {
             operation: self.operation.clone(),
             amount_arg: self.amount_arg.clone(),
             resource_attrs: self.resource_attrs.clone(),
+            summary: self.summary.clone(),
+            hook_assumes: self.hook_assumes.clone(),
         }
     }
 }
@@ -296,23 +301,17 @@ pub(crate) fn action_uid(tool: &str) -> Result<EntityUid, String> {
     ))
 }
 
-fn set_of(items: &[String]) -> RestrictedExpression {
-    RestrictedExpression::new_set(items.iter().cloned().map(RestrictedExpression::new_string))
-}
-
-fn human_entity(h: &Human) -> Result<(EntityUid, Entity), String> {
+/// The human's entity, its attributes checked against the schema's `Human`
+/// type (types, required attributes, no undeclared ones).
+fn human_entity(h: &Human, schema: &Schema) -> Result<(EntityUid, Entity), String> {
     let uid = EntityUid::from_type_name_and_id(type_name("Human")?, EntityId::new(&h.id));
-    let attrs = HashMap::from([
-        (
-            "rep_limit".to_string(),
-            RestrictedExpression::new_long(h.rep_limit),
-        ),
-        ("allowed_regions".to_string(), set_of(&h.allowed_regions)),
-        ("grantable_plans".to_string(), set_of(&h.grantable_plans)),
-        ("roles".to_string(), set_of(&h.roles)),
-    ]);
-    let entity = Entity::new(uid.clone(), attrs, HashSet::new())
-        .map_err(|e| format!("cannot build entity: {e}"))?;
+    let json = serde_json::json!({
+        "uid": { "type": "Human", "id": h.id },
+        "attrs": h.attrs,
+        "parents": [],
+    });
+    let entity = Entity::from_json_value(json, Some(schema))
+        .map_err(|e| format!("does not match the schema's Human: {e}"))?;
     Ok((uid, entity))
 }
 
@@ -433,7 +432,7 @@ impl PolicyBundle {
 
         let mut humans = HashMap::new();
         for h in &sources.humans {
-            let (uid, entity) = human_entity(h)
+            let (uid, entity) = human_entity(h, &sources.schema)
                 .map_err(|m| Problem::new(format!("{}: human `{}`", files::HUMANS, h.id), m))?;
             humans.insert(
                 h.id.clone(),

@@ -140,9 +140,9 @@ fn shipped_policies_pass_the_check() {
         ]
     );
     let alice = b.human("alice").unwrap();
-    assert_eq!(alice.rep_limit, 5000);
-    assert_eq!(alice.allowed_regions, ["eu"]);
-    assert_eq!(b.human("carol").unwrap().rep_limit, 100000);
+    assert_eq!(alice.int("rep_limit"), Some(5000));
+    assert_eq!(alice.strings("allowed_regions"), ["eu"]);
+    assert_eq!(b.human("carol").unwrap().int("rep_limit"), Some(100000));
     assert!(b.human("mallory").is_none());
     assert_eq!(b.tool("issue_refund").unwrap().resource, "Order");
     assert!(b.tool("issue_refund").unwrap().destructive);
@@ -1009,6 +1009,30 @@ fn load_errors_name_the_file() {
             "humans.toml: human `bob`: rep_limit must not be negative"
         ]
     );
+
+    // A human's attributes are the schema's: a wrong type, or one it does
+    // not declare, names the human.
+    for (tag, extra) in [
+        ("human-type", "rep_limit = \"lots\""),
+        ("human-undeclared", "rep_limit = 1\nshoe_size = 44"),
+        ("human-missing", ""),
+    ] {
+        let dir = temp_copy(tag);
+        append(
+            &dir,
+            "humans.toml",
+            &format!(
+                "\n[[human]]\nid = \"zed\"\nname = \"Zed\"\nallowed_regions = []\ngrantable_plans = []\nroles = []\n{extra}\n"
+            ),
+        );
+        let got = problems(&dir);
+        assert!(
+            got.iter()
+                .any(|p| p
+                    .starts_with("humans.toml: human `zed`: does not match the schema's Human")),
+            "{tag}: {got:?}"
+        );
+    }
 }
 
 // ------------------------------------------------------------------ reload
