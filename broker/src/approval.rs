@@ -431,14 +431,14 @@ impl Broker {
             }
         };
         // An earlier redemption that did not finish may have had its side
-        // effect: the example's ledger refuses a grant twice, but nothing
-        // says a team's upstream does, so its call is never sent again.
-        let upstream_tool = self
+        // effect: it runs again only where the upstream declares it refuses
+        // a grant twice (the example's ledger does); otherwise never.
+        let resumable = self
             .policy
             .current()
             .tool(tool)
-            .is_some_and(|t| t.upstream.is_some());
-        if takeover && upstream_tool {
+            .is_some_and(|t| self.backend.resumable(t));
+        if takeover && !resumable {
             return self
                 .refuse_grant(
                     claims,

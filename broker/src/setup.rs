@@ -73,6 +73,7 @@ method = "POST"
 path = "/v1/refunds"
 body = { order_id = "$args.order_id", amount_cents = "$args.amount", idempotency_key = "$args.idempotency_key", actor = "$actor" }
 error_message = "/error/message"
+resumable = true            # the ledger refuses a second use of a grant
 
 [[upstream.operation]]
 name = "change_plan"
@@ -80,6 +81,7 @@ method = "POST"
 path = "/v1/plan-changes"
 body = { account_id = "$args.account_id", new_plan = "$args.new_plan", actor = "$actor" }
 error_message = "/error/message"
+resumable = true
 "#;
 
 /// The file the billing API key is issued into by default.

@@ -213,6 +213,13 @@ impl Upstream for Http {
             self.request(op, args, actor).await.map(Output::Json)
         })
     }
+
+    fn resumable(&self, operation: &str) -> bool {
+        self.spec
+            .operations
+            .get(operation)
+            .is_some_and(|op| op.resumable)
+    }
 }
 
 /// Checks a path template: from `/`, no query or fragment, no empty, `.`

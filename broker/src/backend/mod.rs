@@ -121,6 +121,12 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
         args: &'a Value,
         actor: &'a Actor<'a>,
     ) -> BoxFuture<'a, Result<Output, BackendError>>;
+
+    /// Whether an approved call of `operation` whose first run did not
+    /// finish may be sent again (the upstream refuses a grant twice).
+    fn resumable(&self, _operation: &str) -> bool {
+        false
+    }
 }
 
 /// Who is acting, passed with every write.
@@ -191,6 +197,19 @@ impl Backend {
             self.upstreams.insert(u.name().to_owned(), u);
         }
         self
+    }
+
+    /// Whether an approved call of `spec` whose first run did not finish
+    /// may run again: a built-in adapter's always (the example's ledger
+    /// refuses a grant twice), an upstream's only if it declares so.
+    pub fn resumable(&self, spec: &zt_policies::ToolSpec) -> bool {
+        match &spec.upstream {
+            None => true,
+            Some(name) => self
+                .upstreams
+                .get(name)
+                .is_some_and(|u| u.resumable(spec.operation())),
+        }
     }
 
     /// Whether an upstream of that name is declared.

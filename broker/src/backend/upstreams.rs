@@ -148,6 +148,11 @@ pub struct OperationDecl {
     /// A JSON pointer to a message in a 4xx response that is safe to show
     /// the model (made one bounded printable line).
     pub error_message: Option<String>,
+    /// The API refuses a second use of one grant (it records the grant id
+    /// it is sent in `$actor.grant_id`), so an approved call whose first
+    /// run did not finish may be sent again. Default `false`: never.
+    #[serde(default)]
+    pub resumable: bool,
 }
 
 /// `kind = "mcp"`: `command` (stdio) or `url` (Streamable HTTP).
