@@ -13,8 +13,6 @@
 //! safe business refusal (the declared message, made one bounded line);
 //! 5xx, 3xx, timeouts, unreachable → unavailable.
 
-use std::time::Duration;
-
 use futures::future::BoxFuture;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value, json};
@@ -64,17 +62,7 @@ impl Http {
         } else {
             tracing::warn!(upstream = %spec.name, "no URL recorded for the upstream: its calls fail closed");
         }
-        // Idempotent: only the first install in a process takes effect.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| {
-                BackendError::Unavailable(format!("upstream {}: client: {e}", spec.name))
-            })?;
+        let client = super::upstream_client(&spec.name)?;
         Ok(Http { spec, base, client })
     }
 

@@ -78,17 +78,7 @@ impl Mcp {
                 _supervisor: tokio::spawn(supervise(spec.clone(), publish)),
             },
             McpTransport::Http { .. } => {
-                // Idempotent: only the first install in a process takes effect.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let http = reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .connect_timeout(Duration::from_secs(10))
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .tcp_nodelay(true)
-                    .build()
-                    .map_err(|e| {
-                        BackendError::Unavailable(format!("upstream {}: client: {e}", spec.name))
-                    })?;
+                let http = super::upstream_client(&spec.name)?;
                 Link::Http {
                     http,
                     session: Mutex::new(None),

@@ -64,6 +64,20 @@ pub(crate) fn loopback_http(url: &str) -> bool {
     matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
+/// The HTTP client of an upstream: pooled, rustls, no redirects, bounded
+/// connects, TCP_NODELAY.
+pub(crate) fn upstream_client(name: &str) -> Result<reqwest::Client, BackendError> {
+    // Idempotent: only the first install in a process takes effect.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| BackendError::Unavailable(format!("upstream {name}: client: {e}")))
+}
+
 /// Longest message from a backend passed on to the model.
 const MAX_MESSAGE: usize = 200;
 

@@ -354,16 +354,29 @@ pub fn parse(text: &str, private_dir: &Path) -> Result<Vec<Spec>, ConfigError> {
     Ok(out)
 }
 
-fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
-    let mut unusable = None;
-    let timeout = Duration::from_secs(m.timeout_secs.unwrap_or(30));
+/// An upstream's per-call timeout (default `default_secs`, at most 10
+/// minutes) and size cap (default 1 MiB, at most 64 MiB).
+fn bounds(
+    timeout_secs: Option<u64>,
+    default_secs: u64,
+    max_bytes: Option<usize>,
+    bytes_field: &str,
+) -> Result<(Duration, usize), String> {
+    let timeout = Duration::from_secs(timeout_secs.unwrap_or(default_secs));
     if timeout.is_zero() || timeout > Duration::from_secs(600) {
         return Err("timeout_secs must be 1..=600".into());
     }
-    let max_result_bytes = m.max_result_bytes.unwrap_or(1024 * 1024);
-    if max_result_bytes == 0 || max_result_bytes > 64 * 1024 * 1024 {
-        return Err("max_result_bytes must be 1..=67108864".into());
+    let max = max_bytes.unwrap_or(1024 * 1024);
+    if max == 0 || max > 64 * 1024 * 1024 {
+        return Err(format!("{bytes_field} must be 1..=67108864"));
     }
+    Ok((timeout, max))
+}
+
+fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
+    let mut unusable = None;
+    let (timeout, max_result_bytes) =
+        bounds(m.timeout_secs, 30, m.max_result_bytes, "max_result_bytes")?;
     let transport = match (m.command, m.url) {
         (Some(command), None) => {
             if m.credential.is_some() {
@@ -461,14 +474,12 @@ fn credential(
 
 fn http(h: HttpDecl, private_dir: &Path) -> Result<HttpSpec, String> {
     let mut unusable = None;
-    let timeout = Duration::from_secs(h.timeout_secs.unwrap_or(10));
-    if timeout.is_zero() || timeout > Duration::from_secs(600) {
-        return Err("timeout_secs must be 1..=600".into());
-    }
-    let max_response_bytes = h.max_response_bytes.unwrap_or(1024 * 1024);
-    if max_response_bytes == 0 || max_response_bytes > 64 * 1024 * 1024 {
-        return Err("max_response_bytes must be 1..=67108864".into());
-    }
+    let (timeout, max_response_bytes) = bounds(
+        h.timeout_secs,
+        10,
+        h.max_response_bytes,
+        "max_response_bytes",
+    )?;
     let base = match (h.url, h.endpoint) {
         (Some(url), None) => {
             let url = url.trim_end_matches('/').to_owned();
