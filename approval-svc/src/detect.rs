@@ -11,10 +11,12 @@
 //!
 //! - `denial_spike`: calls the broker denied;
 //! - `escalation_flood`: calls escalated to a human;
-//! - `near_cap_refunds`: refunds that ran (allowed, constrained or approved)
-//!   whose amount lies within `band_percent` under the human's refund limit
-//!   (`rep_limit` in `humans.toml`), the pattern of an agent splitting a
-//!   large refund into pieces that each just pass.
+//! - `near_limit`: calls that ran (allowed, constrained or approved) and
+//!   moved an amount (the argument the registry declares as the tool's
+//!   `amount_arg`) within `band_percent` under the human's limit (the
+//!   integer attribute of `humans.toml` the rule names as `limit_attr`),
+//!   the pattern of an agent splitting a large payment into pieces that
+//!   each just pass. (`near_cap_refunds` is its former name.)
 //!
 //! A subject that raised an alert stays quiet for the rule's cooldown, so a
 //! burst raises one alert; one event raises at most one alert per rule, and
@@ -42,9 +44,15 @@ pub const MAX_SECS: u64 = 30 * 24 * 3600;
 pub const MAX_SUBJECTS: usize = 10_000;
 /// How often (in event time) subjects that went quiet are dropped.
 const SWEEP_EVERY_MS: i64 = 10_000;
-/// The tool whose calls `near_cap_refunds` counts, and its amount argument.
-pub const REFUND_TOOL: &str = "issue_refund";
-const AMOUNT_ARG: &str = "amount";
+/// What rules know of the registry and the directory of humans, from the
+/// policy directory (reloaded when it changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// Each money-moving tool's amount argument (`amount_arg`).
+    pub amount_args: HashMap<String, String>,
+    /// For each attribute a rule names as `limit_attr`: each human's value.
+    pub limits: HashMap<String, HashMap<String, i64>>,
+}
 
 /// Why a rule file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +76,9 @@ pub enum RulesError {
 pub enum RuleKind {
     /// Calls the broker denied (`deny`).
     DenialSpike,
-    /// Refunds that ran with an amount just under the human's limit.
-    NearCapRefunds,
+    /// Calls that moved an amount just under the human's limit.
+    #[serde(alias = "near_cap_refunds")]
+    NearLimit,
     /// Calls escalated to a human (`escalate`).
     EscalationFlood,
 }
@@ -79,7 +88,7 @@ impl RuleKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RuleKind::DenialSpike => "denial_spike",
-            RuleKind::NearCapRefunds => "near_cap_refunds",
+            RuleKind::NearLimit => "near_limit",
             RuleKind::EscalationFlood => "escalation_flood",
         }
     }
@@ -164,10 +173,17 @@ pub struct Rule {
     pub window_secs: u64,
     /// Quiet period of a subject after its alert, in seconds.
     pub cooldown_secs: u64,
-    /// `near_cap_refunds` only: how far under the limit, in percent of it,
-    /// an amount counts as near it.
+    /// `near_limit` only: how far under the limit, in percent of it, an
+    /// amount counts as near it.
     #[serde(default)]
     pub band_percent: Option<u32>,
+    /// `near_limit` only: the humans' integer attribute holding the limit.
+    #[serde(default)]
+    pub limit_attr: Option<String>,
+    /// `near_limit` only: the tools counted (default: every tool with an
+    /// `amount_arg`).
+    #[serde(default)]
+    pub tools: Vec<String>,
 }
 
 /// A rule file.
@@ -188,9 +204,16 @@ impl Rules {
         Ok(rules)
     }
 
-    /// True when a rule needs the humans' refund limits.
-    pub fn need_caps(&self) -> bool {
-        self.rule.iter().any(|r| r.kind == RuleKind::NearCapRefunds)
+    /// The humans' attributes rules read as limits.
+    pub fn limit_attrs(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .rule
+            .iter()
+            .filter_map(|r| r.limit_attr.as_deref())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     fn check(&self) -> Result<(), RulesError> {
@@ -234,20 +257,43 @@ impl Rules {
                 return Err(invalid(format!("cooldown_secs must be at most {MAX_SECS}")));
             }
             match (r.kind, r.band_percent) {
-                (RuleKind::NearCapRefunds, Some(b)) if (1..=100).contains(&b) => {}
-                (RuleKind::NearCapRefunds, Some(_)) => {
+                (RuleKind::NearLimit, Some(b)) if (1..=100).contains(&b) => {}
+                (RuleKind::NearLimit, Some(_)) => {
                     return Err(invalid("band_percent must be between 1 and 100".into()));
                 }
-                (RuleKind::NearCapRefunds, None) => {
-                    return Err(invalid("near_cap_refunds needs band_percent".into()));
+                (RuleKind::NearLimit, None) => {
+                    return Err(invalid("near_limit needs band_percent".into()));
                 }
                 (kind, Some(_)) => {
                     return Err(invalid(format!(
-                        "band_percent is for near_cap_refunds, not {}",
+                        "band_percent is for near_limit, not {}",
                         kind.as_str()
                     )));
                 }
                 (_, None) => {}
+            }
+            match (r.kind, &r.limit_attr) {
+                (RuleKind::NearLimit, Some(a))
+                    if !a.is_empty()
+                        && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {}
+                (RuleKind::NearLimit, _) => {
+                    return Err(invalid(
+                        "near_limit needs limit_attr: the humans' integer attribute holding the limit (in humans.toml)".into(),
+                    ));
+                }
+                (kind, Some(_)) => {
+                    return Err(invalid(format!(
+                        "limit_attr is for near_limit, not {}",
+                        kind.as_str()
+                    )));
+                }
+                (_, None) => {}
+            }
+            if r.kind != RuleKind::NearLimit && !r.tools.is_empty() {
+                return Err(invalid(format!(
+                    "tools is for near_limit, not {}",
+                    r.kind.as_str()
+                )));
             }
         }
         Ok(())
@@ -329,12 +375,11 @@ struct Watch {
 
 /// The detector: rules plus what they have seen. Cheap per event: a few
 /// hash lookups per rule; a refund's arguments are parsed only when a
-/// `near_cap_refunds` rule looks at it.
+/// `near_limit` rule looks at it.
 #[derive(Debug)]
 pub struct Detector {
     watches: Vec<Watch>,
-    /// Refund limit per human, in cents.
-    caps: HashMap<String, i64>,
+    facts: Facts,
     tracked: usize,
     next_sweep_ms: i64,
 }
@@ -344,8 +389,9 @@ fn secs_to_ms(secs: u64) -> i64 {
 }
 
 impl Detector {
-    /// A detector for `rules`, with each human's refund limit in cents.
-    pub fn new(rules: Rules, caps: HashMap<String, i64>) -> Detector {
+    /// A detector for `rules`, with what they need from the policy
+    /// directory.
+    pub fn new(rules: Rules, facts: Facts) -> Detector {
         let watches = rules
             .rule
             .into_iter()
@@ -358,15 +404,20 @@ impl Detector {
             .collect();
         Detector {
             watches,
-            caps,
+            facts,
             tracked: 0,
             next_sweep_ms: i64::MIN,
         }
     }
 
-    /// Replaces the humans' refund limits (after `humans.toml` changed).
-    pub fn set_caps(&mut self, caps: HashMap<String, i64>) {
-        self.caps = caps;
+    /// What the rules know of the policy directory.
+    pub fn facts(&self) -> &Facts {
+        &self.facts
+    }
+
+    /// Replaces the facts (after the policy directory changed).
+    pub fn set_facts(&mut self, facts: Facts) {
+        self.facts = facts;
     }
 
     /// Subjects currently tracked, over all rules.
@@ -386,7 +437,7 @@ impl Detector {
         }
         let mut alerts = Vec::new();
         for w in &mut self.watches {
-            if !matches(&w.rule, event, &self.caps) {
+            if !matches(&w.rule, event, &self.facts) {
                 continue;
             }
             let threshold = usize::try_from(w.rule.threshold).unwrap_or(usize::MAX);
@@ -478,22 +529,31 @@ impl Detector {
 }
 
 /// Whether `rule` counts `event`.
-fn matches(rule: &Rule, event: &Event, caps: &HashMap<String, i64>) -> bool {
+fn matches(rule: &Rule, event: &Event, facts: &Facts) -> bool {
     match rule.kind {
         RuleKind::DenialSpike => event.decision == "deny",
         RuleKind::EscalationFlood => matches!(event.decision.as_str(), "escalate" | "escalated"),
-        RuleKind::NearCapRefunds => {
-            event.tool == REFUND_TOOL
+        RuleKind::NearLimit => {
+            (rule.tools.is_empty() || rule.tools.contains(&event.tool))
                 && matches!(event.decision.as_str(), "allow" | "constrain" | "executed")
-                && near_cap(event, caps, rule.band_percent.unwrap_or(0))
+                && near_limit(rule, event, facts)
         }
     }
 }
 
-/// Whether the refund's amount is within `band_percent` under its human's
+/// Whether the call's amount is within `band_percent` under its human's
 /// limit: `limit × (100 − band) / 100 ≤ amount ≤ limit`.
-fn near_cap(event: &Event, caps: &HashMap<String, i64>, band_percent: u32) -> bool {
-    let Some(&cap) = caps.get(&event.human) else {
+fn near_limit(rule: &Rule, event: &Event, facts: &Facts) -> bool {
+    let band_percent = rule.band_percent.unwrap_or(0);
+    let Some(arg) = facts.amount_args.get(&event.tool) else {
+        return false;
+    };
+    let Some(&cap) = rule
+        .limit_attr
+        .as_ref()
+        .and_then(|a| facts.limits.get(a))
+        .and_then(|l| l.get(&event.human))
+    else {
         return false;
     };
     if cap <= 0 {
@@ -501,7 +561,7 @@ fn near_cap(event: &Event, caps: &HashMap<String, i64>, band_percent: u32) -> bo
     }
     let Some(amount) = serde_json::from_str::<Value>(&event.args_json)
         .ok()
-        .and_then(|args| args.get(AMOUNT_ARG).and_then(Value::as_i64))
+        .and_then(|args| args.get(arg).and_then(Value::as_i64))
     else {
         return false;
     };
@@ -515,9 +575,14 @@ fn alert(rule: &Rule, by: By, count: usize, at_ms: i64, event: &Event) -> Alert 
     let what = match rule.kind {
         RuleKind::DenialSpike => "denials".to_owned(),
         RuleKind::EscalationFlood => "escalations".to_owned(),
-        RuleKind::NearCapRefunds => format!(
-            "refunds within {}% under the refund limit",
-            rule.band_percent.unwrap_or(0)
+        RuleKind::NearLimit => format!(
+            "{} within {}% under their {}",
+            match rule.tools.as_slice() {
+                [one] => format!("{one} calls"),
+                _ => "payments".to_owned(),
+            },
+            rule.band_percent.unwrap_or(0),
+            rule.limit_attr.as_deref().unwrap_or("limit"),
         ),
     };
     let summary = format!(
@@ -572,10 +637,22 @@ mod tests {
         Rules::from_toml(text).expect("shipped rules are valid")
     }
 
-    fn caps() -> HashMap<String, i64> {
-        // As in the shipped humans.toml.
-        HashMap::from([("alice".into(), 5_000), ("bob".into(), 20_000)])
+    /// As in the shipped registry and humans.toml.
+    fn caps() -> Facts {
+        facts(HashMap::from([
+            ("alice".into(), 5_000),
+            ("bob".into(), 20_000),
+        ]))
     }
+
+    fn facts(limits: HashMap<String, i64>) -> Facts {
+        Facts {
+            amount_args: HashMap::from([(REFUND_TOOL.to_owned(), "amount".to_owned())]),
+            limits: HashMap::from([("rep_limit".to_owned(), limits)]),
+        }
+    }
+
+    const REFUND_TOOL: &str = "issue_refund";
 
     fn detector() -> Detector {
         Detector::new(shipped(), caps())
@@ -616,7 +693,7 @@ mod tests {
             ids,
             ["denial-spike", "near-cap-refunds", "escalation-flood"]
         );
-        assert!(rules.need_caps());
+        assert_eq!(rules.limit_attrs(), ["rep_limit"]);
     }
 
     #[test]
@@ -827,7 +904,7 @@ mod tests {
         assert_eq!(a.at_ms, T0 + 300 * SEC);
         assert_eq!(
             a.summary,
-            "high near-cap-refunds: session sess_r had 3 refunds within 10% under the refund limit within 1h"
+            "high near-cap-refunds: session sess_r had 3 issue_refund calls within 10% under their rep_limit within 1h"
         );
     }
 
@@ -856,6 +933,17 @@ mod tests {
         let mut d = detector();
         let mut no_amount = refund("s", "alice", "allow", 4_900);
         no_amount.args_json = "not json".into();
+        // A tool the registry declares no amount for moves no money, whatever
+        // its arguments are called.
+        let mut other = refund("s", "alice", "allow", 4_900);
+        other.tool = "list_orders".into();
+        assert!(
+            feed(
+                &mut d,
+                &[(0, other.clone()), (1, other.clone()), (2, other)]
+            )
+            .is_empty()
+        );
         let events = [
             (0, refund("s", "mallory", "allow", 4_900)),
             (1, refund("s", "mallory", "allow", 4_900)),
@@ -866,7 +954,7 @@ mod tests {
         ];
         assert!(feed(&mut d, &events).is_empty());
         // A changed limit applies from the next refund on.
-        d.set_caps(HashMap::from([("mallory".into(), 5_000)]));
+        d.set_facts(facts(HashMap::from([("mallory".into(), 5_000)])));
         let more = [
             (10, refund("s2", "mallory", "allow", 4_900)),
             (11, refund("s2", "mallory", "allow", 4_900)),
@@ -963,9 +1051,19 @@ mod tests {
         };
         assert!(Rules::from_toml(&rule("")).is_ok());
         for (text, want) in [
+            (rule("band_percent = 10"), "band_percent is for near_limit"),
             (
-                rule("band_percent = 10"),
-                "band_percent is for near_cap_refunds",
+                rule("limit_attr = \"rep_limit\""),
+                "limit_attr is for near_limit",
+            ),
+            (
+                rule("band_percent = 10").replace("denial_spike", "near_limit"),
+                "near_limit needs limit_attr",
+            ),
+            (
+                rule("band_percent = 10\nlimit_attr = \"a b\"")
+                    .replace("denial_spike", "near_limit"),
+                "near_limit needs limit_attr",
             ),
             (
                 rule("").replace("threshold = 3", "threshold = 0"),

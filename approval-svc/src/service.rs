@@ -1,7 +1,6 @@
 //! The gRPC service: escalations in, decisions and grants out, events to
 //! every watching console.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -101,7 +100,8 @@ struct State {
     detector: Mutex<Detector>,
     /// Whether a rule needs the humans' refund limits (then they follow
     /// `humans.toml`).
-    detector_needs_caps: bool,
+    /// The humans' attributes detection rules read as limits.
+    limit_attrs: Vec<String>,
     /// Keys of this stack's token issuer (current and retired): operators, launchers, sessions.
     operator_keys: PinnedKeys,
     /// The brokers' service keys.
@@ -200,12 +200,8 @@ impl Service {
             "approval rules"
         );
         let rules = load_detections(&layout.policies())?;
-        let detector_needs_caps = rules.need_caps();
-        let caps = if detector_needs_caps {
-            refund_limits(&layout.policies())?
-        } else {
-            HashMap::new()
-        };
+        let limit_attrs: Vec<String> = rules.limit_attrs().into_iter().map(str::to_owned).collect();
+        let facts = policy_facts(&layout.policies(), &limit_attrs)?;
         let state = State {
             broker_keys: PinnedKeys::on_first_sight(&layout, "broker-service", &trust),
             stack,
@@ -214,8 +210,8 @@ impl Service {
             db,
             audit,
             hub: Hub::new(),
-            detector: Mutex::new(Detector::new(rules, caps)),
-            detector_needs_caps,
+            detector: Mutex::new(Detector::new(rules, facts)),
+            limit_attrs,
             operator_keys,
             changed: watch::channel(0).0,
             rules: approval_rules,
@@ -416,31 +412,39 @@ impl Service {
         self.0.hub.publish(alert_event(&alert));
     }
 
-    /// Follows `humans.toml`: when it changes, the detection rules get the
-    /// new refund limits; a file that does not load keeps the previous ones.
-    async fn follow_refund_limits(self) {
+    /// Follows `humans.toml` and `tools.toml`: when either changes, the
+    /// detection rules and the amount check get the new limits and amount
+    /// arguments; a directory that does not load keeps the previous ones.
+    async fn follow_policy_facts(self) {
         let dir = self.0.layout.policies();
-        let humans = dir.join(zt_policies::files::HUMANS);
-        let mut seen = modified(&humans);
+        let files = [
+            dir.join(zt_policies::files::HUMANS),
+            dir.join(zt_policies::files::TOOLS),
+        ];
+        let stamp = || files.iter().map(|f| modified(f)).collect::<Vec<_>>();
+        let mut seen = stamp();
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tick.tick().await;
-            let now = modified(&humans);
+            let now = stamp();
             if now == seen {
                 continue;
             }
             seen = now;
             let from = dir.clone();
-            match tokio::task::spawn_blocking(move || refund_limits(&from)).await {
-                Ok(Ok(caps)) => {
-                    lock(&self.0.detector).set_caps(caps);
-                    tracing::info!("detection rules use the new refund limits");
+            let attrs = self.0.limit_attrs.clone();
+            match tokio::task::spawn_blocking(move || policy_facts(&from, &attrs)).await {
+                Ok(Ok(facts)) => {
+                    lock(&self.0.detector).set_facts(facts);
+                    tracing::info!(
+                        "detection rules and amount checks use the new policy directory"
+                    );
                 }
                 Ok(Err(e)) => tracing::warn!(
                     error = %format!("{e:#}"),
-                    "detection rules keep the previous refund limits"
+                    "detection rules keep the previous limits and amount arguments"
                 ),
-                Err(e) => tracing::warn!(error = %e, "reloading refund limits failed"),
+                Err(e) => tracing::warn!(error = %e, "reloading the policy directory failed"),
             }
         }
     }
@@ -638,19 +642,33 @@ pub fn load_approval_rules(dir: &Path) -> anyhow::Result<ApprovalRules> {
         .with_context(|| format!("{}: invalid approval rules", path.display()))
 }
 
-/// Each human's refund limit in cents (`rep_limit` in `humans.toml`), read
-/// through the policy engine so the directory means what it means there.
-fn refund_limits(dir: &Path) -> anyhow::Result<HashMap<String, i64>> {
+/// What detection rules and the amount check need from the policy
+/// directory: each money-moving tool's amount argument, and each human's
+/// value of every attribute a rule reads as a limit; read through the
+/// policy engine so the directory means what it means there.
+fn policy_facts(dir: &Path, limit_attrs: &[String]) -> anyhow::Result<crate::detect::Facts> {
     let bundle = zt_policies::PolicyBundle::load(dir).with_context(|| {
         format!(
-            "loading the humans' refund limits for detection rules from {}",
+            "loading the registry and the humans' limits from {}",
             dir.display()
         )
     })?;
-    Ok(bundle
-        .humans()
-        .filter_map(|h| Some((h.id.clone(), h.int("rep_limit")?)))
-        .collect())
+    Ok(crate::detect::Facts {
+        amount_args: bundle
+            .tools()
+            .filter_map(|t| Some((t.name.clone(), t.amount_arg.clone()?)))
+            .collect(),
+        limits: limit_attrs
+            .iter()
+            .map(|attr| {
+                let per_human = bundle
+                    .humans()
+                    .filter_map(|h| Some((h.id.clone(), h.int(attr)?)))
+                    .collect();
+                (attr.clone(), per_human)
+            })
+            .collect(),
+    })
 }
 
 /// An alert as an audit entry: the rule in `rules`, the subject in
@@ -739,6 +757,29 @@ impl Approval for Service {
             return Err(Status::invalid_argument(
                 "tool, session_id and human are required",
             ));
+        }
+        // The amount drives the approvers' limits and the quorum: derive it
+        // from the arguments the grant will bind, as the registry says, and
+        // refuse a request whose stated amount differs.
+        let amount_arg = lock(&self.0.detector)
+            .facts()
+            .amount_args
+            .get(&req.tool)
+            .cloned();
+        let derived = match &amount_arg {
+            Some(arg) => args
+                .get(arg)
+                .and_then(serde_json::Value::as_i64)
+                .filter(|a| *a >= 0),
+            None => Some(0),
+        };
+        if derived != Some(req.amount_cents) {
+            return Err(Status::invalid_argument(match amount_arg {
+                Some(arg) => format!(
+                    "amount_cents must be the call's `{arg}` argument, a non-negative integer"
+                ),
+                None => format!("`{}` moves no money, so amount_cents must be 0", req.tool),
+            }));
         }
         self.expire_due().await?;
         // A revoked session's requests are cancelled; it makes no new ones
@@ -1458,9 +1499,7 @@ pub async fn serve(
         }
     });
 
-    if service.0.detector_needs_caps {
-        tokio::spawn(service.clone().follow_refund_limits());
-    }
+    tokio::spawn(service.clone().follow_policy_facts());
     if let zt_proto::db::Db::Postgres(pool) = &service.0.db {
         replicate_events(service.clone(), pool.clone()).await?;
     }

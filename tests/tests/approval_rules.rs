@@ -771,7 +771,7 @@ async fn a_half_approved_request_still_expires_without_a_grant() {
 /// escalated (here straight over gRPC, as the broker would) gets the flag's
 /// lifetime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_request_ttl_flag_overrides_the_rules_file() {
+async fn a_direct_escalation_gets_the_flags_ttl_and_cannot_understate_its_amount() {
     let dir = temp_dir("approval-ttl-flag");
     let d = dir.to_string_lossy().into_owned();
     run_ok("zt-approval", &["init", "--data-dir", &d]);
@@ -831,11 +831,61 @@ async fn the_request_ttl_flag_overrides_the_rules_file() {
         }))
         .await
         .map(tonic::Response::into_inner);
+    // A caller holding the broker's key cannot understate the amount to
+    // slip under an approver's limit or the quorum: the service derives it
+    // from the arguments the grant binds, through the registry.
+    let mut understated = Vec::new();
+    for (tool, args, amount_cents) in [
+        (
+            "issue_refund",
+            json!({"order_id": "ord_1003", "amount": 80001}),
+            100,
+        ),
+        (
+            "issue_refund",
+            json!({"order_id": "ord_1003", "amount": 80002}),
+            0,
+        ),
+        (
+            "change_plan",
+            json!({"account_id": "acct_1001", "new_plan": "premium"}),
+            5,
+        ),
+    ] {
+        let refused = broker
+            .client()
+            .escalate(broker.req(EscalateRequest {
+                tool: tool.into(),
+                args_json: args.to_string(),
+                args_hash: zt_proto::canonical::args_hash(tool, &args).expect("hash"),
+                session_id: "sess_flag".into(),
+                human: "alice".into(),
+                actors: vec!["agent:flag".into()],
+                amount_cents,
+                ..EscalateRequest::default()
+            }))
+            .await;
+        understated.push(
+            refused
+                .map(|_| ())
+                .map_err(|s| (s.code(), s.message().to_owned())),
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     let req = escalated.expect("escalated");
     assert_eq!(req.expires_at_ms - req.created_at_ms, 2_000, "{req:?}");
+    for (i, outcome) in understated.into_iter().enumerate() {
+        let (code, message) = outcome.expect_err("an amount other than the call's was accepted");
+        assert_eq!(code, tonic::Code::InvalidArgument, "#{i}: {message}");
+        let expected = if i < 2 {
+            "`amount` argument"
+        } else {
+            "moves no money"
+        };
+        assert!(message.contains(expected), "#{i}: {message}");
+    }
     assert_eq!(req.approvals_required, 2);
 }
 
