@@ -11,10 +11,8 @@
 //! refuses a second use of the same grant, so a takeover cannot run a
 //! side effect twice.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use rmcp::model::CallToolResult;
 use serde_json::{Value, json};
 use zt_policies::{Decision, DecisionRequest, Effect};
@@ -37,8 +35,7 @@ pub const TAKEOVER_AFTER: Duration = Duration::from_secs(30);
 /// How often the client hears that a call is still waiting for a human.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// Tells the MCP client how a long call is going: `(message, progress, total)`.
-pub type Progress = Arc<dyn Fn(String, f64, f64) -> BoxFuture<'static, ()> + Send + Sync>;
+pub use crate::backend::Progress;
 
 /// What a finished redemption left for replays.
 fn stored_result(result: &CallToolResult) -> String {
@@ -198,7 +195,7 @@ impl Broker {
                         req.id, waited, total
                     ),
                     waited,
-                    total,
+                    Some(total),
                 )
                 .await;
             }
@@ -467,7 +464,7 @@ impl Broker {
             return refused;
         }
         let result = self
-            .run(claims, tool, args, decision, Some((&grant, req)))
+            .run(claims, tool, args, decision, Some((&grant, req)), None)
             .await;
         let stored = stored_result(&result);
         let done = with_db!(&self.state, p => {
@@ -627,7 +624,7 @@ impl Broker {
                 .conclude(claims, &req.tool, &args_hash, &decision, &request, &req)
                 .await;
         }
-        let fetched = match self.fetch(&req.tool, &call_args).await {
+        let fetched = match self.fetch(claims, &req.tool, &call_args).await {
             Ok(f) => f,
             Err(r) => return self.refuse(claims, &req.tool, &call_args, r).await,
         };

@@ -255,10 +255,21 @@ impl Broker {
     /// refusal a failed lookup becomes.
     pub(crate) async fn fetch(
         &self,
+        claims: &SessionClaims,
         tool: &str,
         args: &Value,
     ) -> Result<backend::Fetched, Refusal> {
-        match self.backend.resource(tool, args).await {
+        let bundle = self.policy.current();
+        let (Some(spec), Some(id)) = (bundle.tool(tool), bundle.resource_id(tool, args)) else {
+            return Ok(backend::Fetched::default());
+        };
+        let actor = backend::Actor {
+            session: &claims.sid,
+            human: &claims.sub,
+            grant_id: None,
+            progress: None,
+        };
+        match self.backend.resource(spec, id, args, &actor).await {
             Ok(f) => Ok(f),
             Err(BackendError::NotFound(what)) => Err(Refusal::new(
                 "deny",
@@ -335,7 +346,17 @@ impl Broker {
         }
         // A retry with the same idempotency key returns the first result:
         // nothing new executes, so there is nothing new to decide.
-        match self.backend.replay(tool, &args, &claims.sub).await {
+        let actor = backend::Actor {
+            session: &claims.sid,
+            human: &claims.sub,
+            grant_id: None,
+            progress: None,
+        };
+        let replayed = match bundle.tool(tool) {
+            Some(spec) => self.backend.replay(spec, &args, &actor).await,
+            None => Ok(None),
+        };
+        match replayed {
             Ok(None) => {}
             Ok(Some(first)) => {
                 let mut rec = self.record(claims, tool, &args);
@@ -363,7 +384,7 @@ impl Broker {
                 return self.refuse(claims, tool, &args, r).await;
             }
         }
-        let fetched = match self.fetch(tool, &args).await {
+        let fetched = match self.fetch(claims, tool, &args).await {
             Ok(f) => f,
             Err(r) => return self.refuse(claims, tool, &args, r).await,
         };
@@ -388,10 +409,18 @@ impl Broker {
             Effect::Allow | Effect::Constrain => {
                 let read_only = bundle.tool(tool).is_some_and(|t| t.read_only);
                 if read_only {
-                    self.read(claims, tool, &args, &decision, fetched.snapshot)
-                        .await
+                    self.read(
+                        claims,
+                        tool,
+                        &args,
+                        &decision,
+                        fetched.snapshot,
+                        progress.as_ref(),
+                    )
+                    .await
                 } else {
-                    self.run(claims, tool, &args, &decision, None).await
+                    self.run(claims, tool, &args, &decision, None, progress.as_ref())
+                        .await
                 }
             }
             Effect::Escalate => {
@@ -412,7 +441,8 @@ impl Broker {
         tool: &str,
         original: &Value,
         decision: &Decision,
-        snapshot: Option<Value>,
+        snapshot: Option<Output>,
+        progress: Option<&Progress>,
     ) -> CallToolResult {
         let args = &decision.args;
         let effect = effect_name(decision.effect);
@@ -442,7 +472,7 @@ impl Broker {
             // The row read for the policy is the result, unless the policy
             // rewrote the arguments: both entries go in one commit.
             Some(value) if args == original => {
-                let outcome = Ok(Output::Json(value));
+                let outcome = Ok(value);
                 let done = result(&rec, &outcome);
                 let audited = self
                     .audit
@@ -457,6 +487,7 @@ impl Broker {
                     session: &claims.sid,
                     human: &claims.sub,
                     grant_id: None,
+                    progress,
                 };
                 let outcome = self.execute(tool, args, &actor).await;
                 let done = self
@@ -487,6 +518,7 @@ impl Broker {
         original: &Value,
         decision: &Decision,
         grant: Option<(&Grant, &ApprovalRequest)>,
+        progress: Option<&Progress>,
     ) -> CallToolResult {
         let args = &decision.args;
         let effect = if grant.is_some() {
@@ -517,6 +549,7 @@ impl Broker {
             session: &claims.sid,
             human: &claims.sub,
             grant_id: grant.map(|(g, _)| g.id.as_str()),
+            progress,
         };
         let outcome = self.execute(tool, args, &actor).await;
         rec.status = status_of(&outcome).into();

@@ -33,7 +33,7 @@ use zt_proto::token::{self, Expect, SessionClaims, TokenType};
 
 use crate::approval::{APPROVAL_STATUS, Progress, approval_status_schema};
 use crate::approval_client::ApprovalService;
-use crate::backend::{Backend, Records};
+use crate::backend::Backend;
 use crate::gate::{Broker, Revocations, SharedBroker};
 use crate::setup::{self, AUDIT_CHAIN};
 use zt_proto::db::Location;
@@ -108,9 +108,8 @@ impl ServerHandler for Mcp {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("zt-broker", env!("CARGO_PKG_VERSION")))
             .with_instructions(
-                "Tools of the subscription backend. Every call is authorized by policy, may be \
-                 rewritten to least privilege, may need a human's approval, and is audited. \
-                 Amounts are integer cents.",
+                "Every call of these tools is authorized by policy, may be rewritten to least \
+                 privilege, may need a human's approval, and is audited; a refusal says why.",
             )
     }
 
@@ -199,18 +198,24 @@ impl ServerHandler for Mcp {
 fn progress_of(context: &RequestContext<RoleServer>) -> Option<Progress> {
     let token = context.meta.get_progress_token()?;
     let peer = context.peer.clone();
-    Some(Arc::new(move |message: String, done: f64, total: f64| {
-        let peer = peer.clone();
-        let token = token.clone();
-        Box::pin(async move {
-            let note = ProgressNotificationParam::new(token, done)
-                .with_total(total)
-                .with_message(message);
-            if let Err(e) = peer.notify_progress(note).await {
-                tracing::debug!(error = %e, "progress notification not delivered");
-            }
-        })
-    }))
+    Some(Arc::new(
+        move |message: String, done: f64, total: Option<f64>| {
+            let peer = peer.clone();
+            let token = token.clone();
+            Box::pin(async move {
+                let mut note = ProgressNotificationParam::new(token, done);
+                if let Some(total) = total {
+                    note = note.with_total(total);
+                }
+                if !message.is_empty() {
+                    note = note.with_message(message);
+                }
+                if let Err(e) = peer.notify_progress(note).await {
+                    tracing::debug!(error = %e, "progress notification not delivered");
+                }
+            })
+        },
+    ))
 }
 
 /// Where session-token keys come from.
@@ -467,6 +472,42 @@ async fn insufficient_scope(auth: &Auth, claims: &SessionClaims, tool: &str) -> 
     resp
 }
 
+/// Logs every tool of the registry whose calls will fail closed for want of
+/// an upstream (or a read-only lookup) the broker has.
+pub(crate) fn warn_unrouted(backend: &Backend, bundle: &zt_policies::PolicyBundle) {
+    for tool in bundle.tools() {
+        let Some(name) = &tool.upstream else {
+            tracing::warn!(tool = %tool.name, "the tool names no upstream: its calls fail closed");
+            continue;
+        };
+        if !backend.has_upstream(name) {
+            tracing::warn!(
+                tool = %tool.name,
+                upstream = %name,
+                "the tool names an upstream that upstreams.toml does not declare: its calls fail closed"
+            );
+        }
+        let reads = tool
+            .lookup
+            .iter()
+            .map(|l| ("lookup", &l.upstream, &l.operation));
+        let replays = tool
+            .replay
+            .iter()
+            .map(|r| ("replay", &r.upstream, &r.operation));
+        for (what, upstream, operation) in reads.chain(replays) {
+            if !backend.read_only(upstream, operation) {
+                tracing::warn!(
+                    tool = %tool.name,
+                    upstream = %upstream,
+                    operation = %operation,
+                    "the tool's {what} is not a read-only operation of a declared upstream: its calls fail closed"
+                );
+            }
+        }
+    }
+}
+
 /// A started broker: the call path and the authenticator, before any transport.
 struct Started {
     layout: Layout,
@@ -506,9 +547,6 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         Some(url) => Location::parse(url)?,
         None => Location::File(m.config.backend_database.clone()),
     };
-    let records = Records::open(&records_at)
-        .await
-        .context("opening the backend records database")?;
     // A team's own servers, declared in the broker's private directory.
     let declared = crate::backend::upstreams::load(&layout.private("broker"))?;
     let mut upstreams: Vec<Arc<dyn crate::backend::Upstream>> = Vec::new();
@@ -516,6 +554,7 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         use crate::backend::upstreams::Spec;
         upstreams.push(match spec {
             Spec::Mcp(m) => Arc::new(crate::backend::mcp::Mcp::start(m)?),
+            Spec::Sql(q) => Arc::new(crate::backend::sql::Sql::start(q, Some(&records_at))),
             Spec::Http(h) => {
                 // The example's billing API: `--billing URL` (or the
                 // config's `billing.url`) names where it runs.
@@ -534,18 +573,8 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
             }
         });
     }
-    let backend = Backend::new(records, Vec::new()).with_upstreams(upstreams);
-    for tool in policy.current().tools() {
-        if let Some(name) = &tool.upstream
-            && !backend.has_upstream(name)
-        {
-            tracing::warn!(
-                tool = %tool.name,
-                upstream = %name,
-                "the tool names an upstream that upstreams.toml does not declare: its calls fail closed"
-            );
-        }
-    }
+    let backend = Backend::new(upstreams);
+    warn_unrouted(&backend, &policy.current());
     // SQLite files in the data directory, or one PostgreSQL database shared
     // by every replica (a schema per store).
     let (state_at, audit_at) = match opts
@@ -854,6 +883,7 @@ async fn watch_policies(broker: SharedBroker) {
         let (status, detail) = match broker.policy.reload() {
             Ok(()) => {
                 tracing::info!(dir = %dir.display(), "policy reloaded");
+                warn_unrouted(&broker.backend, &broker.policy.current());
                 ("ok", format!("policy reloaded from {}", dir.display()))
             }
             Err(e) => {

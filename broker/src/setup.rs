@@ -52,37 +52,11 @@ pub struct BillingConfig {
     pub url: Option<String>,
 }
 
-/// The broker's `upstreams.toml` as `init` writes it: the example's billing
-/// API, an `http` upstream like any team's.
-const UPSTREAMS: &str = r#"# The upstreams behind this broker: a team's own MCP servers and HTTP APIs
-# (see the README, "Your own tools behind the broker"). Connection details and
-# credentials live here, in the broker's private directory, and nowhere else.
-
-# The example backend's billing API: refunds and plan changes. It runs where it
-# records itself (DIR/run/billing.url) unless `zt-broker serve --billing URL`.
-[[upstream]]
-name = "billing"
-kind = "http"
-endpoint = "billing"
-credential = { prefix = "Bearer ", secret_file = "billing.key" }
-timeout_secs = 10
-
-[[upstream.operation]]
-name = "refund"
-method = "POST"
-path = "/v1/refunds"
-body = { order_id = "$args.order_id", amount_cents = "$args.amount", idempotency_key = "$args.idempotency_key", actor = "$actor" }
-error_message = "/error/message"
-resumable = true            # the ledger refuses a second use of a grant
-
-[[upstream.operation]]
-name = "change_plan"
-method = "POST"
-path = "/v1/plan-changes"
-body = { account_id = "$args.account_id", new_plan = "$args.new_plan", actor = "$actor" }
-error_message = "/error/message"
-resumable = true
-"#;
+/// The broker's `upstreams.toml` as `init` writes it: the example business's
+/// records (`sql`) and billing API (`http`), upstreams like any team's. It
+/// is data (`broker/data/upstreams.toml`): no example-domain name is in the
+/// broker's code.
+const UPSTREAMS: &str = include_str!("../data/upstreams.toml");
 
 /// The file the billing API key is issued into by default.
 pub fn billing_key_path(layout: &Layout) -> PathBuf {

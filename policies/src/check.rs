@@ -185,6 +185,70 @@ fn check_routing(tool: &RawTool, culprit: &str, out: &mut Vec<Problem>) {
             "summary: `{NAME}` or `{NAME|count}` placeholders, at most 200 characters",
         ));
     }
+    let pointer_ok = |p: &str| p.is_empty() || p.starts_with('/');
+    if let Some(l) = &tool.lookup {
+        if !name_ok(&l.upstream)
+            || l.operation.is_empty()
+            || l.operation.chars().any(char::is_control)
+        {
+            out.push(Problem::new(
+                culprit,
+                "lookup: `upstream` and `operation` must be short printable names",
+            ));
+        }
+        for (name, pointer) in &l.attrs {
+            if !attr_name_ok(name) || !pointer_ok(pointer) {
+                out.push(Problem::new(
+                    culprit,
+                    format!(
+                        "lookup.attrs.{name}: an attribute name mapped to a JSON pointer (`/field`)"
+                    ),
+                ));
+            }
+            if tool.resource_attrs.contains_key(name) {
+                out.push(Problem::new(
+                    culprit,
+                    format!("`{name}` is both a lookup attribute and a resource_attrs entry"),
+                ));
+            }
+        }
+    }
+    if let Some(r) = &tool.replay {
+        if !name_ok(&r.upstream)
+            || r.operation.is_empty()
+            || r.operation.chars().any(char::is_control)
+        {
+            out.push(Problem::new(
+                culprit,
+                "replay: `upstream` and `operation` must be short printable names",
+            ));
+        }
+        if ty(&r.key_arg) != Some("string") {
+            out.push(Problem::new(
+                culprit,
+                format!(
+                    "replay.key_arg `{}` must be a string property of input_schema",
+                    r.key_arg
+                ),
+            ));
+        }
+        for (arg, pointer) in &r.same {
+            if prop(arg).is_none() || !pointer_ok(pointer) {
+                out.push(Problem::new(
+                    culprit,
+                    format!(
+                        "replay.same.{arg}: a property of input_schema mapped to a JSON pointer"
+                    ),
+                ));
+            }
+        }
+    }
+    if tool.replay.is_some() && tool.read_only {
+        out.push(Problem::new(
+            culprit,
+            "replay is for tools with side effects; a read-only tool is simply read again",
+        ));
+    }
     for (name, attr) in &tool.resource_attrs {
         let wanted = match attr.derive {
             crate::Derive::Value => ty(&attr.arg).is_some(),
@@ -200,6 +264,15 @@ fn check_routing(tool: &RawTool, culprit: &str, out: &mut Vec<Problem>) {
             ));
         }
     }
+}
+
+/// A Cedar attribute name.
+fn attr_name_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn check_resource_arg(tool: &RawTool, culprit: &str, out: &mut Vec<Problem>) {

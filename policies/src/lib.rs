@@ -193,6 +193,13 @@ pub struct ToolSpec {
     /// (the first member of a set attribute).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub hook_assumes: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The read-only upstream call that fetches what the policy needs
+    /// about the call's object, before deciding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<Lookup>,
+    /// How a retry of an earlier call is recognised (idempotency keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
 }
 
 impl ToolSpec {
@@ -283,6 +290,43 @@ impl ToolSpec {
             )),
         }
     }
+}
+
+/// A read-only call to an upstream that fetches the attributes the policy
+/// needs about a call's object (`[tool.lookup]`). It is sent the call's
+/// validated arguments; a result with nothing found refuses the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lookup {
+    /// The upstream (declared in the broker's `upstreams.toml`).
+    pub upstream: String,
+    /// Its operation, which the upstream must declare read-only.
+    pub operation: String,
+    /// Cedar attribute of the resource → JSON pointer into the result. A
+    /// pointer the result does not have refuses the call (fail closed).
+    #[serde(default)]
+    pub attrs: std::collections::BTreeMap<String, String>,
+}
+
+/// How a retry of an earlier call is recognised (`[tool.replay]`): when the
+/// call carries `key_arg`, a read-only upstream call looks up the call
+/// recorded under that key for the same human; found with the same
+/// arguments, its record is returned as the result and nothing runs again;
+/// found with other arguments, the call is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replay {
+    /// The argument holding the caller's idempotency key.
+    pub key_arg: String,
+    /// The upstream that records the calls.
+    pub upstream: String,
+    /// Its read-only operation that finds one by key (`$actor.human` and
+    /// `$args.KEY_ARG` among its parameters).
+    pub operation: String,
+    /// Argument → JSON pointer into the found record: every one must be
+    /// equal for the call to be the same call.
+    #[serde(default)]
+    pub same: std::collections::BTreeMap<String, String>,
 }
 
 /// A resource attribute taken from an argument (`[tool.resource_attrs]`).
@@ -563,6 +607,8 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            lookup: None,
+            replay: None,
         };
         let human: Human = serde_json::from_value(
             json!({"id": "a", "name": "A", "regions": ["eu", "us"], "limit": 5}),

@@ -85,6 +85,10 @@ pub(crate) struct RawTool {
     pub summary: Option<String>,
     #[serde(default)]
     pub hook_assumes: std::collections::BTreeMap<String, Value>,
+    #[serde(default)]
+    pub lookup: Option<crate::Lookup>,
+    #[serde(default)]
+    pub replay: Option<crate::Replay>,
 }
 
 impl RawTool {
@@ -104,6 +108,8 @@ impl RawTool {
             resource_attrs: self.resource_attrs.clone(),
             summary: self.summary.clone(),
             hook_assumes: self.hook_assumes.clone(),
+            lookup: self.lookup.clone(),
+            replay: self.replay.clone(),
         }
     }
 }

@@ -45,16 +45,15 @@ fn append(path: &Path, text: &str) {
 /// the upstream (private), three tools, their Cedar actions and rules.
 fn add_files_upstream(dir: &Path, root: &Path) {
     let root = root.to_string_lossy();
-    std::fs::write(
-        dir.join("broker").join("upstreams.toml"),
-        format!(
+    append(
+        &dir.join("broker").join("upstreams.toml"),
+        &format!(
             "[[upstream]]\nname = \"files\"\nkind = \"mcp\"\ncommand = {node:?}\n\
              args = [{server:?}, {root:?}]\nenv = {{ NODE_ENV = \"production\" }}\ntimeout_secs = 20\n",
             node = node().to_string_lossy(),
             server = filesystem_server().to_string_lossy(),
         ),
-    )
-    .unwrap();
+    );
     let policies = dir.join("policies");
     append(
         &policies.join("tools.toml"),
@@ -397,17 +396,16 @@ async fn a_failing_upstream_fails_closed_and_the_broker_stays_healthy() {
     let calls = dir.join("faulty-calls.txt");
     let faulty = zt_tests::bin_dir().join("zt-faulty-mcp");
     assert!(faulty.is_file(), "{}", faulty.display());
-    std::fs::write(
-        dir.join("broker").join("upstreams.toml"),
-        format!(
+    append(
+        &dir.join("broker").join("upstreams.toml"),
+        &format!(
             "[[upstream]]\nname = \"faulty\"\nkind = \"mcp\"\ncommand = {faulty:?}\n\
              env = {{ ZT_FAULTY_CALLS = {calls:?} }}\ntimeout_secs = 2\nmax_result_bytes = 1048576\n\n\
              [[upstream]]\nname = \"down\"\nkind = \"mcp\"\ncommand = \"/bin/false\"\ntimeout_secs = 2\n",
             faulty = faulty.to_string_lossy(),
             calls = calls.to_string_lossy(),
         ),
-    )
-    .unwrap();
+    );
     let policies = dir.join("policies");
     let tools = [
         ("echo", "faulty", "echo", true),
@@ -569,14 +567,13 @@ async fn an_mcp_server_over_streamable_http_goes_behind_the_broker() {
         "upstream-own-secret\n",
     )
     .unwrap();
-    std::fs::write(
-        dir.join("broker").join("upstreams.toml"),
-        format!(
+    append(
+        &dir.join("broker").join("upstreams.toml"),
+        &format!(
             "[[upstream]]\nname = \"everything\"\nkind = \"mcp\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n\
              credential = {{ prefix = \"Bearer \", secret_file = \"everything.token\" }}\ntimeout_secs = 10\n"
         ),
-    )
-    .unwrap();
+    );
     let tool = |name: &str, op: &str, props: &str, required: &str| {
         format!(
             "\n[[tool]]\nname = \"{name}\"\ntitle = \"{name}\"\ndescription = \"server-everything's {op}\"\n\
@@ -609,6 +606,13 @@ async fn an_mcp_server_over_streamable_http_goes_behind_the_broker() {
             ),
             tool("tiny_image", "get-tiny-image", "", ""),
             tool(
+                "long_op",
+                "trigger-long-running-operation",
+                "[tool.input_schema.properties.duration]\ntype = \"integer\"\nminimum = 1\nmaximum = 3\n\
+                 [tool.input_schema.properties.steps]\ntype = \"integer\"\nminimum = 1\nmaximum = 5\n",
+                "\"duration\", \"steps\"",
+            ),
+            tool(
                 "weather",
                 "get-structured-content",
                 "[tool.input_schema.properties.location]\ntype = \"string\"\nenum = [\"Chicago\"]\n",
@@ -624,12 +628,14 @@ async fn an_mcp_server_over_streamable_http_goes_behind_the_broker() {
          action add appliesTo { principal: Agent, resource: Probe, context: { args: { a: Long, b: Long } } };\n\
          action add_words appliesTo { principal: Agent, resource: Probe, context: { args: { a: String, b: String } } };\n\
          action tiny_image appliesTo { principal: Agent, resource: Probe, context: { args: {} } };\n\
-         action weather appliesTo { principal: Agent, resource: Probe, context: { args: { location: String } } };\n",
+         action weather appliesTo { principal: Agent, resource: Probe, context: { args: { location: String } } };\n\
+         action long_op appliesTo { principal: Agent, resource: Probe, context: { args: { duration: Long, steps: Long } } };\n",
     );
     append(
         &policies.join("policy.cedar"),
         "\n@id(\"everything\")\npermit (principal, action in [Action::\"say\", Action::\"add\", \
-         Action::\"add_words\", Action::\"tiny_image\", Action::\"weather\"], resource is Probe);\n",
+         Action::\"add_words\", Action::\"tiny_image\", Action::\"weather\", Action::\"long_op\"], \
+         resource is Probe);\n",
     );
     let stack = Stack::up_at(&dir).expect("stack starts");
     let agent = connect(
@@ -665,6 +671,37 @@ async fn an_mcp_server_over_streamable_http_goes_behind_the_broker() {
         .await
         .unwrap();
     assert_eq!(r.is_error, Some(true), "{}", text(&r));
+
+    // The agent asks for progress: the server's progress reaches it under
+    // the agent's own token, before the result.
+    let session = stack.session_token("agent:http", "alice");
+    let request = json!({
+        "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {
+            "name": "long_op",
+            "arguments": {"duration": 1, "steps": 3},
+            "_meta": {"progressToken": "agent-token-1"}
+        }
+    })
+    .to_string();
+    let raw = zt_tests::raw_post(&stack.broker_url, Some(&session), &request).await;
+    assert_eq!(raw.status, 200, "{}", raw.body);
+    let notes = raw.body.matches("notifications/progress").count();
+    assert_eq!(notes, 3, "{}", raw.body);
+    assert_eq!(
+        raw.body
+            .matches("\"progressToken\":\"agent-token-1\"")
+            .count(),
+        3,
+        "each under the agent's own token: {}",
+        raw.body
+    );
+    let first = raw.body.find("notifications/progress").unwrap();
+    let result = raw
+        .body
+        .rfind("Long running operation completed")
+        .expect("the result");
+    assert!(result > first, "{}", raw.body);
 
     // The server goes away: a short error; it comes back: served again.
     drop(everything);
@@ -769,9 +806,9 @@ name = "notjson"
 method = "GET"
 path = "/v1/notjson"
 "#;
-    std::fs::write(
-        broker.join("upstreams.toml"),
-        format!(
+    append(
+        &broker.join("upstreams.toml"),
+        &format!(
             "[[upstream]]\nname = \"api\"\nkind = \"http\"\nurl = \"{url}\"\n\
              credential = {{ prefix = \"Bearer \", secret_file = \"api.key\" }}\n\
              timeout_secs = 2\n{operations}\n\
@@ -780,8 +817,7 @@ path = "/v1/notjson"
              [[upstream.operation]]\nname = \"get_item\"\nmethod = \"GET\"\npath = \"/v1/items/{{id}}\"\n",
             url = api.1
         ),
-    )
-    .unwrap();
+    );
     let tools = [
         ("get_item", "api", "get_item", "id"),
         ("create_item", "api", "create_item", "name"),
@@ -898,4 +934,216 @@ path = "/v1/notjson"
     ok(&call(&agent, "get_item", json!({"id": "still-here"}))
         .await
         .unwrap());
+}
+
+/// A team's own database behind the broker as a `sql` upstream: a lookup
+/// fetches the attribute the policy decides on, the read is answered by the
+/// same query, arguments are bound (an injection finds nothing), a query
+/// returning too many rows is refused, and nothing can be written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_goes_behind_the_broker_as_data() {
+    let dir = prepare_dir("upstream-sql", 1, false);
+    let broker = dir.join("broker");
+    // The team's database, written by the team (not by the broker).
+    let db_path = broker.join("crm.db");
+    {
+        let db = zt_proto::db::Db::open(
+            &zt_proto::db::Location::File(db_path.clone()),
+            "public",
+            false,
+        )
+        .await
+        .unwrap();
+        let zt_proto::db::Db::Sqlite(pool) = &db else {
+            panic!("an SQLite file");
+        };
+        for stmt in [
+            "CREATE TABLE customers (id TEXT PRIMARY KEY, region TEXT NOT NULL, tier TEXT NOT NULL, \
+             vip INTEGER NOT NULL, score REAL NOT NULL, notes TEXT)",
+            "INSERT INTO customers VALUES ('c_1', 'eu', 'gold', 1, 4.5, NULL), \
+             ('c_2', 'apac', 'silver', 0, 3.0, 'x')",
+            "CREATE TABLE visits (customer_id TEXT, at INTEGER)",
+            "INSERT INTO visits SELECT 'c_1', value FROM json_each('[1,2,3,4,5,6]')",
+        ] {
+            sqlx::query(stmt).execute(pool).await.unwrap();
+        }
+        db.close().await;
+    }
+    append(
+        &broker.join("upstreams.toml"),
+        r#"
+[[upstream]]
+name = "crm"
+kind = "sql"
+database = "crm.db"
+max_rows = 5
+
+[[upstream.query]]
+name = "customer"
+sql = "SELECT id AS customer_id, region, tier, vip, score, notes FROM customers WHERE id = $1"
+params = ["$args.customer_id"]
+not_found = "customer {customer_id}"
+
+[[upstream.query]]
+name = "visits"
+sql = "SELECT at FROM visits WHERE customer_id = $1 ORDER BY at"
+params = ["$args.customer_id"]
+rows = "many"
+result = { customer_id = "$args.customer_id", visits = "$result" }
+"#,
+    );
+    let policies = dir.join("policies");
+    let tool = |name: &str, op: &str| {
+        format!(
+            "\n[[tool]]\nname = \"{name}\"\ntitle = \"{name}\"\ndescription = \"The CRM's {op}.\"\n\
+             risk = \"low\"\nread_only = true\ndestructive = false\nresource = \"Customer\"\n\
+             resource_arg = \"customer_id\"\nupstream = \"crm\"\noperation = \"{op}\"\n\
+             lookup = {{ upstream = \"crm\", operation = \"customer\", attrs = {{ region = \"/region\" }} }}\n\n\
+             [tool.input_schema]\ntype = \"object\"\nadditionalProperties = false\n\
+             required = [\"customer_id\"]\n[tool.input_schema.properties.customer_id]\n\
+             type = \"string\"\nmaxLength = 64\n"
+        )
+    };
+    append(
+        &policies.join("tools.toml"),
+        &(tool("crm_customer", "customer") + &tool("crm_visits", "visits")),
+    );
+    append(
+        &policies.join("schema.cedarschema"),
+        "\nentity Customer = { region?: String };\n\
+         action crm_customer appliesTo { principal: Agent, resource: Customer, context: { args: { customer_id: String } } };\n\
+         action crm_visits appliesTo { principal: Agent, resource: Customer, context: { args: { customer_id: String } } };\n",
+    );
+    append(
+        &policies.join("policy.cedar"),
+        "\n@id(\"crm-own-region\")\n@reason(\"a customer of a region the human serves\")\n\
+         permit (principal, action in [Action::\"crm_customer\", Action::\"crm_visits\"], resource is Customer)\n\
+         when { resource has region && principal.human.allowed_regions.contains(resource.region) };\n",
+    );
+    let check = bin("zt-policy")
+        .args(["check"])
+        .arg(&policies)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    let stack = Stack::up_at(&dir).expect("stack starts");
+    let token = stack.session_token("agent:crm", "alice");
+    let agent = connect(&stack.broker_url, &token).await.unwrap();
+
+    // alice serves eu: c_1 is hers, read by the lookup's own query, every
+    // column type as JSON.
+    let r = call(&agent, "crm_customer", json!({"customer_id": "c_1"}))
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    assert_eq!(
+        r.structured_content.clone().unwrap(),
+        json!({"customer_id": "c_1", "region": "eu", "tier": "gold", "vip": 1, "score": 4.5, "notes": null})
+    );
+    // c_2 is in apac: default deny, on the attribute the lookup fetched.
+    let r = call(&agent, "crm_customer", json!({"customer_id": "c_2"}))
+        .await
+        .unwrap();
+    refused(&r, "not permitted");
+    // No such customer, and an injection is only a strange id.
+    refused(
+        &call(&agent, "crm_customer", json!({"customer_id": "c_9"}))
+            .await
+            .unwrap(),
+        "customer c_9 not found",
+    );
+    refused(
+        &call(
+            &agent,
+            "crm_customer",
+            json!({"customer_id": "x' OR '1'='1"}),
+        )
+        .await
+        .unwrap(),
+        "not found",
+    );
+    // Six visits where at most five rows may come back: refused, not cut.
+    refused(
+        &call(&agent, "crm_visits", json!({"customer_id": "c_1"}))
+            .await
+            .unwrap(),
+        "too large",
+    );
+    let audit = bin("zt-console")
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(audit.status.success(), "{audit:?}");
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Nothing of the example domain is in the mechanism's code: no crate of
+/// the broker, the approval service or the protocol (their tests aside)
+/// names one of the shipped tools, their arguments or the humans'
+/// attributes. The example is data (`policies/data`, `broker/data`).
+#[test]
+fn the_mechanism_names_none_of_the_example_domain() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let data = root.join("policies").join("data");
+    let tools = std::fs::read_to_string(data.join("tools.toml")).unwrap();
+    let humans = std::fs::read_to_string(data.join("humans.toml")).unwrap();
+    let mut names: Vec<String> = Vec::new();
+    let mut lines = tools.lines().peekable();
+    while let Some(line) = lines.next() {
+        let line = line.trim();
+        if line == "[[tool]]"
+            && let Some(next) = lines.peek()
+            && let Some(name) = next.trim().strip_prefix("name = ")
+        {
+            names.push(name.trim_matches('"').to_owned());
+        }
+        if let Some(arg) = line
+            .strip_prefix("[tool.input_schema.properties.")
+            .and_then(|l| l.strip_suffix(']'))
+            && arg.ends_with("_id")
+        {
+            names.push(arg.to_owned());
+        }
+    }
+    for line in humans.lines() {
+        if let Some((key, _)) = line.split_once(" = ")
+            && key.contains('_')
+            && !key.starts_with('#')
+        {
+            names.push(key.trim().to_owned());
+        }
+    }
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 8, "{names:?}");
+    let mut found = Vec::new();
+    for krate in ["broker", "approval-svc", "proto"] {
+        let mut stack = vec![root.join(krate).join("src")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                for name in &names {
+                    if code.contains(name.as_str()) {
+                        found.push(format!("{}: {name}", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "example-domain names in mechanism code: {found:#?}"
+    );
 }

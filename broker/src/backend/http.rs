@@ -208,6 +208,13 @@ impl Upstream for Http {
             .get(operation)
             .is_some_and(|op| op.resumable)
     }
+
+    fn read_only(&self, operation: &str) -> bool {
+        self.spec
+            .operations
+            .get(operation)
+            .is_some_and(|op| op.method == "GET")
+    }
 }
 
 /// Checks a path template: from `/`, no query or fragment, no empty, `.`
@@ -303,7 +310,7 @@ pub(crate) fn check_template(template: &Value) -> Result<(), String> {
 
 /// A template filled in; `None`: an argument the call does not have (the
 /// field is left out).
-fn render(template: &Value, args: &Value, actor: &Actor<'_>) -> Option<Value> {
+pub(crate) fn render(template: &Value, args: &Value, actor: &Actor<'_>) -> Option<Value> {
     match template {
         Value::String(s) if s.starts_with("$$") => Some(Value::String(s[1..].to_owned())),
         Value::String(s) if s.starts_with('$') => {
@@ -372,6 +379,7 @@ mod tests {
             session: "s1",
             human: "alice",
             grant_id: Some("g1"),
+            progress: None,
         };
         let t = json!({"order": "$args.order_id", "key": "$args.idempotency_key", "who": "$actor",
                        "h": "$actor.human", "lit": "$$args.x", "n": 3});

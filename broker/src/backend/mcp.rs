@@ -10,6 +10,10 @@
 //!   `https://` required off loopback; a lost session is re-established on
 //!   the next call.
 //!
+//! A call whose agent asked for progress gets the server's progress
+//! notifications passed on (under the agent's own token, the message made
+//! one bounded printable line).
+//!
 //! Every call is bounded by the upstream's timeout (a call given up on is
 //! cancelled upstream with `notifications/cancelled`), results larger than
 //! its cap are refused, and nothing is retried: a call that may have had a
@@ -18,9 +22,13 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::{Peer, RunningService};
+use rmcp::handler::client::progress::ProgressDispatcher;
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, ClientRequest, ProgressNotificationParam, ServerResult,
+};
+use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RunningService};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
@@ -40,10 +48,31 @@ const START_WAIT: Duration = Duration::from_secs(10);
 /// Longest stderr line of a child passed to the log.
 const MAX_LOG_LINE: usize = 500;
 
+/// The broker's side of an upstream session: it hears the server's
+/// progress notifications and routes each to the call that asked for it.
+#[derive(Debug, Clone, Default)]
+struct Client {
+    progress: ProgressDispatcher,
+}
+
+impl rmcp::ClientHandler for Client {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress.handle_notification(params).await;
+    }
+}
+
+/// A session with an upstream.
+type Session = RunningService<RoleClient, Client>;
+
 /// An MCP upstream.
 #[derive(Debug)]
 pub struct Mcp {
     spec: McpSpec,
+    client: Client,
     /// The current session's peer (`None`: not connected).
     peer: watch::Receiver<Option<Peer<RoleClient>>>,
     link: Link,
@@ -58,7 +87,7 @@ enum Link {
     /// Connected on demand; the session lives here.
     Http {
         http: reqwest::Client,
-        session: Mutex<Option<RunningService<RoleClient, ()>>>,
+        session: Mutex<Option<Session>>,
         publish: watch::Sender<Option<Peer<RoleClient>>>,
     },
 }
@@ -67,6 +96,7 @@ impl Mcp {
     /// Starts (stdio) or prepares (HTTP) the upstream of `spec`.
     pub fn start(spec: McpSpec) -> Result<Mcp, BackendError> {
         let (publish, peer) = watch::channel(None);
+        let client = Client::default();
         if let Some(why) = &spec.unusable {
             tracing::error!(upstream = %spec.name, why, "the upstream is unusable: its calls fail closed");
         }
@@ -75,7 +105,7 @@ impl Mcp {
                 _supervisor: tokio::spawn(async {}),
             },
             McpTransport::Stdio { .. } => Link::Stdio {
-                _supervisor: tokio::spawn(supervise(spec.clone(), publish)),
+                _supervisor: tokio::spawn(supervise(spec.clone(), client.clone(), publish)),
             },
             McpTransport::Http { .. } => {
                 let http = super::upstream_client(&spec.name)?;
@@ -86,7 +116,12 @@ impl Mcp {
                 }
             }
         };
-        Ok(Mcp { spec, peer, link })
+        Ok(Mcp {
+            spec,
+            client,
+            peer,
+            link,
+        })
     }
 
     /// The current peer, connecting an HTTP upstream if needed.
@@ -155,7 +190,7 @@ impl Mcp {
         }
         let transport =
             rmcp::transport::StreamableHttpClientTransport::with_client(http.clone(), config);
-        let running = tokio::time::timeout(CONNECT_TIMEOUT, ().serve(transport))
+        let running = tokio::time::timeout(CONNECT_TIMEOUT, self.client.clone().serve(transport))
             .await
             .map_err(|_| BackendError::Unavailable(format!("upstream {name}: connect timed out")))?
             .map_err(|e| BackendError::Unavailable(format!("upstream {name}: connect: {e}")))?;
@@ -164,6 +199,42 @@ impl Mcp {
         publish.send_replace(Some(peer.clone()));
         *session = Some(running);
         Ok(peer)
+    }
+
+    /// A call whose progress notifications are passed on to `to`. The
+    /// server hears the session's own progress token (rmcp gives every
+    /// request one), never the agent's.
+    async fn call_relaying_progress(
+        &self,
+        peer: &Peer<RoleClient>,
+        params: CallToolRequestParams,
+        to: &super::Progress,
+    ) -> Result<rmcp::model::CallToolResult, rmcp::ServiceError> {
+        let mut options = PeerRequestOptions::no_options();
+        options.timeout = Some(self.spec.timeout);
+        let handle = peer
+            .send_cancellable_request(
+                ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+                options,
+            )
+            .await?;
+        let token = handle.progress_token.clone();
+        let mut heard = self.client.progress.subscribe(token.clone()).await;
+        let to = to.clone();
+        let relay = tokio::spawn(async move {
+            while let Some(p) = heard.next().await {
+                let message = p.message.as_deref().map(super::safe_message);
+                to(message.unwrap_or_default(), p.progress, p.total).await;
+            }
+        });
+        let answer = handle.await_response().await;
+        self.client.progress.unsubscribe(&token).await;
+        // Progress already heard reaches the agent before the result.
+        let _ = tokio::time::timeout(Duration::from_secs(1), relay).await;
+        match answer? {
+            ServerResult::CallToolResult(r) => Ok(r),
+            _ => Err(rmcp::ServiceError::UnexpectedResponse),
+        }
     }
 
     /// Forgets a broken HTTP session (the next call reconnects).
@@ -183,11 +254,15 @@ impl Upstream for Mcp {
         &self.spec.name
     }
 
+    fn read_only(&self, operation: &str) -> bool {
+        self.spec.read_only_tools.iter().any(|t| t == operation)
+    }
+
     fn call<'a>(
         &'a self,
         operation: &'a str,
         args: &'a Value,
-        _actor: &'a Actor<'a>,
+        actor: &'a Actor<'a>,
     ) -> BoxFuture<'a, Result<Output, BackendError>> {
         Box::pin(async move {
             let name = &self.spec.name;
@@ -199,8 +274,14 @@ impl Upstream for Mcp {
             if let Value::Object(map) = args {
                 params = params.with_arguments(map.clone());
             }
-            let result = match tokio::time::timeout(self.spec.timeout, peer.call_tool(params)).await
-            {
+            let answer = tokio::time::timeout(self.spec.timeout, async {
+                match actor.progress {
+                    None => peer.call_tool(params).await,
+                    Some(to) => self.call_relaying_progress(&peer, params, to).await,
+                }
+            })
+            .await;
+            let result = match answer {
                 Err(_) => {
                     return Err(BackendError::Unavailable(format!(
                         "upstream {name}: `{operation}` timed out after {:?}",
@@ -233,11 +314,15 @@ impl Upstream for Mcp {
 
 /// Runs a stdio server for as long as the broker runs: start, publish the
 /// peer, wait for it to die, back off, start again.
-async fn supervise(spec: McpSpec, publish: watch::Sender<Option<Peer<RoleClient>>>) {
+async fn supervise(
+    spec: McpSpec,
+    client: Client,
+    publish: watch::Sender<Option<Peer<RoleClient>>>,
+) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();
-        match spawn(&spec).await {
+        match spawn(&spec, client.clone()).await {
             Ok((mut child, running)) => {
                 tracing::info!(upstream = %spec.name, pid = child.id(), "MCP upstream started");
                 publish.send_replace(Some(running.peer().clone()));
@@ -263,16 +348,14 @@ async fn supervise(spec: McpSpec, publish: watch::Sender<Option<Peer<RoleClient>
 }
 
 /// Resolves once the session has ended.
-async fn closed(running: &RunningService<RoleClient, ()>) {
+async fn closed(running: &Session) {
     while !running.is_closed() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 /// Starts the child and completes the MCP handshake with it.
-async fn spawn(
-    spec: &McpSpec,
-) -> Result<(tokio::process::Child, RunningService<RoleClient, ()>), String> {
+async fn spawn(spec: &McpSpec, client: Client) -> Result<(tokio::process::Child, Session), String> {
     let McpTransport::Stdio {
         command,
         args,
@@ -325,7 +408,7 @@ async fn spawn(
             }
         });
     }
-    match tokio::time::timeout(CONNECT_TIMEOUT, ().serve((stdout, stdin))).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT, client.serve((stdout, stdin))).await {
         Ok(Ok(running)) => Ok((child, running)),
         Ok(Err(e)) => {
             let _ = child.kill().await;

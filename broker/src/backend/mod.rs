@@ -1,23 +1,20 @@
-//! Backends, as adapters behind one small trait.
+//! Backends: the upstreams a broker puts its tools in front of, declared as
+//! data in its private `upstreams.toml` ([`upstreams`]), one module per
+//! kind behind the one [`Upstream`] trait: [`mcp`] (an MCP server over
+//! stdio or Streamable HTTP), [`http`] (a REST/JSON API) and [`sql`]
+//! (read-only queries over a database). The example business is two of
+//! them: its billing API (`http`, moving money and changing plans with a
+//! key only the broker holds) and its records (`sql`).
 //!
-//! - [`Records`]: the example business's records database (SQLite through
-//!   sqlx): the read-only tools, and the attributes the policy needs about
-//!   every object a call acts on.
-//! - [`Upstream`]s: servers declared as data in the broker's private
-//!   `upstreams.toml` ([`upstreams`]), one module per kind: [`mcp`] (an MCP
-//!   server over stdio or Streamable HTTP) and [`http`] (a REST/JSON API).
-//!   A tool whose registry entry names an `upstream` goes there, as the
-//!   upstream's `operation`. The example's billing API, which moves money
-//!   and changes plans with a key only the broker holds, is one of them.
-//!
-//! The broker asks [`Backend`] for resource attributes and idempotent
-//! replays (from the records), and routes each authorized call to its
-//! upstream, or to the one adapter that owns its tool. A tool that neither
-//! reaches fails closed.
+//! A tool's registry entry names its `upstream` and `operation`; its
+//! `lookup` (what the policy needs about the call's object) and `replay`
+//! (idempotent retries) are read-only operations of upstreams too. A tool
+//! whose upstream is not declared fails closed. Nothing here knows the
+//! example domain.
 
 pub mod http;
 pub mod mcp;
-mod records;
+pub mod sql;
 pub mod upstreams;
 
 use std::collections::HashMap;
@@ -25,9 +22,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use zt_policies::Resource;
-
-pub use records::Records;
+use zt_policies::{Resource, ToolSpec};
 
 /// Backend failures. `Display` is safe to show an agent: `Unavailable` and
 /// `Db` show a generic message and keep their cause for the log.
@@ -141,10 +136,22 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
     fn resumable(&self, _operation: &str) -> bool {
         false
     }
+
+    /// Whether `operation` never changes anything, by structure (a SQL
+    /// upstream's read-only connection, an HTTP GET) or because the
+    /// upstream's declaration vouches for it; only such operations serve
+    /// lookups and replays.
+    fn read_only(&self, _operation: &str) -> bool {
+        false
+    }
 }
 
-/// Who is acting, passed with every write.
-#[derive(Debug, Clone)]
+/// Tells the MCP client how a long call is going: `(message, progress,
+/// total)`.
+pub type Progress = Arc<dyn Fn(String, f64, Option<f64>) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Who is acting, passed with every call.
+#[derive(Clone)]
 pub struct Actor<'a> {
     /// Session id.
     pub session: &'a str,
@@ -152,78 +159,57 @@ pub struct Actor<'a> {
     pub human: &'a str,
     /// Grant redeemed, if the call was approved by operators.
     pub grant_id: Option<&'a str>,
+    /// Where an upstream's progress notifications go, when the agent asked
+    /// for them.
+    pub progress: Option<&'a Progress>,
+}
+
+impl std::fmt::Debug for Actor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Actor")
+            .field("session", &self.session)
+            .field("human", &self.human)
+            .field("grant_id", &self.grant_id)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 /// What the broker learned about a call's object before deciding.
 #[derive(Debug, Clone, Default)]
 pub struct Fetched {
-    /// The attributes the policy needs (`None`: the tool acts on no object).
+    /// The attributes the policy needs (`None`: the tool declares no
+    /// lookup).
     pub resource: Option<Resource>,
-    /// For a read-only tool whose result is the very row read for the
-    /// attributes: that result, so an allowed read costs one query.
-    pub snapshot: Option<Value>,
+    /// For a read-only tool whose lookup is its own operation: that
+    /// result, so an allowed read costs one upstream call.
+    pub snapshot: Option<Output>,
 }
 
-/// A backend that executes some of the registry's tools.
-pub trait Adapter: Send + Sync + std::fmt::Debug {
-    /// A short name for logs.
-    fn name(&self) -> &'static str;
-    /// The tools it executes.
-    fn tools(&self) -> &'static [&'static str];
-    /// Executes a call whose arguments were validated and authorized.
-    fn execute<'a>(
-        &'a self,
-        tool: &'a str,
-        args: &'a Value,
-        actor: &'a Actor<'a>,
-    ) -> BoxFuture<'a, Result<Value, BackendError>>;
-}
-
-/// The broker's backends.
-#[derive(Debug, Clone)]
+/// The broker's backends: its upstreams by name.
+#[derive(Debug, Clone, Default)]
 pub struct Backend {
-    records: Records,
-    owners: HashMap<&'static str, Arc<dyn Adapter>>,
     upstreams: HashMap<String, Arc<dyn Upstream>>,
 }
 
 impl Backend {
-    /// The records database plus the given adapters; a later adapter takes
-    /// over a tool an earlier one also lists.
-    pub fn new(records: Records, adapters: Vec<Arc<dyn Adapter>>) -> Backend {
-        let mut owners: HashMap<&'static str, Arc<dyn Adapter>> = HashMap::new();
-        let first: Arc<dyn Adapter> = Arc::new(records.clone());
-        for adapter in std::iter::once(first).chain(adapters) {
-            for tool in adapter.tools() {
-                owners.insert(tool, adapter.clone());
-            }
-        }
+    /// The declared upstreams.
+    pub fn new(upstreams: Vec<Arc<dyn Upstream>>) -> Backend {
         Backend {
-            records,
-            owners,
-            upstreams: HashMap::new(),
+            upstreams: upstreams
+                .into_iter()
+                .map(|u| (u.name().to_owned(), u))
+                .collect(),
         }
-    }
-
-    /// Adds the declared upstreams.
-    pub fn with_upstreams(mut self, upstreams: Vec<Arc<dyn Upstream>>) -> Backend {
-        for u in upstreams {
-            self.upstreams.insert(u.name().to_owned(), u);
-        }
-        self
     }
 
     /// Whether an approved call of `spec` whose first run did not finish
-    /// may run again: a built-in adapter's always (the example's ledger
-    /// refuses a grant twice), an upstream's only if it declares so.
-    pub fn resumable(&self, spec: &zt_policies::ToolSpec) -> bool {
-        match &spec.upstream {
-            None => true,
-            Some(name) => self
-                .upstreams
-                .get(name)
-                .is_some_and(|u| u.resumable(spec.operation())),
-        }
+    /// may run again: only if its upstream declares the operation so.
+    pub fn resumable(&self, spec: &ToolSpec) -> bool {
+        spec.upstream
+            .as_ref()
+            .and_then(|name| self.upstreams.get(name))
+            .is_some_and(|u| u.resumable(spec.operation()))
     }
 
     /// Whether an upstream of that name is declared.
@@ -231,51 +217,145 @@ impl Backend {
         self.upstreams.contains_key(name)
     }
 
-    /// The attributes the policy needs about the object a call acts on.
-    pub async fn resource(&self, tool: &str, args: &Value) -> Result<Fetched, BackendError> {
-        self.records.resource(tool, args).await
+    /// Whether `operation` of upstream `name` is read-only.
+    pub fn read_only(&self, name: &str, operation: &str) -> bool {
+        self.upstreams
+            .get(name)
+            .is_some_and(|u| u.read_only(operation))
+    }
+
+    /// Runs a read-only `operation` of upstream `name` for a lookup or a
+    /// replay; any other operation is refused (fail closed).
+    async fn read(
+        &self,
+        name: &str,
+        operation: &str,
+        args: &Value,
+        actor: &Actor<'_>,
+    ) -> Result<Output, BackendError> {
+        let Some(u) = self.upstreams.get(name) else {
+            return Err(BackendError::Unavailable(format!(
+                "upstream `{name}` is not declared in upstreams.toml"
+            )));
+        };
+        if !u.read_only(operation) {
+            return Err(BackendError::Unavailable(format!(
+                "`{operation}` of upstream `{name}` is not read-only, so it cannot serve a lookup"
+            )));
+        }
+        let out = u.call(operation, args, actor).await?;
+        if out.failed() {
+            return Err(BackendError::Unavailable(format!(
+                "`{operation}` of upstream `{name}` reported an error"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The attributes the policy needs about the object a call of `spec`
+    /// acts on (entity id `id`), from its declared lookup: every mapped
+    /// pointer must be in the result (a missing or null one fails closed).
+    pub async fn resource(
+        &self,
+        spec: &ToolSpec,
+        id: &str,
+        args: &Value,
+        actor: &Actor<'_>,
+    ) -> Result<Fetched, BackendError> {
+        let Some(lookup) = &spec.lookup else {
+            return Ok(Fetched::default());
+        };
+        let out = self
+            .read(&lookup.upstream, &lookup.operation, args, actor)
+            .await?;
+        let found = out.json();
+        let mut attrs = serde_json::Map::new();
+        for (name, pointer) in &lookup.attrs {
+            match found.pointer(pointer) {
+                Some(v) if !v.is_null() => {
+                    attrs.insert(name.clone(), v.clone());
+                }
+                _ => {
+                    return Err(BackendError::Unavailable(format!(
+                        "lookup `{}` of `{}`: the result has no `{pointer}` for `{name}`",
+                        lookup.operation, spec.name
+                    )));
+                }
+            }
+        }
+        let own = spec.read_only
+            && spec.upstream.as_deref() == Some(lookup.upstream.as_str())
+            && spec.operation() == lookup.operation;
+        Ok(Fetched {
+            resource: Some(Resource {
+                id: id.to_owned(),
+                attrs,
+            }),
+            snapshot: own.then_some(out),
+        })
     }
 
     /// The result of an earlier call this one repeats (same human, same
-    /// idempotency key, same arguments), if any; a key reused with other
-    /// arguments is refused.
+    /// idempotency key, same arguments), if `spec` declares replays and
+    /// one is recorded; a key reused with other arguments is refused.
     pub async fn replay(
         &self,
-        tool: &str,
+        spec: &ToolSpec,
         args: &Value,
-        human: &str,
+        actor: &Actor<'_>,
     ) -> Result<Option<Value>, BackendError> {
-        self.records.replay(tool, args, human).await
+        let Some(replay) = &spec.replay else {
+            return Ok(None);
+        };
+        if args.get(&replay.key_arg).and_then(Value::as_str).is_none() {
+            return Ok(None);
+        }
+        let out = match self
+            .read(&replay.upstream, &replay.operation, args, actor)
+            .await
+        {
+            Ok(out) => out,
+            Err(BackendError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut first = out.json().clone();
+        if !first.is_object() {
+            return Ok(None);
+        }
+        for (arg, pointer) in &replay.same {
+            if args.get(arg) != first.pointer(pointer) {
+                return Err(BackendError::Refused(format!(
+                    "this idempotency key was already used for a different `{}` call",
+                    spec.name
+                )));
+            }
+        }
+        if let Value::Object(m) = &mut first {
+            m.insert("replayed".into(), Value::Bool(true));
+        }
+        Ok(Some(first))
     }
 
-    /// Executes an authorized call: on the upstream its registry entry
-    /// names, or on the adapter that owns it.
+    /// Executes an authorized call on the upstream its registry entry
+    /// names.
     pub async fn execute(
         &self,
-        spec: &zt_policies::ToolSpec,
+        spec: &ToolSpec,
         args: &Value,
         actor: &Actor<'_>,
     ) -> Result<Output, BackendError> {
         let tool = spec.name.as_str();
-        if let Some(name) = &spec.upstream {
-            return match self.upstreams.get(name) {
-                Some(u) => u.call(spec.operation(), args, actor).await,
-                None => Err(BackendError::Unavailable(format!(
-                    "`{tool}` names upstream `{name}`, which upstreams.toml does not declare"
-                ))),
-            };
-        }
-        match self.owners.get(tool) {
-            Some(adapter) => adapter.execute(tool, args, actor).await.map(Output::Json),
+        let Some(name) = &spec.upstream else {
+            return Err(BackendError::Unavailable(format!(
+                "`{tool}` names no upstream in tools.toml"
+            )));
+        };
+        match self.upstreams.get(name) {
+            Some(u) => u.call(spec.operation(), args, actor).await,
             None => Err(BackendError::Unavailable(format!(
-                "no backend adapter executes `{tool}`"
+                "`{tool}` names upstream `{name}`, which upstreams.toml does not declare"
             ))),
         }
-    }
-
-    /// Which adapter executes `tool`, if any.
-    pub fn owner(&self, tool: &str) -> Option<&'static str> {
-        self.owners.get(tool).map(|a| a.name())
     }
 }
 

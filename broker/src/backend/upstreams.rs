@@ -28,6 +28,16 @@
 //! name = "get_customer"
 //! method = "GET"
 //! path = "/v2/customers/{customer_id}"
+//!
+//! [[upstream]]
+//! name = "crm-db"
+//! kind = "sql"                   # read-only queries over a database
+//! database_file = "crm-db.url"   # holds postgres://... (or: database = "/path/file.db")
+//! schema = "crm"
+//! [[upstream.query]]
+//! name = "customer"
+//! sql = "SELECT id, region FROM customers WHERE id = $1"
+//! params = ["$args.customer_id"]
 //! ```
 //!
 //! One module per kind implements [`super::Upstream`]; a new kind is a new
@@ -85,6 +95,8 @@ pub enum Declared {
     Mcp(McpDecl),
     /// A REST/JSON API described as data.
     Http(HttpDecl),
+    /// Read-only queries over a database.
+    Sql(SqlDecl),
 }
 
 impl Declared {
@@ -93,8 +105,103 @@ impl Declared {
         match self {
             Declared::Mcp(m) => &m.name,
             Declared::Http(h) => &h.name,
+            Declared::Sql(q) => &q.name,
         }
     }
+}
+
+/// `kind = "sql"`: read-only parameterised queries over an SQLite file or a
+/// PostgreSQL database; each `[[upstream.query]]` is one operation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlDecl {
+    /// The name tools refer to.
+    pub name: String,
+    /// An SQLite file (relative paths are in the broker's private
+    /// directory), or `"stack"`: the stack's own records database
+    /// (`zt-broker serve --database URL`, else broker.toml's
+    /// `backend_database`).
+    pub database: Option<String>,
+    /// Or: a file holding the database URL (`postgres://...`, password
+    /// included).
+    pub database_file: Option<PathBuf>,
+    /// PostgreSQL: the schema the queries run in (default `public`).
+    pub schema: Option<String>,
+    /// Longest a query may take, in seconds (default 10).
+    pub timeout_secs: Option<u64>,
+    /// Largest result, in bytes of JSON (default 1 MiB).
+    pub max_result_bytes: Option<usize>,
+    /// Most rows a `many` query may return (default 1000); more is refused.
+    pub max_rows: Option<usize>,
+    /// The queries.
+    #[serde(default)]
+    pub query: Vec<QueryDecl>,
+}
+
+/// How many rows a query yields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rows {
+    /// One row, as an object; none is "not found".
+    #[default]
+    One,
+    /// Any number (up to `max_rows`), as an array.
+    Many,
+}
+
+/// One query of a `sql` upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryDecl {
+    /// What tools name as their `operation`.
+    pub name: String,
+    /// One `SELECT` (or `WITH ... SELECT`) with `$1`, `$2`, ... placeholders;
+    /// columns become the result's fields (rename them with `AS`).
+    pub sql: String,
+    /// The placeholders' values, in order: templates as for HTTP
+    /// operations (`"$args.NAME"`, `"$actor.human"`, literals); an argument
+    /// the call does not have is NULL.
+    #[serde(default)]
+    pub params: Vec<serde_json::Value>,
+    /// `one` (default) or `many`.
+    #[serde(default)]
+    pub rows: Rows,
+    /// The result's shape: a template where `"$result"` is the row (or the
+    /// rows); default the row (or the rows) itself.
+    pub result: Option<serde_json::Value>,
+    /// What the model is told was not found when a `one` query finds no
+    /// row; `{NAME}` is the argument (default: the query's name).
+    pub not_found: Option<String>,
+}
+
+/// Where a SQL upstream's database is.
+#[derive(Debug, Clone)]
+pub enum SqlDatabase {
+    /// The stack's own records database.
+    Stack,
+    /// This one (`None`: its URL file could not be read).
+    At(Option<zt_proto::db::Location>),
+}
+
+/// A SQL upstream, resolved.
+#[derive(Debug, Clone)]
+pub struct SqlSpec {
+    /// Name.
+    pub name: String,
+    /// Where.
+    pub database: SqlDatabase,
+    /// PostgreSQL schema.
+    pub schema: String,
+    /// Per-query bound.
+    pub timeout: Duration,
+    /// Largest result.
+    pub max_result_bytes: usize,
+    /// Most rows of a `many` query.
+    pub max_rows: usize,
+    /// The queries by name.
+    pub queries: BTreeMap<String, QueryDecl>,
+    /// Why every call fails closed (a URL file that could not be read).
+    pub unusable: Option<String>,
 }
 
 /// `kind = "http"`: a REST/JSON API; each `[[upstream.operation]]` is one
@@ -185,6 +292,11 @@ pub struct McpDecl {
     pub timeout_secs: Option<u64>,
     /// Largest result passed on, in bytes of JSON (default 1 MiB).
     pub max_result_bytes: Option<usize>,
+    /// The server's tools the platform engineer vouches never change
+    /// anything: only these may serve a tool's `lookup` (the server's own
+    /// `readOnlyHint` is its word, not ours).
+    #[serde(default)]
+    pub read_only_tools: Vec<String>,
 }
 
 /// A credential header whose value is read from a file.
@@ -283,6 +395,8 @@ pub enum Spec {
     Mcp(McpSpec),
     /// A REST/JSON API.
     Http(HttpSpec),
+    /// Read-only queries over a database.
+    Sql(SqlSpec),
 }
 
 impl Spec {
@@ -291,6 +405,7 @@ impl Spec {
         match self {
             Spec::Mcp(m) => &m.name,
             Spec::Http(h) => &h.name,
+            Spec::Sql(q) => &q.name,
         }
     }
 }
@@ -306,6 +421,8 @@ pub struct McpSpec {
     pub timeout: Duration,
     /// Largest result.
     pub max_result_bytes: usize,
+    /// Tools vouched read-only.
+    pub read_only_tools: Vec<String>,
     /// Why every call fails closed (a secret file that could not be read).
     pub unusable: Option<String>,
 }
@@ -349,6 +466,7 @@ pub fn parse(text: &str, private_dir: &Path) -> Result<Vec<Spec>, ConfigError> {
         match declared {
             Declared::Mcp(m) => out.push(Spec::Mcp(mcp(m, private_dir).map_err(invalid)?)),
             Declared::Http(h) => out.push(Spec::Http(http(h, private_dir).map_err(invalid)?)),
+            Declared::Sql(q) => out.push(Spec::Sql(sql(q, private_dir).map_err(invalid)?)),
         }
     }
     Ok(out)
@@ -434,8 +552,118 @@ fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
         transport,
         timeout,
         max_result_bytes,
+        read_only_tools: m.read_only_tools,
         unusable,
     })
+}
+
+fn sql(q: SqlDecl, private_dir: &Path) -> Result<SqlSpec, String> {
+    let mut unusable = None;
+    let (timeout, max_result_bytes) = bounds(
+        q.timeout_secs,
+        super::sql::DEFAULT_TIMEOUT.as_secs(),
+        q.max_result_bytes,
+        "max_result_bytes",
+    )?;
+    let max_rows = q.max_rows.unwrap_or(1000);
+    if max_rows == 0 || max_rows > 100_000 {
+        return Err("max_rows must be 1..=100000".into());
+    }
+    let database = match (q.database, q.database_file) {
+        (Some(d), None) if d == "stack" => SqlDatabase::Stack,
+        (Some(d), None) => {
+            if d.starts_with("postgres") {
+                return Err(
+                    "a PostgreSQL URL carries a password: put it in a file named by `database_file`"
+                        .into(),
+                );
+            }
+            let path = PathBuf::from(d.strip_prefix("sqlite://").unwrap_or(&d));
+            let path = if path.is_absolute() {
+                path
+            } else {
+                private_dir.join(path)
+            };
+            SqlDatabase::At(Some(zt_proto::db::Location::File(path)))
+        }
+        (None, Some(file)) => {
+            let url = secret(private_dir, &file, &mut unusable);
+            let url = secrecy::ExposeSecret::expose_secret(&url);
+            if url.is_empty() {
+                SqlDatabase::At(None)
+            } else {
+                let location = zt_proto::db::Location::parse(url)
+                    .map_err(|e| format!("database_file {}: {e}", file.display()))?;
+                SqlDatabase::At(Some(location))
+            }
+        }
+        _ => return Err("give `database` or `database_file`, one of them".into()),
+    };
+    let schema = q.schema.unwrap_or_else(|| "public".to_owned());
+    if schema.is_empty()
+        || schema.len() > 63
+        || !schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(format!("schema `{schema}`: letters, digits and _ only"));
+    }
+    let mut queries = BTreeMap::new();
+    for query in q.query {
+        let culprit = format!("query `{}`", query.name);
+        if query.name.is_empty()
+            || query.name.len() > 128
+            || query.name.chars().any(char::is_control)
+        {
+            return Err(format!("{culprit}: a short printable name"));
+        }
+        super::sql::check_statement(&query.sql).map_err(|m| format!("{culprit}: {m}"))?;
+        for p in &query.params {
+            if !matches!(
+                p,
+                serde_json::Value::String(_)
+                    | serde_json::Value::Number(_)
+                    | serde_json::Value::Bool(_)
+            ) {
+                return Err(format!(
+                    "{culprit}: a parameter is a `$args.NAME`/`$actor...` template or a literal string, number or boolean"
+                ));
+            }
+            super::http::check_template(p).map_err(|m| format!("{culprit}: {m}"))?;
+        }
+        if let Some(t) = &query.result {
+            super::http::check_template(&without_result(t))
+                .map_err(|m| format!("{culprit}: result: {m}"))?;
+        }
+        if queries.insert(query.name.clone(), query).is_some() {
+            return Err(format!("{culprit}: declared twice"));
+        }
+    }
+    Ok(SqlSpec {
+        name: q.name,
+        database,
+        schema,
+        timeout,
+        max_result_bytes,
+        max_rows,
+        queries,
+        unusable,
+    })
+}
+
+/// A `result` template with its `"$result"` leaves made literal, for the
+/// template check.
+fn without_result(t: &serde_json::Value) -> serde_json::Value {
+    match t {
+        serde_json::Value::String(s) if s == "$result" => serde_json::Value::Null,
+        serde_json::Value::Array(a) => a.iter().map(without_result).collect(),
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| (k.clone(), without_result(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        other => other.clone(),
+    }
 }
 
 fn credential(

@@ -840,7 +840,7 @@ fn draw_alerts(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         empty_note(
             frame,
             area,
-            "No alerts. Detection rules (denial spikes, near-cap refunds, escalation floods) raise them here.",
+            "No alerts. Detection rules (denial spikes, amounts just under a limit, escalation floods) raise them here.",
             theme,
         );
     }
