@@ -81,6 +81,9 @@ pub enum RuleKind {
     NearLimit,
     /// Calls escalated to a human (`escalate`).
     EscalationFlood,
+    /// Tools the broker quarantined because their upstream definition
+    /// drifted from the admitted one (`drift` events).
+    UpstreamDrift,
 }
 
 impl RuleKind {
@@ -90,6 +93,7 @@ impl RuleKind {
             RuleKind::DenialSpike => "denial_spike",
             RuleKind::NearLimit => "near_limit",
             RuleKind::EscalationFlood => "escalation_flood",
+            RuleKind::UpstreamDrift => "upstream_drift",
         }
     }
 }
@@ -133,6 +137,8 @@ pub enum By {
     Session,
     /// The human agents act for, over all their agents and sessions.
     Human,
+    /// The tool called (or quarantined).
+    Tool,
 }
 
 impl By {
@@ -142,6 +148,7 @@ impl By {
             By::Agent => "agent",
             By::Session => "session",
             By::Human => "human",
+            By::Tool => "tool",
         }
     }
 
@@ -150,6 +157,7 @@ impl By {
             By::Agent => &event.agent,
             By::Session => &event.session_id,
             By::Human => &event.human,
+            By::Tool => &event.tool,
         }
     }
 }
@@ -428,7 +436,7 @@ impl Detector {
     /// Feeds one event the service received at `at_ms`; returns the alerts
     /// it raises (at most one per rule).
     pub fn observe(&mut self, at_ms: i64, event: &Event) -> Vec<Alert> {
-        if event.kind != "tool_call" {
+        if event.kind != "tool_call" && event.kind != "drift" {
             return Vec::new();
         }
         if at_ms >= self.next_sweep_ms || self.tracked >= MAX_SUBJECTS {
@@ -533,6 +541,7 @@ fn matches(rule: &Rule, event: &Event, facts: &Facts) -> bool {
     match rule.kind {
         RuleKind::DenialSpike => event.decision == "deny",
         RuleKind::EscalationFlood => matches!(event.decision.as_str(), "escalate" | "escalated"),
+        RuleKind::UpstreamDrift => event.kind == "drift",
         RuleKind::NearLimit => {
             (rule.tools.is_empty() || rule.tools.contains(&event.tool))
                 && matches!(event.decision.as_str(), "allow" | "constrain" | "executed")
@@ -575,6 +584,7 @@ fn alert(rule: &Rule, by: By, count: usize, at_ms: i64, event: &Event) -> Alert 
     let what = match rule.kind {
         RuleKind::DenialSpike => "denials".to_owned(),
         RuleKind::EscalationFlood => "escalations".to_owned(),
+        RuleKind::UpstreamDrift => "quarantines".to_owned(),
         RuleKind::NearLimit => format!(
             "{} within {}% under their {}",
             match rule.tools.as_slice() {
@@ -585,18 +595,35 @@ fn alert(rule: &Rule, by: By, count: usize, at_ms: i64, event: &Event) -> Alert 
             rule.limit_attr.as_deref().unwrap_or("limit"),
         ),
     };
-    let summary = format!(
-        "{} {}: {} {} had {count} {what} within {}",
-        rule.severity,
-        rule.id,
-        by.as_str(),
-        subject,
-        span(rule.window_secs)
-    );
+    let summary = if rule.kind == RuleKind::UpstreamDrift {
+        // The broker's own line names the upstream, the tool and what
+        // changed (bounded, one line: it is shown as is).
+        let line: String = event
+            .summary
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(300)
+            .collect();
+        format!("{} {}: {line}", rule.severity, rule.id)
+    } else {
+        format!(
+            "{} {}: {} {} had {count} {what} within {}",
+            rule.severity,
+            rule.id,
+            by.as_str(),
+            subject,
+            span(rule.window_secs)
+        )
+    };
     let (agent, session, human) = match by {
         By::Agent => (subject.clone(), String::new(), String::new()),
         By::Session => (event.agent.clone(), subject.clone(), event.human.clone()),
         By::Human => (String::new(), String::new(), subject.clone()),
+        By::Tool => (
+            event.agent.clone(),
+            event.session_id.clone(),
+            event.human.clone(),
+        ),
     };
     Alert {
         rule: rule.id.clone(),
@@ -691,9 +718,41 @@ mod tests {
         let ids: Vec<&str> = rules.rule.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(
             ids,
-            ["denial-spike", "near-cap-refunds", "escalation-flood"]
+            [
+                "denial-spike",
+                "near-cap-refunds",
+                "escalation-flood",
+                "upstream-drift"
+            ]
         );
         assert_eq!(rules.limit_attrs(), ["rep_limit"]);
+    }
+
+    #[test]
+    fn a_quarantine_reported_by_the_broker_raises_one_alert_naming_it() {
+        let mut d = detector();
+        let drift = Event {
+            kind: "drift".into(),
+            tool: "lookup_ticket".into(),
+            decision: "quarantine".into(),
+            summary: "upstream tickets: tool lookup_ticket quarantined: description changed\n"
+                .into(),
+            ..Event::default()
+        };
+        let alerts = feed(&mut d, &[(0, drift.clone()), (5, drift)]);
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        assert_eq!(alerts[0].rule, "upstream-drift");
+        assert_eq!(
+            (alerts[0].by, alerts[0].subject.as_str()),
+            (By::Tool, "lookup_ticket")
+        );
+        assert_eq!(
+            alerts[0].summary,
+            "high upstream-drift: upstream tickets: tool lookup_ticket quarantined: description changed "
+        );
+        // A refused call of a quarantined tool is not a new drift.
+        let call = call("agent:x", "s", "alice", "lookup_ticket", "quarantine");
+        assert!(feed(&mut d, &[(7200, call)]).is_empty());
     }
 
     #[test]

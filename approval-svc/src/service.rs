@@ -679,6 +679,7 @@ fn alert_record(a: &Alert) -> Record {
         subject: match a.by {
             By::Agent => a.agent.clone(),
             By::Session | By::Human => a.human.clone(),
+            By::Tool => a.subject.clone(),
         },
         actors: if a.agent.is_empty() {
             Vec::new()
@@ -1644,7 +1645,7 @@ mod tests {
     fn a_missing_rule_file_means_the_shipped_rules() {
         let dir = temp_dir("no-detections");
         let rules = load_detections(&dir).expect("shipped rules");
-        assert_eq!(rules.rule.len(), 3);
+        assert_eq!(rules.rule.len(), 4);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -355,6 +355,12 @@ impl Broker {
         req: &ApprovalRequest,
     ) -> CallToolResult {
         let args = &decision.args;
+        // The tool may have drifted at its upstream while humans decided.
+        if let Some(spec) = self.policy.current().tool(tool)
+            && let Err(r) = self.admitted(spec).await
+        {
+            return self.refuse(claims, tool, args, r).await;
+        }
         let call = Call {
             request_id: &req.id,
             tool,

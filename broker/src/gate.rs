@@ -52,6 +52,10 @@ pub struct Broker {
     pub revoked: Revocations,
     /// Per-session and per-tool token buckets.
     pub limiter: crate::ratelimit::RateLimiter,
+    /// Tools held because their upstream definition drifted.
+    pub quarantine: Arc<crate::quarantine::Quarantine>,
+    /// The screen every result passes before the model sees it.
+    pub redactor: std::sync::RwLock<Arc<crate::redact::Redactor>>,
 }
 
 /// The set of revoked session ids, shared by the auth middleware and the call path.
@@ -227,6 +231,108 @@ impl Broker {
         error_result(&r.message, "denied", json!({ "rules": r.rules }))
     }
 
+    /// Whether `spec`, if it was admitted with a fingerprint, is still what
+    /// its upstream serves: a tool held, or whose live definition differs
+    /// (or is gone), is refused — and a new drift is held, audited and
+    /// shown to operators. An upstream whose tool list cannot be read
+    /// refuses too (fail closed).
+    pub(crate) async fn admitted(&self, spec: &zt_policies::ToolSpec) -> Result<(), Refusal> {
+        let Some(admitted) = &spec.fingerprint else {
+            return Ok(());
+        };
+        let refusal = |h: &crate::quarantine::Hold| {
+            Refusal::new(
+                "quarantine",
+                "upstream-drift",
+                format!(
+                    "`{}` changed at its source since it was reviewed, so it is unavailable until an operator re-admits it",
+                    spec.name
+                ),
+                h.summary(),
+            )
+        };
+        if let Some(h) = self.quarantine.held(&spec.name, admitted) {
+            return Err(refusal(&h));
+        }
+        let live = match self.backend.definition(spec).await {
+            Ok(backend::Definition::NotPublished) => return Ok(()),
+            Ok(backend::Definition::Present(d)) => {
+                if crate::admission::fingerprint(&d) == *admitted {
+                    return Ok(());
+                }
+                Some(d)
+            }
+            Ok(backend::Definition::Absent) => None,
+            Err(e) => {
+                tracing::error!(error = ?e, tool = %spec.name, "reading the upstream's tool list failed");
+                return Err(Refusal::new(
+                    "deny",
+                    "backend",
+                    "the backend is unavailable; try again later",
+                    "the upstream's tool list could not be read to check the admitted definition",
+                ));
+            }
+        };
+        let changed = match (&live, self.quarantine.admitted(&spec.name)) {
+            (Some(l), Some(a)) => crate::admission::changes(&a, l)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let hold = crate::quarantine::Hold {
+            tool: spec.name.clone(),
+            upstream: spec.upstream.clone().unwrap_or_default(),
+            admitted: admitted.clone(),
+            live: live.as_ref().map(crate::admission::fingerprint),
+            changed,
+            since_ms: zt_proto::now_ms(),
+        };
+        match self.quarantine.hold(hold.clone()) {
+            Ok(true) => {
+                tracing::warn!(tool = %spec.name, "{}", hold.summary());
+                let rec = Record {
+                    subject: "zt-broker".into(),
+                    tool: spec.name.clone(),
+                    decision: "quarantine".into(),
+                    rules: vec!["upstream-drift".into()],
+                    status: "quarantined".into(),
+                    detail: hold.summary(),
+                    ..Record::default()
+                };
+                if let Err(e) = self.audit.append(Kind::Decision, rec).await {
+                    tracing::error!(error = %e, "a quarantine could not be audited");
+                }
+                let _ = self.events.try_send(Event {
+                    kind: "drift".into(),
+                    tool: spec.name.clone(),
+                    decision: "quarantine".into(),
+                    summary: hold.summary(),
+                    rules: vec!["upstream-drift".into()],
+                    ..Event::default()
+                });
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "a quarantine could not be recorded; the tool is refused now")
+            }
+        }
+        Err(refusal(&hold))
+    }
+
+    /// Reads every pinned tool's upstream definition now and then, so a
+    /// drift is held and shown to operators before an agent calls it.
+    pub async fn watch_admitted(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let bundle = self.policy.current();
+            for spec in bundle.tools().filter(|t| t.fingerprint.is_some()) {
+                let _ = self.admitted(spec).await;
+            }
+        }
+    }
+
     /// The session's and the tool's token buckets: a refusal when either
     /// is empty.
     pub(crate) fn rate_limit(
@@ -344,6 +450,11 @@ impl Broker {
             let r = Refusal::new("deny", "schema", msg.clone(), msg);
             return self.refuse(claims, tool, &args, r).await;
         }
+        if let Some(spec) = bundle.tool(tool)
+            && let Err(r) = self.admitted(spec).await
+        {
+            return self.refuse(claims, tool, &args, r).await;
+        }
         // A retry with the same idempotency key returns the first result:
         // nothing new executes, so there is nothing new to decide.
         let actor = backend::Actor {
@@ -458,11 +569,11 @@ impl Broker {
         } else {
             decision.reason.clone()
         };
-        let result = |rec: &Record, outcome: &Result<Output, backend::BackendError>| {
+        let result = |rec: &Record, outcome: &Result<Output, backend::BackendError>, note: &str| {
             let mut rec = rec.clone();
             rec.status = status_of(outcome).into();
             rec.detail = match outcome {
-                Ok(v) => summarize(&self.policy, tool, v.json(), args),
+                Ok(v) => summarize(&self.policy, tool, v.json(), args) + note,
                 Err(e) => format!("{e:?}"),
             };
             rec.decision = "executed".into();
@@ -472,8 +583,8 @@ impl Broker {
             // The row read for the policy is the result, unless the policy
             // rewrote the arguments: both entries go in one commit.
             Some(value) if args == original => {
-                let outcome = Ok(value);
-                let done = result(&rec, &outcome);
+                let (outcome, note) = self.screened(tool, Ok(value));
+                let done = result(&rec, &outcome, &note);
                 let audited = self
                     .audit
                     .append_all(vec![(Kind::Decision, rec), (Kind::Result, done)])
@@ -489,10 +600,10 @@ impl Broker {
                     grant_id: None,
                     progress,
                 };
-                let outcome = self.execute(tool, args, &actor).await;
+                let (outcome, note) = self.screened(tool, self.execute(tool, args, &actor).await);
                 let done = self
                     .audit
-                    .submit(Kind::Result, result(&rec, &outcome))
+                    .submit(Kind::Result, result(&rec, &outcome, &note))
                     .await;
                 let (intent, done) = (intent.durable().await, done.durable().await);
                 (outcome, intent.and(done).map(|_| ()))
@@ -551,10 +662,10 @@ impl Broker {
             grant_id: grant.map(|(g, _)| g.id.as_str()),
             progress,
         };
-        let outcome = self.execute(tool, args, &actor).await;
+        let (outcome, note) = self.screened(tool, self.execute(tool, args, &actor).await);
         rec.status = status_of(&outcome).into();
         rec.detail = match &outcome {
-            Ok(v) => summarize(&self.policy, tool, v.json(), args),
+            Ok(v) => summarize(&self.policy, tool, v.json(), args) + &note,
             Err(e) => format!("{e:?}"),
         };
         rec.decision = "executed".into();
@@ -575,6 +686,94 @@ impl Broker {
         }
         let label = if grant.is_some() { "executed" } else { effect };
         self.finish(claims, tool, args, decision, label, outcome)
+    }
+
+    /// A result screened for the model (the broker's credentials and the
+    /// redaction patterns cut out), with the note its audit entry carries:
+    /// the screened result's hash, what was cut (rule names and counts,
+    /// never the text), and whether it is outsiders' content.
+    fn screened(
+        &self,
+        tool: &str,
+        outcome: Result<Output, BackendError>,
+    ) -> (Result<Output, BackendError>, String) {
+        let Ok(mut out) = outcome else {
+            return (outcome, String::new());
+        };
+        if let Err(why) = self.matches_output_schema(tool, &out) {
+            tracing::error!(tool, why, "refusing an upstream result");
+            return (Err(BackendError::Unavailable(why)), String::new());
+        }
+        let redactor = self
+            .redactor
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let cuts = redactor.output(&mut out);
+        let bytes = match &out {
+            Output::Json(v) => serde_json::to_vec(v),
+            Output::Tool(r) => serde_json::to_vec(r),
+        }
+        .unwrap_or_default();
+        let cap = self
+            .policy
+            .current()
+            .tool(tool)
+            .and_then(|t| t.max_result_bytes);
+        if let Some(cap) = cap
+            && bytes.len() > cap
+        {
+            return (
+                Err(BackendError::TooLarge(format!(
+                    "`{tool}` returned {} bytes (its cap is {cap})",
+                    bytes.len()
+                ))),
+                String::new(),
+            );
+        }
+        let hash = canonical::digest_hex(canonical::Domain::Result, &bytes);
+        let mut note = format!(" · result sha256:{}", &hash[..16]);
+        if !cuts.is_empty() {
+            tracing::warn!(tool, cut = %crate::redact::describe(&cuts), "redacted a result");
+            note.push_str(&format!(" · redacted {}", crate::redact::describe(&cuts)));
+        }
+        if self
+            .policy
+            .current()
+            .tool(tool)
+            .is_some_and(|t| t.untrusted_output)
+        {
+            note.push_str(" · untrusted content");
+        }
+        (Ok(out), note)
+    }
+
+    /// Whether a pinned tool's result has the shape of the output schema it
+    /// was admitted with (an MCP tool that declares one must return
+    /// structured content matching it).
+    fn matches_output_schema(&self, tool: &str, out: &Output) -> Result<(), String> {
+        let bundle = self.policy.current();
+        let Some(fingerprint) = bundle.tool(tool).and_then(|t| t.fingerprint.as_ref()) else {
+            return Ok(());
+        };
+        let Some(validator) = self.quarantine.output_schema(tool, fingerprint)? else {
+            return Ok(());
+        };
+        let Output::Tool(r) = out else {
+            return Ok(());
+        };
+        if r.is_error == Some(true) {
+            return Ok(());
+        }
+        match &r.structured_content {
+            Some(v) if validator.is_valid(v) => Ok(()),
+            Some(_) => Err(format!(
+                "`{tool}`: the result does not match the output schema it was admitted with"
+            )),
+            None => Err(format!(
+                "`{tool}`: no structured result, though it was admitted with an output schema"
+            )),
+        }
     }
 
     /// Executes an authorized call on the backend the registry names.

@@ -38,6 +38,26 @@ enum Command {
         #[arg(long)]
         role: Option<String>,
     },
+    /// Review an MCP upstream's tools and admit one into the registry: its
+    /// strict schema, a Cedar action, rules that deny it until the author narrows them,
+    /// and the fingerprint of what was reviewed (the broker quarantines the
+    /// tool if the upstream later serves anything else). Without --tool:
+    /// list the upstream's tools and whether each is admitted, changed or
+    /// new. Re-admitting shows what changed and moves the fingerprint.
+    Admit {
+        /// The stack's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The upstream, as DIR/broker/upstreams.toml names it.
+        #[arg(long)]
+        upstream: String,
+        /// The upstream's tool to admit.
+        #[arg(long)]
+        tool: Option<String>,
+        /// The registry's name for it (default: the upstream's).
+        #[arg(long = "as", value_name = "NAME")]
+        name: Option<String>,
+    },
     /// Serve MCP over stdin/stdout for one local agent, whose session token
     /// is read from BROKER_SESSION_TOKEN (re-verified on every request).
     Stdio {
@@ -98,6 +118,19 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init { data_dir } => zt_broker::setup::init(&Layout::new(data_dir)),
+        Command::Admit {
+            data_dir,
+            upstream,
+            tool,
+            name,
+        } => {
+            let req = zt_broker::admit::Request {
+                upstream,
+                tool,
+                name,
+            };
+            zt_broker::admit::run(&Layout::new(data_dir), &req).await
+        }
         Command::Migrate { database, role } => {
             async {
                 let location = zt_proto::db::Location::for_migrate(&database)?;

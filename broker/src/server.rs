@@ -472,6 +472,52 @@ async fn insufficient_scope(auth: &Auth, claims: &SessionClaims, tool: &str) -> 
     resp
 }
 
+/// The redaction patterns: `DIR/policies/redactions.toml`, or the shipped
+/// ones when it is missing.
+fn redaction_patterns(layout: &Layout) -> anyhow::Result<String> {
+    let path = layout.policies().join(zt_policies::files::REDACTIONS);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(zt_policies::shipped::file(zt_policies::files::REDACTIONS)
+                .unwrap_or_default()
+                .to_owned())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Follows `redactions.toml`: a changed file replaces the patterns; one that
+/// does not load keeps the previous ones.
+async fn follow_redactions(broker: SharedBroker, layout: Layout, secrets: Vec<String>) {
+    let path = layout.policies().join(zt_policies::files::REDACTIONS);
+    let stamp = || std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let mut seen = stamp();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = stamp();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match redaction_patterns(&layout)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|t| crate::redact::Redactor::new(secrets.clone(), &t))
+        {
+            Ok(r) => {
+                if let Ok(mut slot) = broker.redactor.write() {
+                    *slot = Arc::new(r);
+                }
+                tracing::info!("redaction patterns reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "redactions.toml refused; the previous patterns stay")
+            }
+        }
+    }
+}
+
 /// Logs every tool of the registry whose calls will fail closed for want of
 /// an upstream (or a read-only lookup) the broker has.
 pub(crate) fn warn_unrouted(backend: &Backend, bundle: &zt_policies::PolicyBundle) {
@@ -549,6 +595,21 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     };
     // A team's own servers, declared in the broker's private directory.
     let declared = crate::backend::upstreams::load(&layout.private("broker"))?;
+    let secrets: Vec<String> = declared
+        .iter()
+        .flat_map(|s| s.secrets())
+        .map(|s| secrecy::ExposeSecret::expose_secret(s).to_owned())
+        .collect();
+    let redactor = crate::redact::Redactor::new(secrets.clone(), &redaction_patterns(&layout)?)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}",
+                layout
+                    .policies()
+                    .join(zt_policies::files::REDACTIONS)
+                    .display()
+            )
+        })?;
     let mut upstreams: Vec<Arc<dyn crate::backend::Upstream>> = Vec::new();
     for spec in declared {
         use crate::backend::upstreams::Spec;
@@ -628,7 +689,13 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         events,
         revoked: revoked.clone(),
         limiter: crate::ratelimit::RateLimiter::default(),
+        quarantine: Arc::new(crate::quarantine::Quarantine::open(
+            &layout.private("broker"),
+        )),
+        redactor: std::sync::RwLock::new(Arc::new(redactor)),
     });
+    tokio::spawn(follow_redactions(broker.clone(), layout.clone(), secrets));
+    tokio::spawn(broker.clone().watch_admitted(Duration::from_secs(15)));
     tokio::spawn(watch_policies(broker.clone()));
 
     let (keys, issuer, audience) = match &m.config.identity {

@@ -243,6 +243,24 @@ fn check_routing(tool: &RawTool, culprit: &str, out: &mut Vec<Problem>) {
             }
         }
     }
+    if let Some(f) = &tool.fingerprint {
+        let hex = f.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            out.push(Problem::new(
+                culprit,
+                "fingerprint must be sha256: and 64 hex digits (as `zt-broker admit` writes it)",
+            ));
+        }
+        if tool.upstream.is_none() {
+            out.push(Problem::new(
+                culprit,
+                "fingerprint pins an upstream's definition, so it needs `upstream`",
+            ));
+        }
+    }
+    if tool.max_result_bytes == Some(0) {
+        out.push(Problem::new(culprit, "max_result_bytes must be at least 1"));
+    }
     if tool.replay.is_some() && tool.read_only {
         out.push(Problem::new(
             culprit,

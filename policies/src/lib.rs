@@ -119,6 +119,9 @@ pub mod files {
     /// Approval rules: request lifetime, quorum, reasons (optional; read by
     /// the approval service, not by the policy engine).
     pub const APPROVALS: &str = "approvals.toml";
+    /// Patterns cut out of tool results (optional; read by the broker, not
+    /// by the policy engine).
+    pub const REDACTIONS: &str = "redactions.toml";
 }
 
 /// Risk level of a tool, as declared in the registry.
@@ -200,6 +203,21 @@ pub struct ToolSpec {
     /// How a retry of an earlier call is recognised (idempotency keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<Replay>,
+    /// What the tool returns is written by outsiders (documents, web pages,
+    /// tickets): marked so in its audit entries, for policy on sessions
+    /// that have read it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untrusted_output: bool,
+    /// Largest result passed to the model, in bytes of JSON (below the
+    /// upstream's own cap); larger ones are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_result_bytes: Option<usize>,
+    /// The fingerprint (`sha256:HEX`) of the upstream's definition of the
+    /// tool as it was reviewed and admitted (`zt-broker admit`): its name,
+    /// title, description, schemas and annotations. An upstream whose live
+    /// definition differs has the tool quarantined until it is re-admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl ToolSpec {
@@ -609,6 +627,9 @@ mod tests {
             .collect(),
             lookup: None,
             replay: None,
+            untrusted_output: false,
+            max_result_bytes: None,
+            fingerprint: None,
         };
         let human: Human = serde_json::from_value(
             json!({"id": "a", "name": "A", "regions": ["eu", "us"], "limit": 5}),

@@ -89,6 +89,12 @@ pub(crate) struct RawTool {
     pub lookup: Option<crate::Lookup>,
     #[serde(default)]
     pub replay: Option<crate::Replay>,
+    #[serde(default)]
+    pub untrusted_output: bool,
+    #[serde(default)]
+    pub max_result_bytes: Option<usize>,
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 impl RawTool {
@@ -110,6 +116,9 @@ impl RawTool {
             hook_assumes: self.hook_assumes.clone(),
             lookup: self.lookup.clone(),
             replay: self.replay.clone(),
+            untrusted_output: self.untrusted_output,
+            max_result_bytes: self.max_result_bytes,
+            fingerprint: self.fingerprint.clone(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub const FILES: &[(&str, &str)] = &[
     (files::LIMITS, include_str!("../data/limits.toml")),
     (files::DETECTIONS, include_str!("../data/detections.toml")),
     (files::APPROVALS, include_str!("../data/approvals.toml")),
+    (files::REDACTIONS, include_str!("../data/redactions.toml")),
 ];
 
 use crate::files;

@@ -37,6 +37,10 @@ pub enum Domain {
     KeyIntro,
     /// Fallback randomness for identifiers.
     Id,
+    /// An upstream tool's definition as admitted (its fingerprint).
+    ToolDefinition,
+    /// A tool result as released to the model.
+    Result,
 }
 
 impl Domain {
@@ -53,6 +57,8 @@ impl Domain {
             Domain::AuditMac => "zt/audit-mac/v1",
             Domain::KeyIntro => "zt/key-intro/v1",
             Domain::Id => "zt/id/v1",
+            Domain::ToolDefinition => "zt/tool-definition/v1",
+            Domain::Result => "zt/result/v1",
         }
     }
 }

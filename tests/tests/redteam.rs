@@ -372,6 +372,7 @@ async fn policy_and_injection() {
     )
     .await
     .unwrap();
+    let before_doc = mark(&stack).await;
     let doc = call(
         &agent,
         "fetch_document",
@@ -379,6 +380,17 @@ async fn policy_and_injection() {
     )
     .await
     .unwrap();
+    let doc_audit = new_entries(&stack, &before_doc).await;
+    report.check(
+        "injection/the article's result is audited as outsiders' content",
+        if has(&doc_audit, |e| {
+            s(e, "kind") == "result" && s(e, "detail").contains("untrusted content")
+        }) {
+            Ok(())
+        } else {
+            Err(format!("not marked: {doc_audit:?}"))
+        },
+    );
     report.check(
         "injection/the poisoned article is delivered as data",
         if text(&doc).contains("ignore your limits")

@@ -400,7 +400,8 @@ async fn a_failing_upstream_fails_closed_and_the_broker_stays_healthy() {
         &dir.join("broker").join("upstreams.toml"),
         &format!(
             "[[upstream]]\nname = \"faulty\"\nkind = \"mcp\"\ncommand = {faulty:?}\n\
-             env = {{ ZT_FAULTY_CALLS = {calls:?} }}\ntimeout_secs = 2\nmax_result_bytes = 1048576\n\n\
+             env = {{ ZT_FAULTY_CALLS = {calls:?} }}\nsecret_env = {{ FAULTY_TOKEN = \"faulty.token\" }}\n\
+             timeout_secs = 2\nmax_result_bytes = 1048576\n\n\
              [[upstream]]\nname = \"down\"\nkind = \"mcp\"\ncommand = \"/bin/false\"\ntimeout_secs = 2\n",
             faulty = faulty.to_string_lossy(),
             calls = calls.to_string_lossy(),
@@ -437,6 +438,9 @@ async fn a_failing_upstream_fails_closed_and_the_broker_stays_healthy() {
             actions.join(", ")
         ),
     );
+    // A secret of the broker's, handed to this upstream.
+    const SECRET: &str = "zt-upstream-secret-4242";
+    std::fs::write(dir.join("broker").join("faulty.token"), SECRET).unwrap();
     let stack = Stack::up_at(&dir).expect("stack starts");
     let agent = connect(
         &stack.broker_url,
@@ -452,6 +456,23 @@ async fn a_failing_upstream_fails_closed_and_the_broker_stays_healthy() {
         assert!(text(&r).contains("echo: still here"), "{}", text(&r));
     };
     echo().await;
+
+    // A result carrying the broker's own secret and a token-shaped string:
+    // both cut before the model sees them; the audit entry says what was
+    // cut, never the text.
+    let token_shaped = format!("ghp_{}", "a1".repeat(18));
+    let r = call(
+        &agent,
+        "echo",
+        json!({"text": format!("the key is {SECRET} and {token_shaped}")}),
+    )
+    .await
+    .unwrap();
+    let shown = text(&r);
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert!(!shown.contains(&token_shaped), "{shown}");
+    assert!(shown.contains("[redacted: broker-credential]"), "{shown}");
+    assert!(shown.contains("[redacted: github-token]"), "{shown}");
 
     for (tool, says) in [
         ("crash", "could not complete"),
@@ -507,6 +528,20 @@ async fn a_failing_upstream_fails_closed_and_the_broker_stays_healthy() {
             "{tool}: an audited error"
         );
     }
+    let redacted: Vec<&String> = bodies
+        .iter()
+        .filter(|b| b.contains("\"kind\":\"result\"") && b.contains("redacted"))
+        .collect();
+    assert_eq!(redacted.len(), 1, "{redacted:?}");
+    // (The arguments are the agent's own and recorded as sent.)
+    let entry: Value = serde_json::from_str(redacted[0]).unwrap();
+    let detail = entry["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("redacted 1 broker-credential, 1 github-token")
+            && detail.contains("result sha256:")
+            && !detail.contains(SECRET),
+        "{detail}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -1006,18 +1041,24 @@ result = { customer_id = "$args.customer_id", visits = "$result" }
     };
     append(
         &policies.join("tools.toml"),
-        &(tool("crm_customer", "customer") + &tool("crm_visits", "visits")),
+        &(tool("crm_customer", "customer")
+            + &tool("crm_visits", "visits")
+            + &tool("crm_tiny", "customer").replace(
+                "operation = \"customer\"\n",
+                "operation = \"customer\"\nmax_result_bytes = 20\n",
+            )),
     );
     append(
         &policies.join("schema.cedarschema"),
         "\nentity Customer = { region?: String };\n\
          action crm_customer appliesTo { principal: Agent, resource: Customer, context: { args: { customer_id: String } } };\n\
-         action crm_visits appliesTo { principal: Agent, resource: Customer, context: { args: { customer_id: String } } };\n",
+         action crm_visits appliesTo { principal: Agent, resource: Customer, context: { args: { customer_id: String } } };\n\
+         action crm_tiny appliesTo { principal: Agent, resource: Customer, context: { args: { customer_id: String } } };\n",
     );
     append(
         &policies.join("policy.cedar"),
         "\n@id(\"crm-own-region\")\n@reason(\"a customer of a region the human serves\")\n\
-         permit (principal, action in [Action::\"crm_customer\", Action::\"crm_visits\"], resource is Customer)\n\
+         permit (principal, action in [Action::\"crm_customer\", Action::\"crm_visits\", Action::\"crm_tiny\"], resource is Customer)\n\
          when { resource has region && principal.human.allowed_regions.contains(resource.region) };\n",
     );
     let check = bin("zt-policy")
@@ -1062,6 +1103,13 @@ result = { customer_id = "$args.customer_id", visits = "$result" }
         .await
         .unwrap(),
         "not found",
+    );
+    // A tool's own cap, below its upstream's: refused, not cut.
+    refused(
+        &call(&agent, "crm_tiny", json!({"customer_id": "c_1"}))
+            .await
+            .unwrap(),
+        "too large",
     );
     // Six visits where at most five rows may come back: refused, not cut.
     refused(

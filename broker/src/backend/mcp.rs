@@ -19,7 +19,10 @@
 //! its cap are refused, and nothing is retried: a call that may have had a
 //! side effect is never sent twice.
 
+use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -35,7 +38,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::{Mutex, watch};
 
 use super::upstreams::{McpSpec, McpTransport};
-use super::{Actor, BackendError, Output, Upstream};
+use super::{Actor, BackendError, Definition, Output, Upstream};
 
 /// How long connecting and the MCP handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,9 +56,16 @@ const MAX_LOG_LINE: usize = 500;
 #[derive(Debug, Clone, Default)]
 struct Client {
     progress: ProgressDispatcher,
+    /// The tool list must be read again (a new session, or the server
+    /// announced a change).
+    stale: Arc<AtomicBool>,
 }
 
 impl rmcp::ClientHandler for Client {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.stale.store(true, Ordering::SeqCst);
+    }
+
     async fn on_progress(
         &self,
         params: ProgressNotificationParam,
@@ -73,6 +83,8 @@ type Session = RunningService<RoleClient, Client>;
 pub struct Mcp {
     spec: McpSpec,
     client: Client,
+    /// The server's tools as last listed, and when.
+    listed: Mutex<Option<(Instant, HashMap<String, Value>)>>,
     /// The current session's peer (`None`: not connected).
     peer: watch::Receiver<Option<Peer<RoleClient>>>,
     link: Link,
@@ -119,6 +131,7 @@ impl Mcp {
         Ok(Mcp {
             spec,
             client,
+            listed: Mutex::new(None),
             peer,
             link,
         })
@@ -195,10 +208,41 @@ impl Mcp {
             .map_err(|_| BackendError::Unavailable(format!("upstream {name}: connect timed out")))?
             .map_err(|e| BackendError::Unavailable(format!("upstream {name}: connect: {e}")))?;
         tracing::info!(upstream = %name, url = %url, "MCP upstream connected");
+        self.client.stale.store(true, Ordering::SeqCst);
         let peer = running.peer().clone();
         publish.send_replace(Some(peer.clone()));
         *session = Some(running);
         Ok(peer)
+    }
+
+    /// The server's tools now, as JSON (MCP `Tool` definitions).
+    pub async fn list(&self) -> Result<Vec<Value>, BackendError> {
+        if let Some(why) = &self.spec.unusable {
+            return Err(BackendError::Unavailable(format!(
+                "upstream {}: {why}",
+                self.spec.name
+            )));
+        }
+        let peer = self.peer().await?;
+        self.list_with(&peer).await
+    }
+
+    async fn list_with(&self, peer: &Peer<RoleClient>) -> Result<Vec<Value>, BackendError> {
+        let name = &self.spec.name;
+        let tools = tokio::time::timeout(self.spec.timeout, peer.list_all_tools())
+            .await
+            .map_err(|_| {
+                BackendError::Unavailable(format!("upstream {name}: tools/list timed out"))
+            })?
+            .map_err(|e| BackendError::Unavailable(format!("upstream {name}: tools/list: {e}")))?;
+        tools
+            .iter()
+            .map(|t| {
+                serde_json::to_value(t).map_err(|e| {
+                    BackendError::Unavailable(format!("upstream {name}: a tool definition: {e}"))
+                })
+            })
+            .collect()
     }
 
     /// A call whose progress notifications are passed on to `to`. The
@@ -256,6 +300,37 @@ impl Upstream for Mcp {
 
     fn read_only(&self, operation: &str) -> bool {
         self.spec.read_only_tools.iter().any(|t| t == operation)
+    }
+
+    fn definition<'a>(
+        &'a self,
+        operation: &'a str,
+    ) -> BoxFuture<'a, Result<Definition, BackendError>> {
+        Box::pin(async move {
+            let name = &self.spec.name;
+            if let Some(why) = &self.spec.unusable {
+                return Err(BackendError::Unavailable(format!("upstream {name}: {why}")));
+            }
+            let peer = self.peer().await?;
+            let mut listed = self.listed.lock().await;
+            let stale = self.client.stale.swap(false, Ordering::SeqCst);
+            let fresh = listed
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < self.spec.tools_refresh);
+            if stale || !fresh {
+                let by_name = self
+                    .list_with(&peer)
+                    .await?
+                    .into_iter()
+                    .filter_map(|t| Some((t.get("name")?.as_str()?.to_owned(), t)))
+                    .collect();
+                *listed = Some((Instant::now(), by_name));
+            }
+            Ok(match listed.as_ref().and_then(|(_, t)| t.get(operation)) {
+                Some(v) => Definition::Present(v.clone()),
+                None => Definition::Absent,
+            })
+        })
     }
 
     fn call<'a>(
@@ -325,6 +400,7 @@ async fn supervise(
         match spawn(&spec, client.clone()).await {
             Ok((mut child, running)) => {
                 tracing::info!(upstream = %spec.name, pid = child.id(), "MCP upstream started");
+                client.stale.store(true, Ordering::SeqCst);
                 publish.send_replace(Some(running.peer().clone()));
                 let why = tokio::select! {
                     status = child.wait() => format!("exited ({})", status.map_or_else(|e| e.to_string(), |s| s.to_string())),

@@ -137,6 +137,15 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// The upstream's live definition of `operation`, for kinds that
+    /// publish definitions (MCP tools); compared with the admitted one.
+    fn definition<'a>(
+        &'a self,
+        _operation: &'a str,
+    ) -> BoxFuture<'a, Result<Definition, BackendError>> {
+        Box::pin(async { Ok(Definition::NotPublished) })
+    }
+
     /// Whether `operation` never changes anything, by structure (a SQL
     /// upstream's read-only connection, an HTTP GET) or because the
     /// upstream's declaration vouches for it; only such operations serve
@@ -149,6 +158,17 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
 /// Tells the MCP client how a long call is going: `(message, progress,
 /// total)`.
 pub type Progress = Arc<dyn Fn(String, f64, Option<f64>) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// An upstream's live definition of one of its operations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Definition {
+    /// The kind publishes none (HTTP and SQL operations are declared here).
+    NotPublished,
+    /// The upstream does not list it (any more).
+    Absent,
+    /// What it lists (an MCP `Tool` as JSON).
+    Present(Value),
+}
 
 /// Who is acting, passed with every call.
 #[derive(Clone)]
@@ -210,6 +230,14 @@ impl Backend {
             .as_ref()
             .and_then(|name| self.upstreams.get(name))
             .is_some_and(|u| u.resumable(spec.operation()))
+    }
+
+    /// The live definition of `spec`'s operation on its upstream.
+    pub async fn definition(&self, spec: &ToolSpec) -> Result<Definition, BackendError> {
+        match spec.upstream.as_ref().and_then(|n| self.upstreams.get(n)) {
+            Some(u) => u.definition(spec.operation()).await,
+            None => Ok(Definition::NotPublished),
+        }
     }
 
     /// Whether an upstream of that name is declared.

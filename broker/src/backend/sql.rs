@@ -350,6 +350,7 @@ mod tests {
             max_rows: 10,
             queries: Default::default(),
             unusable: None,
+            secrets: Vec::new(),
         };
         let sql = Sql::start(spec, None);
         let db = sql.db().await.unwrap();

@@ -202,6 +202,8 @@ pub struct SqlSpec {
     pub queries: BTreeMap<String, QueryDecl>,
     /// Why every call fails closed (a URL file that could not be read).
     pub unusable: Option<String>,
+    /// The secrets it was given (cut out of every result by exact value).
+    pub secrets: Vec<SecretString>,
 }
 
 /// `kind = "http"`: a REST/JSON API; each `[[upstream.operation]]` is one
@@ -297,6 +299,10 @@ pub struct McpDecl {
     /// `readOnlyHint` is its word, not ours).
     #[serde(default)]
     pub read_only_tools: Vec<String>,
+    /// How often the server's tool list is read again to compare it with
+    /// what was admitted, in seconds (default 60; also on every new
+    /// session and whenever the server announces a change).
+    pub tools_refresh_secs: Option<u64>,
 }
 
 /// A credential header whose value is read from a file.
@@ -377,6 +383,8 @@ pub struct HttpSpec {
     pub operations: BTreeMap<String, OperationDecl>,
     /// Why every call fails closed (a secret file that could not be read).
     pub unusable: Option<String>,
+    /// The secrets it was given (cut out of every result by exact value).
+    pub secrets: Vec<SecretString>,
 }
 
 /// Where an HTTP upstream is.
@@ -400,6 +408,15 @@ pub enum Spec {
 }
 
 impl Spec {
+    /// The secrets it was given.
+    pub fn secrets(&self) -> &[SecretString] {
+        match self {
+            Spec::Mcp(m) => &m.secrets,
+            Spec::Http(h) => &h.secrets,
+            Spec::Sql(q) => &q.secrets,
+        }
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         match self {
@@ -423,8 +440,12 @@ pub struct McpSpec {
     pub max_result_bytes: usize,
     /// Tools vouched read-only.
     pub read_only_tools: Vec<String>,
+    /// How often the tool list is read again.
+    pub tools_refresh: Duration,
     /// Why every call fails closed (a secret file that could not be read).
     pub unusable: Option<String>,
+    /// The secrets it was given (cut out of every result by exact value).
+    pub secrets: Vec<SecretString>,
 }
 
 /// Every upstream of `DIR/broker/upstreams.toml`, validated, secrets read.
@@ -492,7 +513,7 @@ fn bounds(
 }
 
 fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
-    let mut unusable = None;
+    let mut read = Read::default();
     let (timeout, max_result_bytes) =
         bounds(m.timeout_secs, 30, m.max_result_bytes, "max_result_bytes")?;
     let transport = match (m.command, m.url) {
@@ -516,7 +537,7 @@ fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
                 if env.iter().any(|(e, _)| *e == k) {
                     return Err(format!("`{k}` is in both env and secret_env"));
                 }
-                env.push((k, secret(private_dir, &file, &mut unusable)));
+                env.push((k, secret(private_dir, &file, &mut read)));
             }
             McpTransport::Stdio {
                 command,
@@ -540,7 +561,7 @@ fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
             }
             let credential = m
                 .credential
-                .map(|c| credential(c, private_dir, &mut unusable))
+                .map(|c| credential(c, private_dir, &mut read))
                 .transpose()?;
             McpTransport::Http { url, credential }
         }
@@ -553,12 +574,17 @@ fn mcp(m: McpDecl, private_dir: &Path) -> Result<McpSpec, String> {
         timeout,
         max_result_bytes,
         read_only_tools: m.read_only_tools,
-        unusable,
+        tools_refresh: match m.tools_refresh_secs.unwrap_or(60) {
+            0 => return Err("tools_refresh_secs must be at least 1".into()),
+            s => Duration::from_secs(s.min(86_400)),
+        },
+        unusable: read.unusable,
+        secrets: read.values,
     })
 }
 
 fn sql(q: SqlDecl, private_dir: &Path) -> Result<SqlSpec, String> {
-    let mut unusable = None;
+    let mut read = Read::default();
     let (timeout, max_result_bytes) = bounds(
         q.timeout_secs,
         super::sql::DEFAULT_TIMEOUT.as_secs(),
@@ -587,7 +613,7 @@ fn sql(q: SqlDecl, private_dir: &Path) -> Result<SqlSpec, String> {
             SqlDatabase::At(Some(zt_proto::db::Location::File(path)))
         }
         (None, Some(file)) => {
-            let url = secret(private_dir, &file, &mut unusable);
+            let url = secret(private_dir, &file, &mut read);
             let url = secrecy::ExposeSecret::expose_secret(&url);
             if url.is_empty() {
                 SqlDatabase::At(None)
@@ -647,7 +673,8 @@ fn sql(q: SqlDecl, private_dir: &Path) -> Result<SqlSpec, String> {
         max_result_bytes,
         max_rows,
         queries,
-        unusable,
+        unusable: read.unusable,
+        secrets: read.values,
     })
 }
 
@@ -669,7 +696,7 @@ fn without_result(t: &serde_json::Value) -> serde_json::Value {
 fn credential(
     c: CredentialDecl,
     private_dir: &Path,
-    unusable: &mut Option<String>,
+    read: &mut Read,
 ) -> Result<Credential, String> {
     let header = c.header.to_ascii_lowercase();
     if header.is_empty()
@@ -682,7 +709,7 @@ fn credential(
             c.header
         ));
     }
-    let secret = secret(private_dir, &c.secret_file, unusable);
+    let secret = secret(private_dir, &c.secret_file, read);
     let value = format!(
         "{}{}",
         c.prefix,
@@ -701,7 +728,7 @@ fn credential(
 }
 
 fn http(h: HttpDecl, private_dir: &Path) -> Result<HttpSpec, String> {
-    let mut unusable = None;
+    let mut read = Read::default();
     let (timeout, max_response_bytes) = bounds(
         h.timeout_secs,
         10,
@@ -719,7 +746,7 @@ fn http(h: HttpDecl, private_dir: &Path) -> Result<HttpSpec, String> {
     };
     let credential = h
         .credential
-        .map(|c| credential(c, private_dir, &mut unusable))
+        .map(|c| credential(c, private_dir, &mut read))
         .transpose()?;
     let mut operations = BTreeMap::new();
     for op in h.operation {
@@ -758,7 +785,8 @@ fn http(h: HttpDecl, private_dir: &Path) -> Result<HttpSpec, String> {
         timeout,
         max_response_bytes,
         operations,
-        unusable,
+        unusable: read.unusable,
+        secrets: read.values,
     })
 }
 
@@ -792,11 +820,27 @@ fn check_var(name: &str) -> Result<(), String> {
 /// A secret file's contents; one that cannot be read makes the upstream
 /// unusable (its calls fail closed, the reason logged) rather than keeping
 /// the broker and every other tool from starting.
-fn secret(private_dir: &Path, file: &Path, unusable: &mut Option<String>) -> SecretString {
-    read_secret(private_dir, file).unwrap_or_else(|why| {
-        unusable.get_or_insert(why);
-        SecretString::from(String::new())
-    })
+fn secret(private_dir: &Path, file: &Path, read: &mut Read) -> SecretString {
+    match read_secret(private_dir, file) {
+        Ok(s) => {
+            read.values.push(s.clone());
+            s
+        }
+        Err(why) => {
+            read.unusable.get_or_insert(why);
+            SecretString::from(String::new())
+        }
+    }
+}
+
+/// What reading an upstream's secret files gave.
+#[derive(Default)]
+struct Read {
+    /// Why the upstream is unusable (the first secret that could not be
+    /// read).
+    unusable: Option<String>,
+    /// The secrets read.
+    values: Vec<SecretString>,
 }
 
 fn read_secret(private_dir: &Path, file: &Path) -> Result<SecretString, String> {

@@ -298,7 +298,14 @@ impl App {
                     body: format!("{what} ({})", ev.request_id),
                 });
             }
-            "alert" => self.toast(format!("alert: {}", one_line(&ev.summary, &ev.tool)), true),
+            "alert" => {
+                let what = one_line(&ev.summary, &ev.tool);
+                self.toast(format!("alert: {what}"), true);
+                self.notices.push(Notice {
+                    title: "Alert".into(),
+                    body: what,
+                });
+            }
             _ => {}
         }
         self.events.push(ev);
@@ -1929,6 +1936,23 @@ pub(crate) mod tests {
         // The per-agent table on the right: rows sorted by count.
         click(&mut app, 115, 4);
         assert_eq!(app.spark_agent(), Some("rogue-agent"));
+    }
+
+    #[test]
+    fn alerts_queue_a_desktop_notice() {
+        let mut app = sample(false);
+        let mut ev = event(
+            9,
+            "alert",
+            "",
+            "lookup_ticket",
+            "high upstream-drift: upstream tickets: tool lookup_ticket quarantined: description changed",
+        );
+        ev.kind = "alert".into();
+        app.push_event(ev);
+        assert_eq!(app.notices.len(), 1, "{:?}", app.notices);
+        assert_eq!(app.notices[0].title, "Alert");
+        assert!(app.notices[0].body.contains("lookup_ticket quarantined"));
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //! - `garbage`: answers with a line that is not JSON-RPC;
 //! - `huge`: answers with a result of `ZT_FAULTY_HUGE_BYTES` (default 2 MiB).
 //!
+//! With `ZT_FAULTY_TOOLS` naming a file of tool definitions (a JSON array),
+//! it also lists those, read again at every `tools/list` (so a test can
+//! change a tool under a running broker), and answers a call of one with
+//! its arguments as text (and, for a tool that declares an `outputSchema`,
+//! as structured content `{"args": ...}`).
+//!
 //! Every `tools/call` it receives is appended to the file named by
 //! `ZT_FAULTY_CALLS` (when set) before it acts, so a test can count how
 //! often a call was sent.
@@ -28,6 +34,14 @@ fn main() {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     let calls = std::env::var_os("ZT_FAULTY_CALLS");
+    let extra = std::env::var_os("ZT_FAULTY_TOOLS");
+    let extra_tools = || -> Vec<Value> {
+        extra
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    };
     let huge: usize = std::env::var("ZT_FAULTY_HUGE_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -52,13 +66,21 @@ fn main() {
                 "serverInfo": {"name": "zt-faulty-mcp", "version": "1"},
             }),
             "ping" => json!({}),
-            "tools/list" => json!({"tools": [
-                tool("echo", "Echo the text.", json!({"text": {"type": "string"}})),
-                tool("crash", "Exit mid-call.", json!({})),
-                tool("hang", "Never answer.", json!({})),
-                tool("garbage", "Answer with garbage.", json!({})),
-                tool("huge", "Answer with a huge result.", json!({})),
-            ]}),
+            "tools/list" => {
+                let mut tools = vec![
+                    tool(
+                        "echo",
+                        "Echo the text.",
+                        json!({"text": {"type": "string"}}),
+                    ),
+                    tool("crash", "Exit mid-call.", json!({})),
+                    tool("hang", "Never answer.", json!({})),
+                    tool("garbage", "Answer with garbage.", json!({})),
+                    tool("huge", "Answer with a huge result.", json!({})),
+                ];
+                tools.extend(extra_tools());
+                json!({ "tools": tools })
+            }
             "tools/call" => {
                 let name = params
                     .get("name")
@@ -88,6 +110,22 @@ fn main() {
                         continue;
                     }
                     "huge" => json!({"content": [{"type": "text", "text": "x".repeat(huge)}]}),
+                    other
+                        if extra_tools()
+                            .iter()
+                            .any(|t| t.get("name").and_then(Value::as_str) == Some(other)) =>
+                    {
+                        let args = params.get("arguments").cloned().unwrap_or(Value::Null);
+                        let declares_output = extra_tools().iter().any(|t| {
+                            t.get("name").and_then(Value::as_str) == Some(other)
+                                && t.get("outputSchema").is_some()
+                        });
+                        let mut r = json!({"content": [{"type": "text", "text": format!("{other}: {args}")}]});
+                        if declares_output {
+                            r["structuredContent"] = json!({ "args": args });
+                        }
+                        r
+                    }
                     _ => {
                         json!({"content": [{"type": "text", "text": "no such tool"}], "isError": true})
                     }
