@@ -2,8 +2,12 @@
 //! sessions, each its own rmcp client over its own keep-alive reqwest client
 //! (and its own session token when given several), call one tool in a closed
 //! loop for a fixed time after a warm-up. Reports calls/s, p50, p99, max and
-//! errors per session count. `scripts/bench-broker` runs it against the
-//! broker and against `zt-bare-mcp`.
+//! errors per session count, and, for processes named with `--cpu-pid`,
+//! the CPU time each spent per call in the measured window (utime + stime
+//! of `/proc/PID/stat`, read as the window opens and closes).
+//! `scripts/bench-broker` runs it against the broker and against
+//! `zt-bare-mcp`; `scripts/bench-upstream` against `zt-bare-mcp` directly
+//! and behind the broker as an upstream.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -76,6 +80,61 @@ struct Args {
     /// verdict is printed.
     #[arg(long, value_parser = parse_rate_target)]
     min_rate: Vec<(u64, f64)>,
+    /// A process whose CPU time per call to report, LABEL=PID (`self`: this
+    /// load generator); repeat for several. Linux only (`/proc`).
+    #[arg(long, value_parser = parse_cpu_pid)]
+    cpu_pid: Vec<(String, u32)>,
+}
+
+fn parse_cpu_pid(s: &str) -> Result<(String, u32), String> {
+    let (label, pid) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected LABEL=PID"))?;
+    let label = label.trim();
+    if label.is_empty() {
+        return Err(format!("`{s}`: empty label"));
+    }
+    let pid = match pid.trim() {
+        "self" => std::process::id(),
+        p => p.parse().map_err(|_| format!("`{s}`: bad pid"))?,
+    };
+    Ok((label.to_owned(), pid))
+}
+
+/// Clock ticks per second of `/proc/PID/stat`'s times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// User plus system CPU time of every thread of a process, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // `pid (comm) state ...`: comm may hold spaces and parentheses, so the
+    // fields are counted from after the last `)`; the first there is field
+    // 3 (state), so utime (14) and stime (15) are the 12th and 13th.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("{path}: unexpected format"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> anyhow::Result<f64> {
+        let v: u64 = fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{path}: no field {}", i + 3))?;
+        Ok(v as f64)
+    };
+    Ok((tick(11)? + tick(12)?) / clock_ticks())
+}
+
+/// What one process spent in a measured window.
+struct Cpu {
+    label: String,
+    pid: u32,
+    seconds: f64,
 }
 
 fn parse_rate_target(s: &str) -> Result<(u64, f64), String> {
@@ -246,6 +305,8 @@ struct Level {
     mean_us: f64,
     errors: BTreeMap<String, u64>,
     samples: BTreeMap<String, String>,
+    /// CPU of the `--cpu-pid` processes over the window.
+    cpu: Vec<Cpu>,
 }
 
 impl Level {
@@ -255,8 +316,16 @@ impl Level {
     fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
+    /// Calls that started and finished in the window, good or not: what the
+    /// window's CPU time is divided by.
+    fn completed(&self) -> u64 {
+        self.calls + self.error_count()
+    }
+    fn cpu_us_per_call(&self, c: &Cpu) -> f64 {
+        c.seconds * 1e6 / self.completed() as f64
+    }
     fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "sessions": self.sessions,
             "calls": self.calls,
             "seconds": self.seconds,
@@ -268,7 +337,27 @@ impl Level {
             "errors": self.error_count(),
             "error_kinds": self.errors,
             "error_samples": self.samples,
-        })
+        });
+        if !self.cpu.is_empty() {
+            let cpu: serde_json::Map<String, Value> = self
+                .cpu
+                .iter()
+                .map(|c| {
+                    (
+                        c.label.clone(),
+                        json!({
+                            "pid": c.pid,
+                            "cpu_s": c.seconds,
+                            "calls": self.completed(),
+                            "us_per_call": self.cpu_us_per_call(c),
+                            "cores": c.seconds / self.seconds,
+                        }),
+                    )
+                })
+                .collect();
+            v["cpu"] = Value::Object(cpu);
+        }
+        v
     }
 }
 
@@ -292,7 +381,9 @@ async fn measure(args: &Args, tokens: &[String], sessions: usize) -> anyhow::Res
         let token = (!tokens.is_empty()).then(|| tokens[i % tokens.len()].as_str());
         clients.push(connect(&args.url, token).await?);
     }
-    let barrier = Arc::new(Barrier::new(sessions));
+    // The sessions and this task start together, so the CPU samples below
+    // open and close the same window the sessions count calls in.
+    let barrier = Arc::new(Barrier::new(sessions + 1));
     let expect: Arc<str> = Arc::from(args.expect_field.as_str());
     let handles: Vec<_> = clients
         .into_iter()
@@ -308,6 +399,25 @@ async fn measure(args: &Args, tokens: &[String], sessions: usize) -> anyhow::Res
             ))
         })
         .collect();
+    barrier.wait().await;
+    let start = tokio::time::Instant::now();
+    let mut cpu = Vec::new();
+    if !args.cpu_pid.is_empty() {
+        tokio::time::sleep_until(start + args.warmup).await;
+        let before = args
+            .cpu_pid
+            .iter()
+            .map(|(_, pid)| cpu_seconds(*pid))
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        tokio::time::sleep_until(start + args.warmup + args.duration).await;
+        for ((label, pid), b) in args.cpu_pid.iter().zip(before) {
+            cpu.push(Cpu {
+                label: label.clone(),
+                pid: *pid,
+                seconds: cpu_seconds(*pid)? - b,
+            });
+        }
+    }
     let mut all = SessionStats::default();
     for h in handles {
         let s = h.await.context("a session task failed")?;
@@ -336,6 +446,7 @@ async fn measure(args: &Args, tokens: &[String], sessions: usize) -> anyhow::Res
         mean_us,
         errors: all.errors,
         samples: all.samples,
+        cpu,
     })
 }
 
@@ -359,6 +470,18 @@ fn print_table(label: &str, levels: &[Level]) {
         for (kind, n) in &l.errors {
             let sample = l.samples.get(kind).map(String::as_str).unwrap_or("");
             println!("{:>8}   {n} x {kind}: {sample}", "");
+        }
+        for c in &l.cpu {
+            println!(
+                "{:>8}   cpu {} (pid {}): {:.1} us/call ({:.2} s over {} calls, {:.2} cores)",
+                "",
+                c.label,
+                c.pid,
+                l.cpu_us_per_call(c),
+                c.seconds,
+                l.completed(),
+                c.seconds / l.seconds
+            );
         }
     }
 }
@@ -419,6 +542,33 @@ fn print_comparison(label: &str, results: &Value, baseline: &Value, max_p50_rati
                 n.unwrap_or(0),
                 if ratio <= max { "MET" } else { "MISSED" }
             ));
+        }
+    }
+    let cpu_line = |l: &Value| {
+        l.get("cpu").and_then(Value::as_object).map(|m| {
+            m.iter()
+                .map(|(k, c)| format!("{k} {:.1}", num(c, "us_per_call")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    let mut cpu_header = false;
+    for l in levels(results) {
+        let n = l.get("sessions").and_then(Value::as_u64);
+        let base_cpu = base
+            .iter()
+            .find(|b| b.get("sessions").and_then(Value::as_u64) == n)
+            .and_then(cpu_line);
+        let Some(this_cpu) = cpu_line(&l) else {
+            continue;
+        };
+        if !cpu_header {
+            println!("CPU per call, us (this run; {base_label} run in brackets)");
+            cpu_header = true;
+        }
+        match base_cpu {
+            Some(b) => println!("{:>8} | {this_cpu} [{b}]", n.unwrap_or(0)),
+            None => println!("{:>8} | {this_cpu}", n.unwrap_or(0)),
         }
     }
     for v in verdicts {
