@@ -288,6 +288,16 @@ async fn a_tool_that_changes_upstream_is_quarantined_until_re_admitted() {
     let r = call_until(&agent, served).await;
     assert!(served(&r), "served once re-admitted: {}", text(&r));
 
+    // A tool the upstream stops listing is refused the same way.
+    serve(&tools_file, &extras(Vec::new()));
+    let r = call_until(&agent, refused).await;
+    assert!(refused(&r), "{}", text(&r));
+    let removed = audit_bodies(&dir, "broker")
+        .await
+        .iter()
+        .any(|b| b.contains("removed from the upstream"));
+    assert!(removed, "a quarantine entry says it was removed");
+
     let verify = stack.console(
         &stack.operator_token("ada", "auditor", 0),
         &["audit", "verify"],
