@@ -700,7 +700,9 @@ impl Broker {
         let Ok(mut out) = outcome else {
             return (outcome, String::new());
         };
-        if let Err(why) = self.matches_output_schema(tool, &out) {
+        let bundle = self.policy.current();
+        let spec = bundle.tool(tool);
+        if let Err(why) = self.matches_output_schema(tool, spec, &out) {
             tracing::error!(tool, why, "refusing an upstream result");
             return (Err(BackendError::Unavailable(why)), String::new());
         }
@@ -715,12 +717,7 @@ impl Broker {
             Output::Tool(r) => serde_json::to_vec(r),
         }
         .unwrap_or_default();
-        let cap = self
-            .policy
-            .current()
-            .tool(tool)
-            .and_then(|t| t.max_result_bytes);
-        if let Some(cap) = cap
+        if let Some(cap) = spec.and_then(|t| t.max_result_bytes)
             && bytes.len() > cap
         {
             return (
@@ -737,12 +734,7 @@ impl Broker {
             tracing::warn!(tool, cut = %crate::redact::describe(&cuts), "redacted a result");
             note.push_str(&format!(" · redacted {}", crate::redact::describe(&cuts)));
         }
-        if self
-            .policy
-            .current()
-            .tool(tool)
-            .is_some_and(|t| t.untrusted_output)
-        {
+        if spec.is_some_and(|t| t.untrusted_output) {
             note.push_str(" · untrusted content");
         }
         (Ok(out), note)
@@ -751,9 +743,13 @@ impl Broker {
     /// Whether a pinned tool's result has the shape of the output schema it
     /// was admitted with (an MCP tool that declares one must return
     /// structured content matching it).
-    fn matches_output_schema(&self, tool: &str, out: &Output) -> Result<(), String> {
-        let bundle = self.policy.current();
-        let Some(fingerprint) = bundle.tool(tool).and_then(|t| t.fingerprint.as_ref()) else {
+    fn matches_output_schema(
+        &self,
+        tool: &str,
+        spec: Option<&zt_policies::ToolSpec>,
+        out: &Output,
+    ) -> Result<(), String> {
+        let Some(fingerprint) = spec.and_then(|t| t.fingerprint.as_ref()) else {
             return Ok(());
         };
         let Some(validator) = self.quarantine.output_schema(tool, fingerprint)? else {

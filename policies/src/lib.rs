@@ -260,28 +260,19 @@ impl ToolSpec {
         let Some(template) = &self.summary else {
             return "done".to_owned();
         };
-        let mut out = String::new();
-        let mut rest = template.as_str();
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
-            let Some(close) = rest[open..].find('}') else {
-                break;
-            };
-            let field = &rest[open + 1..open + close];
+        let out = fill(template, |field| {
             let (name, count) = match field.strip_suffix("|count") {
                 Some(n) => (n, true),
                 None => (field, false),
             };
             let value = result.get(name).or_else(|| args.get(name));
-            out.push_str(&match (value, count) {
+            match (value, count) {
                 (Some(serde_json::Value::Array(items)), true) => items.len().to_string(),
                 (Some(serde_json::Value::String(s)), false) => s.clone(),
                 (Some(v), false) if !v.is_null() => v.to_string(),
                 _ => "?".to_owned(),
-            });
-            rest = &rest[open + close + 1..];
-        }
-        out.push_str(rest);
+            }
+        });
         out.chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .take(200)
@@ -308,6 +299,24 @@ impl ToolSpec {
             )),
         }
     }
+}
+
+/// `template` with each `{FIELD}` replaced by `value(FIELD)` (an unclosed
+/// `{` and what follows it stay as written). Summaries and not-found
+/// messages are written this way.
+pub fn fill(template: &str, mut value: impl FnMut(&str) -> String) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        out.push_str(&value(&rest[open + 1..open + close]));
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A read-only call to an upstream that fetches the attributes the policy
@@ -599,6 +608,14 @@ mod tests {
         }
         assert!(Derive::Path.apply(&json!(3)).is_err());
         assert_eq!(Derive::Value.apply(&json!(3)).unwrap(), json!(3));
+    }
+
+    #[test]
+    fn placeholders_are_filled_once_and_an_open_brace_stays() {
+        let upper = |f: &str| f.to_uppercase();
+        assert_eq!(fill("a {x} b {yz}", upper), "a X b YZ");
+        assert_eq!(fill("ab{c", upper), "ab{c");
+        assert_eq!(fill("{x}{", upper), "X{");
     }
 
     #[test]

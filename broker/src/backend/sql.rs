@@ -185,22 +185,11 @@ fn not_found(q: &QueryDecl, args: &Value) -> String {
     let Some(template) = &q.not_found else {
         return q.name.clone();
     };
-    let mut out = String::new();
-    let mut rest = template.as_str();
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let Some(close) = rest[open..].find('}') else {
-            break;
-        };
-        let name = &rest[open + 1..open + close];
-        match args.get(name) {
-            Some(Value::String(s)) => out.push_str(s),
-            Some(v) => out.push_str(&v.to_string()),
-            None => out.push_str(name),
-        }
-        rest = &rest[open + close + 1..];
-    }
-    out.push_str(rest);
+    let out = zt_policies::fill(template, |name| match args.get(name) {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => name.to_owned(),
+    });
     super::safe_message(&out)
 }
 
