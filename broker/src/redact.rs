@@ -85,6 +85,11 @@ impl Redactor {
         Ok(Redactor { secrets, patterns })
     }
 
+    /// The same credentials with the patterns of another `redactions.toml`.
+    pub fn with_patterns(&self, patterns_toml: &str) -> Result<Redactor, String> {
+        Redactor::new(self.secrets.clone(), patterns_toml)
+    }
+
     /// `text` screened; cuts are counted into `cuts`.
     pub fn text(&self, text: &str, cuts: &mut Cuts) -> String {
         let mut out = text.to_owned();

@@ -474,8 +474,8 @@ async fn insufficient_scope(auth: &Auth, claims: &SessionClaims, tool: &str) -> 
 
 /// The redaction patterns: `DIR/policies/redactions.toml`, or the shipped
 /// ones when it is missing.
-fn redaction_patterns(layout: &Layout) -> anyhow::Result<String> {
-    let path = layout.policies().join(zt_policies::files::REDACTIONS);
+fn redaction_patterns(policies: &std::path::Path) -> anyhow::Result<String> {
+    let path = policies.join(zt_policies::files::REDACTIONS);
     match std::fs::read_to_string(&path) {
         Ok(t) => Ok(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -487,33 +487,23 @@ fn redaction_patterns(layout: &Layout) -> anyhow::Result<String> {
     }
 }
 
-/// Follows `redactions.toml`: a changed file replaces the patterns; one that
-/// does not load keeps the previous ones.
-async fn follow_redactions(broker: SharedBroker, layout: Layout, secrets: Vec<String>) {
-    let path = layout.policies().join(zt_policies::files::REDACTIONS);
-    let stamp = || std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-    let mut seen = stamp();
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        let now = stamp();
-        if now == seen {
-            continue;
+/// Replaces the redaction patterns after the policy directory changed; a
+/// `redactions.toml` that does not load keeps the previous ones.
+fn reload_redactions(broker: &Broker) {
+    let reloaded = redaction_patterns(broker.policy.dir())
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|t| {
+            let current = broker.redactor.read().map_err(|e| e.to_string())?.clone();
+            current.with_patterns(&t)
+        });
+    match reloaded {
+        Ok(r) => {
+            if let Ok(mut slot) = broker.redactor.write() {
+                *slot = Arc::new(r);
+            }
         }
-        seen = now;
-        match redaction_patterns(&layout)
-            .map_err(|e| format!("{e:#}"))
-            .and_then(|t| crate::redact::Redactor::new(secrets.clone(), &t))
-        {
-            Ok(r) => {
-                if let Ok(mut slot) = broker.redactor.write() {
-                    *slot = Arc::new(r);
-                }
-                tracing::info!("redaction patterns reloaded");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "redactions.toml refused; the previous patterns stay")
-            }
+        Err(e) => {
+            tracing::error!(error = %e, "redactions.toml refused; the previous patterns stay")
         }
     }
 }
@@ -600,7 +590,7 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         .flat_map(|s| s.secrets())
         .map(|s| secrecy::ExposeSecret::expose_secret(s).to_owned())
         .collect();
-    let redactor = crate::redact::Redactor::new(secrets.clone(), &redaction_patterns(&layout)?)
+    let redactor = crate::redact::Redactor::new(secrets, &redaction_patterns(&layout.policies())?)
         .map_err(|e| {
             anyhow::anyhow!(
                 "{}: {e}",
@@ -694,7 +684,6 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         )),
         redactor: std::sync::RwLock::new(Arc::new(redactor)),
     });
-    tokio::spawn(follow_redactions(broker.clone(), layout.clone(), secrets));
     tokio::spawn(broker.clone().watch_admitted(Duration::from_secs(15)));
     tokio::spawn(watch_policies(broker.clone()));
 
@@ -947,6 +936,7 @@ async fn watch_policies(broker: SharedBroker) {
             continue;
         }
         seen = now;
+        reload_redactions(&broker);
         let (status, detail) = match broker.policy.reload() {
             Ok(()) => {
                 tracing::info!(dir = %dir.display(), "policy reloaded");
