@@ -17,6 +17,10 @@
 //!   integer attribute of `humans.toml` the rule names as `limit_attr`),
 //!   the pattern of an agent splitting a large payment into pieces that
 //!   each just pass. (`near_cap_refunds` is its former name.)
+//! - `split_amounts`: at least `threshold` calls that ran on the policy's
+//!   leave or were held for a human, whose amounts summed within the window
+//!   exceed the human's `limit_attr` — split payments by their total,
+//!   whatever band each piece falls in.
 //!
 //! A subject that raised an alert stays quiet for the rule's cooldown, so a
 //! burst raises one alert; one event raises at most one alert per rule, and
@@ -84,6 +88,9 @@ pub enum RuleKind {
     /// Tools the broker quarantined because their upstream definition
     /// drifted from the admitted one (`drift` events).
     UpstreamDrift,
+    /// Calls that ran whose amounts sum above the human's limit within
+    /// the window.
+    SplitAmounts,
 }
 
 impl RuleKind {
@@ -94,6 +101,7 @@ impl RuleKind {
             RuleKind::NearLimit => "near_limit",
             RuleKind::EscalationFlood => "escalation_flood",
             RuleKind::UpstreamDrift => "upstream_drift",
+            RuleKind::SplitAmounts => "split_amounts",
         }
     }
 }
@@ -280,26 +288,28 @@ impl Rules {
                 }
                 (_, None) => {}
             }
-            match (r.kind, &r.limit_attr) {
-                (RuleKind::NearLimit, Some(a))
+            let amounts = matches!(r.kind, RuleKind::NearLimit | RuleKind::SplitAmounts);
+            match (amounts, &r.limit_attr) {
+                (true, Some(a))
                     if !a.is_empty()
                         && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {}
-                (RuleKind::NearLimit, _) => {
-                    return Err(invalid(
-                        "near_limit needs limit_attr: the humans' integer attribute holding the limit (in humans.toml)".into(),
-                    ));
-                }
-                (kind, Some(_)) => {
+                (true, _) => {
                     return Err(invalid(format!(
-                        "limit_attr is for near_limit, not {}",
-                        kind.as_str()
+                        "{} needs limit_attr: the humans' integer attribute holding the limit (in humans.toml)",
+                        r.kind.as_str()
                     )));
                 }
-                (_, None) => {}
+                (false, Some(_)) => {
+                    return Err(invalid(format!(
+                        "limit_attr is for near_limit and split_amounts, not {}",
+                        r.kind.as_str()
+                    )));
+                }
+                (false, None) => {}
             }
-            if r.kind != RuleKind::NearLimit && !r.tools.is_empty() {
+            if !amounts && !r.tools.is_empty() {
                 return Err(invalid(format!(
-                    "tools is for near_limit, not {}",
+                    "tools is for near_limit and split_amounts, not {}",
                     r.kind.as_str()
                 )));
             }
@@ -342,6 +352,9 @@ pub struct Alert {
 struct Track {
     /// Times of the last (at most `threshold`) matching events, oldest first.
     times: VecDeque<i64>,
+    /// `split_amounts`: the amounts of those events (at most
+    /// [`MAX_THRESHOLD`] of them within the window).
+    amounts: VecDeque<i64>,
     /// The newest event time seen.
     last_ms: i64,
     /// No alert for this subject before this time.
@@ -364,6 +377,27 @@ impl Track {
         }
         self.last_ms = self.last_ms.max(at_ms);
         self.times.len()
+    }
+
+    /// Records an event moving `amount` at `at_ms`; returns the events
+    /// within the window and the sum of their amounts.
+    fn push_amount(&mut self, at_ms: i64, amount: i64, window_ms: i64) -> (usize, i128) {
+        while self
+            .times
+            .front()
+            .is_some_and(|t| at_ms.saturating_sub(*t) > window_ms)
+            || self.times.len() >= MAX_THRESHOLD as usize
+        {
+            self.times.pop_front();
+            self.amounts.pop_front();
+        }
+        self.times.push_back(at_ms);
+        self.amounts.push_back(amount);
+        self.last_ms = self.last_ms.max(at_ms);
+        (
+            self.times.len(),
+            self.amounts.iter().map(|a| i128::from(*a)).sum(),
+        )
     }
 
     fn idle(&self, now_ms: i64, window_ms: i64) -> bool {
@@ -448,6 +482,13 @@ impl Detector {
             if !matches(&w.rule, event, &self.facts) {
                 continue;
             }
+            let split = match w.rule.kind {
+                RuleKind::SplitAmounts => match amount_and_limit(&w.rule, event, &self.facts) {
+                    Some(x) => Some(x),
+                    None => continue,
+                },
+                _ => None,
+            };
             let threshold = usize::try_from(w.rule.threshold).unwrap_or(usize::MAX);
             // Subjects of this event at the threshold: (index in `by`, count).
             let mut reached: Vec<(usize, usize)> = Vec::new();
@@ -463,6 +504,7 @@ impl Detector {
                         key.to_owned(),
                         Track {
                             times: VecDeque::new(),
+                            amounts: VecDeque::new(),
                             last_ms: at_ms,
                             quiet_until_ms: i64::MIN,
                         },
@@ -471,8 +513,14 @@ impl Detector {
                 let Some(track) = subjects.get_mut(key) else {
                     continue;
                 };
-                let n = track.push(at_ms, w.window_ms, threshold);
-                if n >= threshold {
+                let n = match split {
+                    None => track.push(at_ms, w.window_ms, threshold),
+                    Some((amount, limit)) => {
+                        let (n, sum) = track.push_amount(at_ms, amount, w.window_ms);
+                        if sum > i128::from(limit) { n } else { 0 }
+                    }
+                };
+                if n >= threshold.max(1) {
                     reached.push((i, n));
                 }
             }
@@ -547,7 +595,30 @@ fn matches(rule: &Rule, event: &Event, facts: &Facts) -> bool {
                 && matches!(event.decision.as_str(), "allow" | "constrain" | "executed")
                 && near_limit(rule, event, facts)
         }
+        // What the agent moved or tried to move on its own: calls that
+        // ran on the policy's leave and calls held for a human (an
+        // approved one was a human's decision).
+        RuleKind::SplitAmounts => {
+            (rule.tools.is_empty() || rule.tools.contains(&event.tool))
+                && matches!(event.decision.as_str(), "allow" | "constrain" | "escalate")
+        }
     }
+}
+
+/// The call's amount and its human's limit (`limit_attr`), when both are
+/// known and the limit is positive.
+fn amount_and_limit(rule: &Rule, event: &Event, facts: &Facts) -> Option<(i64, i64)> {
+    let arg = facts.amount_args.get(&event.tool)?;
+    let &limit = rule
+        .limit_attr
+        .as_ref()
+        .and_then(|a| facts.limits.get(a))
+        .and_then(|l| l.get(&event.human))?;
+    let amount = serde_json::from_str::<Value>(&event.args_json)
+        .ok()?
+        .get(arg)?
+        .as_i64()?;
+    (limit > 0 && amount >= 0).then_some((amount, limit))
 }
 
 /// Whether the call's amount is within `band_percent` under its human's
@@ -585,6 +656,14 @@ fn alert(rule: &Rule, by: By, count: usize, at_ms: i64, event: &Event) -> Alert 
         RuleKind::DenialSpike => "denials".to_owned(),
         RuleKind::EscalationFlood => "escalations".to_owned(),
         RuleKind::UpstreamDrift => "quarantines".to_owned(),
+        RuleKind::SplitAmounts => format!(
+            "{} made or attempted, summing above their {}",
+            match rule.tools.as_slice() {
+                [one] => format!("{one} calls"),
+                _ => "payments".to_owned(),
+            },
+            rule.limit_attr.as_deref().unwrap_or("limit"),
+        ),
         RuleKind::NearLimit => format!(
             "{} within {}% under their {}",
             match rule.tools.as_slice() {
@@ -721,11 +800,12 @@ mod tests {
             [
                 "denial-spike",
                 "near-cap-refunds",
+                "split-refunds",
                 "escalation-flood",
                 "upstream-drift"
             ]
         );
-        assert_eq!(rules.limit_attrs(), ["rep_limit"]);
+        assert_eq!(rules.limit_attrs(), ["daily_refund_limit", "rep_limit"]);
     }
 
     #[test]
@@ -1025,6 +1105,52 @@ mod tests {
             (alerts[0].by, alerts[0].subject.as_str()),
             (By::Session, "s2")
         );
+    }
+
+    #[test]
+    fn split_refunds_are_flagged_by_their_sum_whatever_each_piece() {
+        let mut d = Detector::new(
+            shipped(),
+            Facts {
+                amount_args: HashMap::from([(REFUND_TOOL.to_owned(), "amount".to_owned())]),
+                limits: HashMap::from([
+                    (
+                        "rep_limit".to_owned(),
+                        HashMap::from([("alice".into(), 5_000)]),
+                    ),
+                    (
+                        "daily_refund_limit".to_owned(),
+                        HashMap::from([("alice".into(), 15_000)]),
+                    ),
+                ]),
+            },
+        );
+        // $44.99 each: outside the near-limit band of a $50 limit, but four
+        // of them (the last held for a human) are $179.96 in two minutes.
+        let events = [
+            (0, refund("sess_a", "alice", "allow", 4_499)),
+            (30, refund("sess_a", "alice", "deny", 4_499)), // did not run
+            (40, refund("sess_b", "alice", "allow", 4_499)),
+            (80, refund("sess_c", "alice", "allow", 4_499)),
+            (120, refund("sess_c", "alice", "escalate", 4_499)),
+            (150, refund("sess_c", "alice", "escalate", 4_499)), // cooling down
+        ];
+        let alerts = feed(&mut d, &events);
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        let a = &alerts[0];
+        assert_eq!(a.rule, "split-refunds");
+        assert_eq!((a.by, a.subject.as_str(), a.count), (By::Human, "alice", 4));
+        assert_eq!(a.at_ms, T0 + 120 * SEC);
+        assert_eq!(
+            a.summary,
+            "high split-refunds: human alice had 4 issue_refund calls made or attempted, summing above their daily_refund_limit within 1h"
+        );
+        // Refunds that stay under the total raise nothing.
+        let mut d = Detector::new(shipped(), d.facts().clone());
+        let calm: Vec<(i64, Event)> = (0..10)
+            .map(|i| (i * 60, refund("s", "alice", "allow", 1_400)))
+            .collect();
+        assert!(feed(&mut d, &calm).is_empty());
     }
 
     #[test]

@@ -1645,7 +1645,7 @@ mod tests {
     fn a_missing_rule_file_means_the_shipped_rules() {
         let dir = temp_dir("no-detections");
         let rules = load_detections(&dir).expect("shipped rules");
-        assert_eq!(rules.rule.len(), 4);
+        assert_eq!(rules.rule.len(), 5);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -146,6 +146,7 @@ impl Broker {
                     rules: decision.rules.clone(),
                     message,
                     detail: format!("escalation failed: {e}"),
+                    basis: crate::gate::basis_of(decision, args).map(Box::new),
                 };
                 return self.refuse(claims, tool, args, r).await;
             }
@@ -156,6 +157,7 @@ impl Broker {
         rec.request_id = req.id.clone();
         rec.status = req.status.clone();
         rec.detail = decision.reason.clone();
+        rec.basis = crate::gate::basis_of(decision, args);
         if let Err(refused) = self.record_first(Kind::Escalation, rec).await {
             return refused;
         }
@@ -470,7 +472,14 @@ impl Broker {
             return refused;
         }
         let result = self
-            .run(claims, tool, args, decision, Some((&grant, req)), None)
+            .run(
+                claims,
+                tool,
+                args,
+                decision,
+                crate::gate::Run::Approved(&grant, req),
+                None,
+            )
             .await;
         let stored = stored_result(&result);
         let done = with_db!(&self.state, p => {
@@ -618,6 +627,7 @@ impl Broker {
                 rules: Vec::new(),
                 reason: String::new(),
                 model_message: String::new(),
+                basis: Default::default(),
             };
             let request = DecisionRequest {
                 tool: req.tool.clone(),
@@ -625,6 +635,7 @@ impl Broker {
                 agent: claims.agent().to_owned(),
                 human: claims.sub.clone(),
                 resource: None,
+                context: Default::default(),
             };
             return self
                 .conclude(claims, &req.tool, &args_hash, &decision, &request, &req)
@@ -640,6 +651,9 @@ impl Broker {
             agent: claims.agent().to_owned(),
             human: claims.sub.clone(),
             resource: fetched.resource,
+            // Only an explicit forbid stops an approved call (see
+            // `redeem`); the operator decided on the budgets and taint.
+            context: bundle.assumed_context(&req.tool),
         };
         let mut decision = bundle.decide(&request);
         // The grant binds the arguments the humans approved; run exactly those.

@@ -36,6 +36,8 @@ pub struct Broker {
     pub backend: Backend,
     /// Broker state (grant redemptions).
     pub state: zt_proto::db::Db,
+    /// Budgets over time and session taint (in the state database).
+    pub ledger: crate::ledger::Ledger,
     /// This broker's audit chain (one writer per chain in the process).
     pub audit: Arc<AuditLog>,
     /// The approval service.
@@ -101,6 +103,8 @@ pub(crate) struct Refusal {
     pub(crate) rules: Vec<String>,
     pub(crate) message: String,
     pub(crate) detail: String,
+    /// What the policy's decision rested on, when the policy decided.
+    pub(crate) basis: Option<Box<Value>>,
 }
 
 impl Refusal {
@@ -119,8 +123,22 @@ impl Refusal {
             },
             message: message.into(),
             detail: detail.into(),
+            basis: None,
         }
     }
+}
+
+/// The audit form of what `decision` rested on (see
+/// [`zt_policies::Basis`]), with the arguments as the agent sent them when
+/// the policy rewrote them.
+pub(crate) fn basis_of(decision: &Decision, original: &Value) -> Option<Value> {
+    let mut v = serde_json::to_value(&decision.basis).ok()?;
+    if decision.args != *original
+        && let Value::Object(m) = &mut v
+    {
+        m.insert("args".into(), original.clone());
+    }
+    Some(v)
 }
 
 pub(crate) fn error_result(message: &str, status: &str, extra: Value) -> CallToolResult {
@@ -214,6 +232,7 @@ impl Broker {
         rec.rules = r.rules.clone();
         rec.status = "refused".into();
         rec.detail = r.detail.clone();
+        rec.basis = r.basis.as_deref().cloned();
         let mut audited = self.audit.append(Kind::Decision, rec.clone()).await;
         if let Err(StoreError::Encode(_)) = &audited {
             // Arguments the canonical form cannot hold (floats, huge
@@ -499,14 +518,51 @@ impl Broker {
             Ok(f) => f,
             Err(r) => return self.refuse(claims, tool, &args, r).await,
         };
-        let request = DecisionRequest {
+        let read_only = bundle.tool(tool).is_some_and(|t| t.read_only);
+        // Taint only grows; a call that changes something also asks what
+        // every replica recorded.
+        let tainted = match self.ledger.tainted(&claims.sid, !read_only).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, tool, "reading the session's taint failed");
+                let r = Refusal::new(
+                    "deny",
+                    "ledger",
+                    "the action could not be checked, so it was not run; try again later",
+                    format!("session taint unreadable: {e}"),
+                );
+                return self.refuse(claims, tool, &args, r).await;
+            }
+        };
+        let mut request = DecisionRequest {
             tool: tool.to_owned(),
             args: args.clone(),
             agent: claims.agent().to_owned(),
             human: claims.sub.clone(),
             resource: fetched.resource,
+            context: zt_policies::CallContext {
+                tainted,
+                budgets: Default::default(),
+            },
         };
-        let decision = bundle.decide(&request);
+        let (decision, reservation) = match self
+            .ledger
+            .decide(&bundle, &mut request, who(claims))
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, tool, "measuring the call's budgets failed");
+                let r = Refusal::new(
+                    "deny",
+                    "ledger",
+                    "the action could not be checked against its budgets, so it was not run; try again later",
+                    e.to_string(),
+                );
+                return self.refuse(claims, tool, &args, r).await;
+            }
+        };
+        self.shadowed(claims, tool, &args, &decision);
         match decision.effect {
             Effect::Deny => {
                 let r = Refusal {
@@ -514,11 +570,11 @@ impl Broker {
                     rules: decision.rules.clone(),
                     message: decision.model_message.clone(),
                     detail: decision.reason.clone(),
+                    basis: basis_of(&decision, &args).map(Box::new),
                 };
                 self.refuse(claims, tool, &args, r).await
             }
             Effect::Allow | Effect::Constrain => {
-                let read_only = bundle.tool(tool).is_some_and(|t| t.read_only);
                 if read_only {
                     self.read(
                         claims,
@@ -530,8 +586,15 @@ impl Broker {
                     )
                     .await
                 } else {
-                    self.run(claims, tool, &args, &decision, None, progress.as_ref())
-                        .await
+                    self.run(
+                        claims,
+                        tool,
+                        &args,
+                        &decision,
+                        Run::Decided(reservation),
+                        progress.as_ref(),
+                    )
+                    .await
                 }
             }
             Effect::Escalate => {
@@ -561,6 +624,7 @@ impl Broker {
         rec.decision = effect.to_owned();
         rec.rules = decision.rules.clone();
         rec.status = "executing".into();
+        rec.basis = basis_of(decision, original);
         rec.detail = if args != original {
             format!(
                 "{} (arguments rewritten from {})",
@@ -577,6 +641,7 @@ impl Broker {
                 Err(e) => format!("{e:?}"),
             };
             rec.decision = "executed".into();
+            rec.basis = None;
             rec
         };
         let (outcome, audited) = match snapshot {
@@ -617,7 +682,64 @@ impl Broker {
                 json!({}),
             );
         }
+        if let Err(withheld) = self.taint(claims, tool, &outcome).await {
+            return withheld;
+        }
         self.finish(claims, tool, args, decision, effect, outcome)
+    }
+
+    /// Records, before outsiders' content reaches the agent, that its
+    /// session has read it; if that cannot be recorded the content is
+    /// withheld (fail closed).
+    async fn taint(
+        &self,
+        claims: &SessionClaims,
+        tool: &str,
+        outcome: &Result<Output, BackendError>,
+    ) -> Result<(), CallToolResult> {
+        let untrusted = self
+            .policy
+            .current()
+            .tool(tool)
+            .is_some_and(|t| t.untrusted_output);
+        if !untrusted || !matches!(outcome, Ok(o) if !o.failed()) {
+            return Ok(());
+        }
+        self.ledger.taint(&claims.sid, tool).await.map_err(|e| {
+            tracing::error!(error = %e, tool, "recording the session's taint failed; withholding the result");
+            error_result(
+                "the action could not be recorded, so its result is withheld",
+                "error",
+                json!({}),
+            )
+        })
+    }
+
+    /// Tells operators when the `@shadow` rules would have decided the
+    /// call otherwise (the audit entry records the shadow verdict either way).
+    fn shadowed(&self, claims: &SessionClaims, tool: &str, args: &Value, decision: &Decision) {
+        let Some(shadow) = decision.shadow_divergence() else {
+            return;
+        };
+        let summary = format!(
+            "shadow rules would have decided {} (by {}) where the policy decided {}",
+            shadow.effect,
+            shadow.rules.join(", "),
+            decision.effect
+        );
+        tracing::info!(tool, session = %claims.sid, "{summary}");
+        let _ = self.events.try_send(Event {
+            kind: "shadow".into(),
+            session_id: claims.sid.clone(),
+            human: claims.sub.clone(),
+            agent: claims.agent().to_owned(),
+            tool: tool.to_owned(),
+            decision: decision.effect.as_str().to_owned(),
+            summary,
+            rules: shadow.rules.clone(),
+            args_json: canonical::to_canonical_string(args).unwrap_or_default(),
+            ..Event::default()
+        });
     }
 
     /// Audits the decision (durably, before any side effect), executes, and
@@ -628,10 +750,29 @@ impl Broker {
         tool: &str,
         original: &Value,
         decision: &Decision,
-        grant: Option<(&Grant, &ApprovalRequest)>,
+        how: Run<'_>,
         progress: Option<&Progress>,
     ) -> CallToolResult {
         let args = &decision.args;
+        let (grant, reservation) = match how {
+            Run::Decided(r) => (None, r),
+            Run::Approved(g, req) => {
+                // An operator's approval lets the call run past the policy,
+                // not past the ledger: what it consumes counts.
+                let bundle = self.policy.current();
+                match self.ledger.consume(&bundle, tool, args, who(claims)).await {
+                    Ok(r) => (Some((g, req)), r),
+                    Err(e) => {
+                        tracing::error!(error = %e, tool, "consuming an approved call's budgets failed");
+                        return error_result(
+                            "the action could not be recorded, so it was not run",
+                            "error",
+                            json!({}),
+                        );
+                    }
+                }
+            }
+        };
         let effect = if grant.is_some() {
             "approved"
         } else {
@@ -652,10 +793,14 @@ impl Broker {
         if let Some((g, req)) = grant {
             rec.grant_id = g.id.clone();
             rec.request_id = req.id.clone();
+        } else {
+            rec.basis = basis_of(decision, original);
         }
         if let Err(refused) = self.record_first(Kind::Decision, rec.clone()).await {
+            self.ledger.release(reservation).await;
             return refused;
         }
+        rec.basis = None;
         let actor = backend::Actor {
             session: &claims.sid,
             human: &claims.sub,
@@ -663,6 +808,15 @@ impl Broker {
             progress,
         };
         let (outcome, note) = self.screened(tool, self.execute(tool, args, &actor).await);
+        // Nothing moved when the upstream refused outright: give the
+        // budgets back. An unknown outcome (a timeout) stays consumed.
+        if matches!(
+            &outcome,
+            Err(BackendError::Refused(_) | BackendError::NotFound(_))
+        ) || matches!(&outcome, Ok(o) if o.failed())
+        {
+            self.ledger.release(reservation).await;
+        }
         rec.status = status_of(&outcome).into();
         rec.detail = match &outcome {
             Ok(v) => summarize(&self.policy, tool, v.json(), args) + &note,
@@ -683,6 +837,9 @@ impl Broker {
             if let Err(e) = self.approvals.report(&req.id, ok, &summary, &g.id).await {
                 tracing::warn!(error = %e, request = %req.id, "could not report execution");
             }
+        }
+        if let Err(withheld) = self.taint(claims, tool, &outcome).await {
+            return withheld;
         }
         let label = if grant.is_some() { "executed" } else { effect };
         self.finish(claims, tool, args, decision, label, outcome)
@@ -853,6 +1010,23 @@ impl Broker {
 }
 
 pub use zt_proto::printable;
+
+/// How a call comes to run.
+pub(crate) enum Run<'a> {
+    /// The policy let it run; what it consumed of its budgets.
+    Decided(crate::ledger::Reservation),
+    /// An operator approved it with this grant.
+    Approved(&'a Grant, &'a ApprovalRequest),
+}
+
+/// The caller as budgets count it.
+pub(crate) fn who(claims: &SessionClaims) -> crate::ledger::Who<'_> {
+    crate::ledger::Who {
+        human: &claims.sub,
+        agent: claims.agent(),
+        session: &claims.sid,
+    }
+}
 
 /// The audit status of an executed call.
 fn status_of(outcome: &Result<Output, BackendError>) -> &'static str {

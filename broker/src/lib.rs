@@ -37,6 +37,7 @@ pub mod approval_client;
 pub mod backend;
 pub mod gate;
 pub mod jwks;
+pub mod ledger;
 pub mod quarantine;
 pub mod ratelimit;
 pub mod redact;

@@ -670,6 +670,7 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
     let broker = Arc::new(Broker {
         policy,
         backend,
+        ledger: crate::ledger::Ledger::new(state.clone()),
         state,
         audit: audit.clone(),
         approvals,
@@ -684,6 +685,18 @@ async fn start(opts: &Options, chain: &str) -> anyhow::Result<Started> {
         )),
         redactor: std::sync::RwLock::new(Arc::new(redactor)),
     });
+    // The policy version decisions will name, from the first one on.
+    let started = Record {
+        subject: "zt-broker".into(),
+        status: "ok".into(),
+        detail: format!(
+            "policy {} in force at start, from {}",
+            broker.policy.current().hash(),
+            broker.policy.dir().display()
+        ),
+        ..Record::default()
+    };
+    broker.audit.append(Kind::PolicyReload, started).await?;
     tokio::spawn(broker.clone().watch_admitted(Duration::from_secs(15)));
     tokio::spawn(watch_policies(broker.clone()));
 
@@ -941,7 +954,14 @@ async fn watch_policies(broker: SharedBroker) {
             Ok(()) => {
                 tracing::info!(dir = %dir.display(), "policy reloaded");
                 warn_unrouted(&broker.backend, &broker.policy.current());
-                ("ok", format!("policy reloaded from {}", dir.display()))
+                (
+                    "ok",
+                    format!(
+                        "policy {} reloaded from {}",
+                        broker.policy.current().hash(),
+                        dir.display()
+                    ),
+                )
             }
             Err(e) => {
                 tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");

@@ -10,7 +10,6 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -51,36 +50,12 @@ pub struct Filter {
     pub until: Option<String>,
 }
 
-/// A time bound in ms since the epoch.
+/// A time bound in ms since the epoch (see [`zt_proto::time::parse_time`]).
 pub fn parse_time(text: &str, now_ms: i64) -> anyhow::Result<i64> {
-    let t = text.trim();
-    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
-        return Ok(dt.timestamp_millis());
-    }
-    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
-        return t.parse().context("time out of range");
-    }
-    let (num, unit) = t.split_at(t.len().saturating_sub(1));
-    let n: i64 =
-        num.parse().ok().filter(|n| *n >= 0).with_context(|| {
-            format!("`{text}` is not a time (RFC 3339, ms, or an age like 15m)")
-        })?;
-    let unit_ms = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => bail!("`{text}` is not a time (RFC 3339, ms, or an age like 15m, 2h, 7d)"),
-    };
-    Ok(now_ms.saturating_sub(n.saturating_mul(unit_ms)))
+    zt_proto::time::parse_time(text, now_ms).map_err(anyhow::Error::msg)
 }
 
-/// RFC 3339 UTC with milliseconds.
-pub fn format_time(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .map(|d| d.to_rfc3339_opts(SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
+pub use zt_proto::time::format_time;
 
 /// One entry as an auditor's tools expect it: flat, named fields, an
 /// RFC 3339 time, and the chain position and hashes.
@@ -112,6 +87,7 @@ pub fn siem_line(chain: &str, seq: u64, hash: &str, entry: &Entry) -> Value {
         "grant_id": r.grant_id,
         "status": r.status,
         "detail": r.detail,
+        "basis": r.basis,
         "hash": hash,
         "prev_hash": entry.prev_hash,
     })

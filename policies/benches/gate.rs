@@ -189,6 +189,12 @@ fn mix(humans: &[Human]) -> Vec<Call> {
                     agent: format!("agent-{}", rng.range(1, 8)),
                     human: human.id.clone(),
                     resource: Some(resource),
+                    // Nothing consumed, untainted: the budget and taint
+                    // rules never fire, as the other engines have none.
+                    context: zt_policies::CallContext {
+                        tainted: false,
+                        budgets: [("refunded_today".to_string(), 0)].into_iter().collect(),
+                    },
                 },
                 resource_type: resource_type_of(tool),
             }

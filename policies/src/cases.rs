@@ -13,6 +13,7 @@
 //! expect = "allow"                   # allow | constrain | deny | escalate
 //! expect_args = { ... }              # required when expect = "constrain": the rewritten args
 //! expect_rules = ["refund-within-rep-limit"]   # optional: exact rule ids of the decision
+//! context = { tainted = true, budgets = { refunded_today = 12000 } }  # optional; default: untainted, nothing consumed
 //! ```
 //!
 //! For every case that does not expect `constrain`, the decision's arguments must
@@ -61,6 +62,10 @@ pub struct Case {
     /// Resource, when known.
     #[serde(default)]
     pub resource: Option<Resource>,
+    /// The session's taint and budgets; when absent, an untainted session
+    /// that has consumed nothing.
+    #[serde(default)]
+    pub context: Option<crate::CallContext>,
     /// Expected effect.
     pub expect: Effect,
     /// Expected (rewritten) arguments; required for `constrain`.
@@ -73,13 +78,17 @@ pub struct Case {
 
 impl Case {
     /// The request this case sends.
-    pub fn request(&self) -> DecisionRequest {
+    pub fn request(&self, bundle: &PolicyBundle) -> DecisionRequest {
         DecisionRequest {
             tool: self.tool.clone(),
             args: self.args.clone(),
             agent: self.agent.clone(),
             human: self.human.clone(),
             resource: self.resource.clone(),
+            context: self
+                .context
+                .clone()
+                .unwrap_or_else(|| bundle.assumed_context(&self.tool)),
         }
     }
 
@@ -159,7 +168,7 @@ pub fn load(path: &Path) -> Result<CaseFile, String> {
 pub fn run(bundle: &PolicyBundle, file: &CaseFile) -> CaseReport {
     let mut report = CaseReport::default();
     for case in &file.cases {
-        let decision = bundle.decide(&case.request());
+        let decision = bundle.decide(&case.request(bundle));
         match case.verify(&decision) {
             Ok(()) => report.passed += 1,
             Err(message) => report.failures.push(CaseFailure {

@@ -16,7 +16,14 @@ use crate::rewrite::Rewrite;
 use crate::{Problem, files};
 
 /// Annotations the gate understands; any other is a typo.
-const KNOWN_ANNOTATIONS: [&str; 5] = ["id", "effect", "rewrite", "reason", "model_message"];
+const KNOWN_ANNOTATIONS: [&str; 6] = [
+    "id",
+    "effect",
+    "rewrite",
+    "reason",
+    "model_message",
+    "shadow",
+];
 
 /// Runs every check; an empty result means the directory is consistent.
 pub(crate) fn run(src: &Sources) -> Vec<Problem> {
@@ -26,7 +33,54 @@ pub(crate) fn run(src: &Sources) -> Vec<Problem> {
     check_rules(src, &mut out);
     check_schema(src, &mut out);
     check_limits(src, &mut out);
+    check_budgets(src, &mut out);
     out
+}
+
+fn check_budgets(src: &Sources, out: &mut Vec<Problem>) {
+    let mut seen = HashSet::new();
+    for b in &src.budgets.budget {
+        let culprit = format!("{}: budget `{}`", files::BUDGETS, b.name);
+        if !attr_name_ok(&b.name) {
+            out.push(Problem::new(
+                &culprit,
+                "a budget's name must be a Cedar identifier (letters, digits, `_`)",
+            ));
+        }
+        if !seen.insert(b.name.as_str()) {
+            out.push(Problem::new(&culprit, "declared twice"));
+        }
+        if let Err(m) = b.window() {
+            out.push(Problem::new(&culprit, m));
+        }
+        if b.tools.is_empty() {
+            out.push(Problem::new(&culprit, "names no tools"));
+        }
+        for name in &b.tools {
+            match src.tools.iter().find(|t| &t.name == name) {
+                None => out.push(Problem::new(
+                    &culprit,
+                    format!("names tool `{name}`, which is not in {}", files::TOOLS),
+                )),
+                Some(t) => {
+                    if b.sum == crate::budgets::Sum::Amount && t.amount_arg.is_none() {
+                        out.push(Problem::new(
+                            &culprit,
+                            format!("sums amounts, but tool `{name}` declares no amount_arg"),
+                        ));
+                    }
+                    if b.per == crate::budgets::Per::Resource && t.resource_arg.is_none() {
+                        out.push(Problem::new(
+                            &culprit,
+                            format!(
+                                "counts per resource, but tool `{name}` declares no resource_arg"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn check_limits(src: &Sources, out: &mut Vec<Problem>) {
@@ -475,7 +529,11 @@ fn check_rules(src: &Sources, out: &mut Vec<Problem>) {
                             ),
                         )),
                     }
-                    if policy.effect() == cedar_policy::Effect::Permit {
+                    // A shadow permit is not enforced: it does not give
+                    // its tools a rule.
+                    if policy.effect() == cedar_policy::Effect::Permit
+                        && policy.annotation("shadow").is_none()
+                    {
                         permitted.insert(uid);
                     }
                 }
@@ -660,6 +718,16 @@ fn check_schema(src: &Sources, out: &mut Vec<Problem>) {
             .and_then(Value::as_array)
             .map(|r| r.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
+        // The context the gate builds (`args`, `session`, `budgets`): the
+        // schema may leave out `session` and `budgets` (then no rule reads
+        // them), but what it declares must be what the gate sends.
+        let budgets: Vec<(String, RestrictedExpression)> = src
+            .budgets
+            .budget
+            .iter()
+            .filter(|b| b.applies_to(&tool.name))
+            .map(|b| (b.name.clone(), RestrictedExpression::new_long(0)))
+            .collect();
         for only_required in [false, true] {
             let mut fields = Vec::new();
             for (name, prop) in &props {
@@ -668,10 +736,24 @@ fn check_schema(src: &Sources, out: &mut Vec<Problem>) {
                 }
                 fields.push((name.clone(), sample(prop)));
             }
-            let result = (|| -> Result<(), String> {
-                let args = RestrictedExpression::new_record(fields).map_err(|e| e.to_string())?;
-                let context =
-                    Context::from_pairs([("args".to_string(), args)]).map_err(|e| e.to_string())?;
+            let attempt = |with_session: bool, with_budgets: bool| -> Result<(), String> {
+                let args =
+                    RestrictedExpression::new_record(fields.clone()).map_err(|e| e.to_string())?;
+                let mut pairs = vec![("args".to_string(), args)];
+                if with_session {
+                    let session = RestrictedExpression::new_record([(
+                        "tainted".to_string(),
+                        RestrictedExpression::new_bool(false),
+                    )])
+                    .map_err(|e| e.to_string())?;
+                    pairs.push(("session".to_string(), session));
+                }
+                if with_budgets {
+                    let b = RestrictedExpression::new_record(budgets.clone())
+                        .map_err(|e| e.to_string())?;
+                    pairs.push(("budgets".to_string(), b));
+                }
+                let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
                 let principal =
                     EntityUid::from_type_name_and_id(type_name("Agent")?, EntityId::new("check"));
                 let resource = EntityUid::from_type_name_and_id(
@@ -681,18 +763,28 @@ fn check_schema(src: &Sources, out: &mut Vec<Problem>) {
                 Request::new(principal, action.clone(), resource, context, Some(schema))
                     .map(|_| ())
                     .map_err(|e| e.to_string())
-            })();
+            };
+            let result = [(true, true), (true, false), (false, true), (false, false)]
+                .into_iter()
+                .map(|(s, b)| attempt(s, b))
+                .reduce(|first, next| first.or_else(|e| next.map_err(|_| e)))
+                .unwrap_or(Ok(()));
             if let Err(m) = result {
                 out.push(Problem::new(
                     &culprit,
                     format!(
-                        "context.args does not match the input_schema of tool `{}`{}: {m}",
+                        "context does not match what the gate sends for tool `{}` (args as its input_schema{}, session {{ tainted: Bool }}, budgets {{ {} }}): {m}",
                         tool.name,
                         if only_required {
-                            " (with only the required fields)"
+                            ", only the required fields"
                         } else {
                             ""
-                        }
+                        },
+                        budgets
+                            .iter()
+                            .map(|(n, _)| format!("{n}: Long"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
                 break;

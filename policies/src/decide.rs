@@ -3,7 +3,9 @@
 use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RestrictedExpression};
+use cedar_policy::{
+    Context, Entities, Entity, EntityId, EntityUid, PolicySet, Request, RestrictedExpression,
+};
 use serde_json::{Map, Value};
 
 use crate::args::sanitize;
@@ -37,6 +39,7 @@ fn gate(effect: Effect, args: &Value, rule: &str, reason: String, model: String)
         rules: vec![format!("gate:{rule}")],
         reason,
         model_message: model,
+        basis: Default::default(),
     }
 }
 
@@ -70,8 +73,12 @@ fn to_expr(v: &Value) -> Result<RestrictedExpression, String> {
 impl PolicyBundle {
     /// Decides one tool call. Pure and synchronous; never panics: any internal
     /// error (even a panic inside the policy engine) yields [`Effect::Deny`].
+    ///
+    /// The decision carries its [`crate::Basis`]; when `@shadow` rules apply
+    /// to the tool, the call is decided a second time with them and their
+    /// verdict is recorded there, never enforced.
     pub fn decide(&self, req: &DecisionRequest) -> Decision {
-        match catch_unwind(AssertUnwindSafe(|| self.decide_inner(req))) {
+        let run = |set: Set| match catch_unwind(AssertUnwindSafe(|| self.decide_inner(req, set))) {
             Ok(d) => d,
             Err(_) => deny(
                 &req.args,
@@ -79,10 +86,38 @@ impl PolicyBundle {
                 "internal error while deciding",
                 DENY_MESSAGE,
             ),
+        };
+        let mut d = run(Set::Enforced);
+        d.basis = crate::Basis {
+            policy: self.sources.hash.clone(),
+            agent: req.agent.clone(),
+            human: self
+                .humans
+                .get(&req.human)
+                .map(|h| h.human.attrs.clone())
+                .unwrap_or_default(),
+            resource: req.resource.clone(),
+            context: req.context.clone(),
+            shadow: None,
+        };
+        if self.has_shadow(&req.tool) {
+            let s = run(Set::Shadow);
+            let shadow_rules = s
+                .rules
+                .iter()
+                .filter(|id| self.rules.get(*id).is_some_and(|m| m.shadow))
+                .cloned()
+                .collect();
+            d.basis.shadow = Some(crate::Verdict {
+                effect: s.effect,
+                rules: s.rules,
+                shadow_rules,
+            });
         }
+        d
     }
 
-    fn decide_inner(&self, req: &DecisionRequest) -> Decision {
+    fn decide_inner(&self, req: &DecisionRequest, set: Set) -> Decision {
         let args = &req.args;
         let Some(entry) = self.entries.get(&req.tool) else {
             return deny(
@@ -106,6 +141,17 @@ impl PolicyBundle {
                 "invalid-args",
                 format!("invalid arguments: {e}"),
                 format!("Invalid arguments: {e}."),
+            );
+        }
+        if let Some(b) = self
+            .budgets_of(&req.tool)
+            .find(|b| !req.context.budgets.contains_key(&b.name))
+        {
+            return deny(
+                args,
+                "budget-unknown",
+                format!("budget `{}` was not measured for this call", b.name),
+                DENY_MESSAGE,
             );
         }
         let Some(resource_id) = entry.resource_id(args) else {
@@ -169,9 +215,9 @@ impl PolicyBundle {
             }
         };
 
-        match self.evaluate(entry, human, &req.agent, &resource, args) {
+        match self.evaluate(entry.set(set), entry, human, req, &resource, args) {
             Outcome::Permit(RuleKind::Constrain, ids) => {
-                self.constrain(entry, human, req, &resource, ids)
+                self.constrain(entry.set(set), entry, human, req, &resource, ids)
             }
             other => self.conclude(other, args),
         }
@@ -181,6 +227,7 @@ impl PolicyBundle {
     /// a plain allow.
     fn constrain(
         &self,
+        set: &PolicySet,
         entry: &ToolEntry,
         human: &HumanEntry,
         req: &DecisionRequest,
@@ -215,7 +262,7 @@ impl PolicyBundle {
                 DENY_MESSAGE,
             );
         }
-        match self.evaluate(entry, human, &req.agent, resource, &rewritten) {
+        match self.evaluate(set, entry, human, req, resource, &rewritten) {
             Outcome::Permit(RuleKind::Allow, _) => Decision {
                 effect: Effect::Constrain,
                 args: rewritten,
@@ -224,6 +271,7 @@ impl PolicyBundle {
                     .model_message(&ids)
                     .unwrap_or_else(|| CONSTRAIN_MESSAGE.to_string()),
                 rules: ids,
+                basis: Default::default(),
             },
             Outcome::Permit(kind, again) => {
                 let mut rules: Vec<String> = vec!["gate:constrain-unsettled".to_string()];
@@ -243,6 +291,7 @@ impl PolicyBundle {
                         list(&again)
                     ),
                     model_message: DENY_MESSAGE.to_string(),
+                    basis: Default::default(),
                 }
             }
             other => {
@@ -272,6 +321,7 @@ impl PolicyBundle {
                         )
                     },
                     model_message: DENY_MESSAGE.to_string(),
+                    basis: Default::default(),
                 }
             }
             Outcome::NoPermit => deny(
@@ -295,6 +345,7 @@ impl PolicyBundle {
                     rules,
                     reason: "internal error: unexpected rule kind".to_string(),
                     model_message: DENY_MESSAGE.to_string(),
+                    basis: Default::default(),
                 }
             }
         }
@@ -309,6 +360,7 @@ impl PolicyBundle {
                 .model_message(&ids)
                 .unwrap_or_else(|| model.to_string()),
             rules: ids,
+            basis: Default::default(),
         }
     }
 
@@ -332,14 +384,15 @@ impl PolicyBundle {
     /// One Cedar evaluation over the tool's slice of the rules.
     fn evaluate(
         &self,
+        set: &PolicySet,
         entry: &ToolEntry,
         human: &HumanEntry,
-        agent: &str,
+        req: &DecisionRequest,
         resource: &Entity,
         args: &Value,
     ) -> Outcome {
         let principal =
-            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(agent));
+            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(&req.agent));
         let built = (|| -> Result<(Request, Entities), String> {
             let agent_entity = Entity::new(
                 principal.clone(),
@@ -355,7 +408,7 @@ impl PolicyBundle {
                 None,
             )
             .map_err(|e| e.to_string())?;
-            let context = Context::from_pairs([("args".to_string(), to_expr(args)?)])
+            let context = Context::from_pairs(call_context(to_expr(args)?, &req.context)?)
                 .map_err(|e| e.to_string())?;
             let request = Request::new(
                 principal,
@@ -370,9 +423,7 @@ impl PolicyBundle {
         let Ok((request, entities)) = built else {
             return Outcome::Error(Vec::new());
         };
-        let response = self
-            .authorizer
-            .is_authorized(&request, &entry.policies, &entities);
+        let response = self.authorizer.is_authorized(&request, set, &entities);
         let diagnostics = response.diagnostics();
         let errored: Vec<String> = diagnostics
             .errors()
@@ -416,6 +467,48 @@ impl PolicyBundle {
         });
         ids
     }
+}
+
+/// Which rules a decision uses.
+#[derive(Clone, Copy)]
+enum Set {
+    /// The enforced rules.
+    Enforced,
+    /// The enforced rules and the `@shadow` ones.
+    Shadow,
+}
+
+impl ToolEntry {
+    fn set(&self, set: Set) -> &PolicySet {
+        match (set, &self.shadow) {
+            (Set::Shadow, Some(s)) => s,
+            _ => &self.policies,
+        }
+    }
+}
+
+/// The Cedar context of a call: `args`, `session` and `budgets` (the
+/// startup check validates the same shape against the schema).
+pub(crate) fn call_context(
+    args: RestrictedExpression,
+    ctx: &crate::CallContext,
+) -> Result<Vec<(String, RestrictedExpression)>, String> {
+    let session = RestrictedExpression::new_record([(
+        "tainted".to_string(),
+        RestrictedExpression::new_bool(ctx.tainted),
+    )])
+    .map_err(|e| e.to_string())?;
+    let budgets = RestrictedExpression::new_record(
+        ctx.budgets
+            .iter()
+            .map(|(k, v)| (k.clone(), RestrictedExpression::new_long(*v))),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(vec![
+        ("args".to_string(), args),
+        ("session".to_string(), session),
+        ("budgets".to_string(), budgets),
+    ])
 }
 
 fn list(ids: &[String]) -> String {

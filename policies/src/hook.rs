@@ -150,6 +150,9 @@ pub fn evaluate(
         agent: agent.to_owned(),
         human: human.to_owned(),
         resource: assumed_resource(bundle, tool, human, &input.tool_input),
+        // The hook has no ledger: it assumes the most favourable context,
+        // and the broker decides again with the real one.
+        context: bundle.assumed_context(tool),
     };
     let d = bundle.decide(&req);
     Ok(match d.effect {

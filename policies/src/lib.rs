@@ -37,6 +37,7 @@
 //! | `@rewrite("…")` | on `constrain` permits: the rewrite, see [`Rewrite`] |
 //! | `@reason("…")` | short human-readable explanation (operators, audit) |
 //! | `@model_message("…")` | safe message for the model: no internals |
+//! | `@shadow("…")` | evaluated beside the enforced rules and recorded, never enforced; delete the line to promote it |
 //!
 //! Combination: a matching `forbid` wins over everything; no matching permit means
 //! deny (default deny); among matching permits the most restrictive wins —
@@ -57,7 +58,18 @@
 //!   `refunded`, in cents). Attributes may be missing (the Claude Code hook has no
 //!   backend access): rules guard them with `has`, and forbid rules deny calls
 //!   whose decisive data is missing;
-//! - context `{ args: <the tool arguments> }`, e.g. `context.args.amount`.
+//! - context `{ args: <the tool arguments>, session: { tainted }, budgets: {
+//!   NAME: <consumed in the window> } }`, e.g. `context.args.amount`,
+//!   `context.session.tainted` (the session received outsiders' content
+//!   earlier), `context.budgets.refunded_today` (see [`budgets`]). A rule
+//!   reads only what the schema declares for the action.
+//!
+//! ## Provenance
+//!
+//! Every [`Decision`] carries its [`Basis`]: the bundle's hash, the human,
+//! resource and context the rules saw, and the shadow verdict. The broker
+//! records it in the decision's audit entry; `zt-policy replay` decides the
+//! recorded requests again under a candidate policy directory.
 //!
 //! ## Fail closed
 //!
@@ -82,12 +94,14 @@
 //! file keeps the old snapshot and returns the error.
 
 mod args;
+pub mod budgets;
 pub mod cases;
 mod check;
 mod decide;
 pub mod hook;
 pub mod limits;
 mod load;
+pub mod replay;
 mod rewrite;
 pub mod shipped;
 mod store;
@@ -97,7 +111,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use args::ArgError;
-pub use load::{LoadError, PolicyBundle};
+pub use load::{LoadError, PolicyBundle, bundle_hash};
 pub use rewrite::Rewrite;
 pub use store::PolicyStore;
 
@@ -122,6 +136,14 @@ pub mod files {
     /// Patterns cut out of tool results (optional; read by the broker, not
     /// by the policy engine).
     pub const REDACTIONS: &str = "redactions.toml";
+    /// Budgets over time (optional).
+    pub const BUDGETS: &str = "budgets.toml";
+
+    /// Every file of a policy directory, in the order the bundle hash
+    /// reads them.
+    pub const ALL: [&str; 9] = [
+        TOOLS, HUMANS, POLICY, SCHEMA, LIMITS, BUDGETS, DETECTIONS, APPROVALS, REDACTIONS,
+    ];
 }
 
 /// Risk level of a tool, as declared in the registry.
@@ -479,6 +501,65 @@ pub struct DecisionRequest {
     /// taken from the arguments and no attributes is used.
     #[serde(default)]
     pub resource: Option<Resource>,
+    /// What is known about the session and its budgets.
+    #[serde(default)]
+    pub context: CallContext,
+}
+
+/// What the broker knows about a call beyond its arguments and resource,
+/// handed to the rules as context: `context.session.tainted` and
+/// `context.budgets.NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallContext {
+    /// The session has received outsiders' content (a result of a tool
+    /// marked `untrusted_output`) earlier on.
+    #[serde(default)]
+    pub tainted: bool,
+    /// Each budget of the tool: what was consumed within its window before
+    /// this call. A budget of the tool that is missing here denies the call.
+    #[serde(default)]
+    pub budgets: std::collections::BTreeMap<String, i64>,
+}
+
+/// What a decision rested on, recorded with it in the audit trail so that
+/// an auditor can say which policy decided and on which facts, and so that
+/// `zt-policy replay` can decide it again under another policy.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Basis {
+    /// The policy bundle's hash (`sha256:HEX` over every file of the policy
+    /// directory).
+    pub policy: String,
+    /// The agent (the principal).
+    #[serde(default)]
+    pub agent: String,
+    /// The human's attributes as the rules saw them (empty for an unknown
+    /// human).
+    #[serde(default)]
+    pub human: serde_json::Map<String, serde_json::Value>,
+    /// The resource as looked up (attributes derived from the arguments are
+    /// computed again from them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Resource>,
+    /// The session's taint and budgets.
+    #[serde(default)]
+    pub context: CallContext,
+    /// What the rules marked `@shadow`, evaluated with the enforced ones,
+    /// would have decided; `None` when no shadow rule applies to the tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Verdict>,
+}
+
+/// An effect and the rules that determined it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// What would happen.
+    pub effect: Effect,
+    /// The determining rules.
+    pub rules: Vec<String>,
+    /// Those of them marked `@shadow`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_rules: Vec<String>,
 }
 
 /// The outcome of a decision.
@@ -543,6 +624,20 @@ pub struct Decision {
     pub reason: String,
     /// Safe message for the model: no internals, no rule text.
     pub model_message: String,
+    /// What the decision rested on.
+    #[serde(default)]
+    pub basis: Basis,
+}
+
+impl Decision {
+    /// The shadow verdict when it differs from the enforced one (effect,
+    /// or arguments of a constrained call — compared by effect and rules).
+    pub fn shadow_divergence(&self) -> Option<&Verdict> {
+        self.basis
+            .shadow
+            .as_ref()
+            .filter(|s| s.effect != self.effect)
+    }
 }
 
 /// A problem found by the startup check, naming its culprit.

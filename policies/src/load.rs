@@ -167,6 +167,9 @@ pub(crate) struct Sources {
     pub template_count: usize,
     pub schema: Schema,
     pub limits: crate::limits::Limits,
+    pub budgets: crate::budgets::Budgets,
+    /// `sha256:HEX` over every file of the directory as read.
+    pub hash: String,
 }
 
 /// What a rule does, from its kind and `@effect`.
@@ -186,6 +189,7 @@ pub(crate) struct RuleMeta {
     pub rewrites: Vec<Rewrite>,
     pub reason: Option<String>,
     pub model_message: Option<String>,
+    pub shadow: bool,
 }
 
 /// Per-tool compiled state.
@@ -197,8 +201,10 @@ pub(crate) struct ToolEntry {
     pub resource_type: EntityTypeName,
     pub action: EntityUid,
     pub validator: jsonschema::Validator,
-    /// Only the rules that can apply to this tool.
+    /// Only the enforced rules that can apply to this tool.
     pub policies: PolicySet,
+    /// Those and the `@shadow` rules that apply to it, when there are any.
+    pub shadow: Option<PolicySet>,
 }
 
 impl ToolEntry {
@@ -244,11 +250,6 @@ impl std::fmt::Debug for PolicyBundle {
     }
 }
 
-fn read(dir: &Path, name: &str) -> Result<String, LoadError> {
-    let path = dir.join(name);
-    std::fs::read_to_string(&path).map_err(|source| LoadError::Io { path, source })
-}
-
 fn parse_err(file: &str, message: impl ToString) -> LoadError {
     LoadError::Parse {
         file: file.to_string(),
@@ -256,16 +257,81 @@ fn parse_err(file: &str, message: impl ToString) -> LoadError {
     }
 }
 
-/// Reads and parses the four files of a policy directory.
+/// The policy directory's files as read once: what is parsed is what is
+/// hashed.
+struct Files {
+    dir: PathBuf,
+    texts: Vec<(&'static str, String)>,
+}
+
+impl Files {
+    fn read(dir: &Path) -> Result<Files, LoadError> {
+        let mut texts = Vec::new();
+        for name in files::ALL {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => texts.push((name, text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && optional(name) => {}
+                Err(source) => return Err(LoadError::Io { path, source }),
+            }
+        }
+        Ok(Files {
+            dir: dir.to_path_buf(),
+            texts,
+        })
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.texts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| t.as_str())
+    }
+
+    fn required(&self, name: &str) -> Result<&str, LoadError> {
+        self.get(name).ok_or_else(|| LoadError::Io {
+            path: self.dir.join(name),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    }
+
+    /// `sha256:HEX` over each present file's name, length and bytes.
+    fn hash(&self) -> String {
+        let mut bytes = Vec::new();
+        for (name, text) in &self.texts {
+            for part in [name.as_bytes(), text.as_bytes()] {
+                bytes.extend_from_slice(&(part.len() as u64).to_be_bytes());
+                bytes.extend_from_slice(part);
+            }
+        }
+        format!(
+            "sha256:{}",
+            zt_proto::canonical::digest_hex(zt_proto::canonical::Domain::PolicyBundle, &bytes)
+        )
+    }
+}
+
+fn optional(name: &str) -> bool {
+    ![files::TOOLS, files::HUMANS, files::POLICY, files::SCHEMA].contains(&name)
+}
+
+/// The hash of the policy directory `dir` as it is now (see
+/// [`PolicyBundle::hash`]).
+pub fn bundle_hash(dir: &Path) -> Result<String, LoadError> {
+    Files::read(dir).map(|f| f.hash())
+}
+
+/// Reads and parses the files of a policy directory.
 pub(crate) fn read_sources(dir: &Path) -> Result<Sources, LoadError> {
+    let files = Files::read(dir)?;
     let tools: ToolsFile =
-        toml::from_str(&read(dir, files::TOOLS)?).map_err(|e| parse_err(files::TOOLS, e))?;
+        toml::from_str(files.required(files::TOOLS)?).map_err(|e| parse_err(files::TOOLS, e))?;
     let humans: HumansFile =
-        toml::from_str(&read(dir, files::HUMANS)?).map_err(|e| parse_err(files::HUMANS, e))?;
-    let (schema, _warnings) = Schema::from_cedarschema_str(&read(dir, files::SCHEMA)?)
+        toml::from_str(files.required(files::HUMANS)?).map_err(|e| parse_err(files::HUMANS, e))?;
+    let (schema, _warnings) = Schema::from_cedarschema_str(files.required(files::SCHEMA)?)
         .map_err(|e| parse_err(files::SCHEMA, e))?;
-    let pset =
-        PolicySet::from_str(&read(dir, files::POLICY)?).map_err(|e| parse_err(files::POLICY, e))?;
+    let pset = PolicySet::from_str(files.required(files::POLICY)?)
+        .map_err(|e| parse_err(files::POLICY, e))?;
 
     // Cedar numbers policies `policy0`, `policy1`, ... in file order.
     let mut rules: Vec<(usize, Policy)> = pset
@@ -290,10 +356,13 @@ pub(crate) fn read_sources(dir: &Path) -> Result<Sources, LoadError> {
             policy,
         })
         .collect();
-    let limits = if dir.join(files::LIMITS).exists() {
-        toml::from_str(&read(dir, files::LIMITS)?).map_err(|e| parse_err(files::LIMITS, e))?
-    } else {
-        crate::limits::Limits::default()
+    let limits = match files.get(files::LIMITS) {
+        Some(text) => toml::from_str(text).map_err(|e| parse_err(files::LIMITS, e))?,
+        None => crate::limits::Limits::default(),
+    };
+    let budgets = match files.get(files::BUDGETS) {
+        Some(text) => toml::from_str(text).map_err(|e| parse_err(files::BUDGETS, e))?,
+        None => crate::budgets::Budgets::default(),
     };
     Ok(Sources {
         tools: tools.tool,
@@ -302,6 +371,8 @@ pub(crate) fn read_sources(dir: &Path) -> Result<Sources, LoadError> {
         template_count: pset.templates().count(),
         schema,
         limits,
+        budgets,
+        hash: files.hash(),
     })
 }
 
@@ -398,9 +469,13 @@ impl PolicyBundle {
                     rewrites,
                     reason: rule.policy.annotation("reason").map(str::to_string),
                     model_message: rule.policy.annotation("model_message").map(str::to_string),
+                    shadow: rule.policy.annotation("shadow").is_some(),
                 },
             );
-            keyed.push(rule.policy.new_id(PolicyId::new(&id)));
+            keyed.push((
+                rule.policy.annotation("shadow").is_some(),
+                rule.policy.new_id(PolicyId::new(&id)),
+            ));
         }
 
         let mut entries = HashMap::new();
@@ -412,18 +487,29 @@ impl PolicyBundle {
             let validator = jsonschema::validator_for(&raw.input_schema)
                 .map_err(|e| Problem::new(&culprit, format!("invalid input_schema: {e}")))?;
             let mut policies = PolicySet::new();
-            for p in &keyed {
+            let mut with_shadow = PolicySet::new();
+            let mut shadowed = false;
+            for (shadow, p) in &keyed {
                 let applies = match rule_actions(p) {
                     None => true,
                     Some(uids) => uids.contains(&action),
                 };
-                if applies {
-                    policies.add(p.clone()).map_err(|e| {
+                if !applies {
+                    continue;
+                }
+                let add = |set: &mut PolicySet| {
+                    set.add(p.clone()).map_err(|e| {
                         Problem::new(
                             format!("{}: rule `{}`", files::POLICY, p.id()),
                             e.to_string(),
                         )
-                    })?;
+                    })
+                };
+                add(&mut with_shadow)?;
+                if *shadow {
+                    shadowed = true;
+                } else {
+                    add(&mut policies)?;
                 }
             }
             entries.insert(
@@ -440,6 +526,7 @@ impl PolicyBundle {
                     action,
                     validator,
                     policies,
+                    shadow: shadowed.then_some(with_shadow),
                 },
             );
             tools.push(raw.spec());
@@ -494,6 +581,51 @@ impl PolicyBundle {
             }
             Err(e) => e.problems(),
         }
+    }
+
+    /// The hash of the policy directory as this snapshot read it:
+    /// `sha256:HEX` over every file (`tools.toml`, `humans.toml`,
+    /// `policy.cedar`, `schema.cedarschema` and the optional ones), the
+    /// policy version decisions name.
+    pub fn hash(&self) -> &str {
+        &self.sources.hash
+    }
+
+    /// The budgets (`budgets.toml`; none when the file is absent).
+    pub fn budgets(&self) -> &[crate::budgets::Budget] {
+        &self.sources.budgets.budget
+    }
+
+    /// The budgets calls of `tool` consume.
+    pub fn budgets_of<'a>(
+        &'a self,
+        tool: &'a str,
+    ) -> impl Iterator<Item = &'a crate::budgets::Budget> + 'a {
+        self.budgets().iter().filter(move |b| b.applies_to(tool))
+    }
+
+    /// The most favourable context for `tool` (untainted, nothing consumed):
+    /// what a caller with no ledger (the Claude Code hook, synthetic cases)
+    /// assumes; the broker decides again with the real one.
+    pub fn assumed_context(&self, tool: &str) -> crate::CallContext {
+        crate::CallContext {
+            tainted: false,
+            budgets: self.budgets_of(tool).map(|b| (b.name.clone(), 0)).collect(),
+        }
+    }
+
+    /// Whether any `@shadow` rule applies to `tool`.
+    pub fn has_shadow(&self, tool: &str) -> bool {
+        self.entries.get(tool).is_some_and(|e| e.shadow.is_some())
+    }
+
+    /// The ids of the `@shadow` rules.
+    pub fn shadow_rules(&self) -> impl Iterator<Item = &str> {
+        self.sources
+            .rules
+            .iter()
+            .filter(|r| r.policy.annotation("shadow").is_some())
+            .filter_map(|r| r.id.as_deref())
     }
 
     /// The rate limits (`limits.toml`; none when the file is absent).

@@ -4,6 +4,8 @@
 //! Subcommands live in the [`Command`] enum; adding one is a new variant plus a
 //! match arm in [`run`].
 
+mod replay_cmd;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -44,6 +46,13 @@ enum Command {
     },
     /// Show the decision for one request, with the matched rules and the reason
     Explain(ExplainArgs),
+    /// Decide the recorded decisions of an audit log again under the policy
+    /// in --policies (read-only) and print what would change; exit 0 nothing
+    /// would, 1 something would, 2 could not check
+    Replay(ReplayArgs),
+    /// Count, per `@shadow` rule, the recorded decisions where it would have
+    /// decided otherwise (read-only); exit 0 none, 1 some, 2 could not check
+    Shadow(ShadowArgs),
     /// Claude Code / Agent SDK PreToolUse hook: hook JSON on stdin, decision on
     /// stdout. Verifies BROKER_SESSION_TOKEN against the stack in ZT_DATA_DIR.
     /// Fails closed: any error blocks the call (exit 2, reason on stderr).
@@ -52,6 +61,62 @@ enum Command {
         #[arg(long, env = "ZT_DATA_DIR", value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+struct ShadowArgs {
+    /// The stack's data directory (its audit log, unless --database)
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The audit log on PostgreSQL (postgres://...)
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// From this time: RFC 3339, ms since the epoch, or an age (15m, 2h, 7d)
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Up to (excluding) this time, in the same forms
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Print the counts as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// The candidate policy directory
+    #[arg(long, value_name = "DIR")]
+    policies: PathBuf,
+    /// The stack's data directory (its audit log, unless --database)
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The audit log on PostgreSQL (postgres://...)
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// From this time: RFC 3339, ms since the epoch, or an age (15m, 2h, 7d)
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Up to (excluding) this time, in the same forms
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only this tool
+    #[arg(long)]
+    tool: Option<String>,
+    /// Only calls for this human
+    #[arg(long)]
+    human: Option<String>,
+    /// Only this agent session
+    #[arg(long)]
+    session: Option<String>,
+    /// Only decisions that were this effect (allow, constrain, deny, escalate)
+    #[arg(long)]
+    was: Option<Effect>,
+    /// How many changed decisions to list (the counts cover all)
+    #[arg(long, default_value_t = 50)]
+    show: usize,
+    /// Print the report as JSON (every change)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +137,11 @@ struct ExplainArgs {
     /// (the id is then taken from the arguments)
     #[arg(long)]
     resource: Option<String>,
+    /// The session's taint and budgets as JSON, e.g.
+    /// {"tainted": true, "budgets": {"refunded_today": 12000}} (default:
+    /// untainted, nothing consumed)
+    #[arg(long)]
+    context: Option<String>,
     /// Print the decision as JSON
     #[arg(long)]
     json: bool,
@@ -112,6 +182,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Test { file } => test(&policy_dir(cli.dir), &file),
         Command::Explain(args) => explain(&policy_dir(cli.dir), args),
         Command::Hook { data_dir } => Ok(hook(cli.dir, data_dir)),
+        Command::Replay(args) => Ok(replay_cmd::run(args)),
+        Command::Shadow(args) => Ok(replay_cmd::shadow(args)),
     }
 }
 
@@ -213,11 +285,12 @@ fn check(dir: &Path) -> ExitCode {
     match PolicyBundle::load(dir) {
         Ok(bundle) => {
             println!(
-                "OK {}: {} tools, {} rules, {} humans",
+                "OK {}: {} tools, {} rules, {} humans, policy {}",
                 dir.display(),
                 bundle.tools().count(),
                 bundle.rule_ids().count(),
-                bundle.humans().count()
+                bundle.humans().count(),
+                bundle.hash()
             );
             ExitCode::SUCCESS
         }
@@ -255,12 +328,17 @@ fn explain(dir: &Path, a: ExplainArgs) -> anyhow::Result<ExitCode> {
             Some(parse_resource(&bundle, &a.tool, &args, v)?)
         }
     };
+    let context = match &a.context {
+        None => bundle.assumed_context(&a.tool),
+        Some(text) => serde_json::from_str(text).context("--context is not valid JSON")?,
+    };
     let req = DecisionRequest {
         tool: a.tool,
         args,
         agent: a.agent,
         human: a.human,
         resource,
+        context,
     };
     let d = bundle.decide(&req);
     if a.json {
@@ -282,6 +360,10 @@ fn explain(dir: &Path, a: ExplainArgs) -> anyhow::Result<ExitCode> {
         if d.effect == Effect::Constrain {
             println!("rewritten args: {}", d.args);
         }
+        if let Some(s) = &d.basis.shadow {
+            println!("shadow: {} (by {})", s.effect, s.rules.join(", "));
+        }
+        println!("policy: {}", d.basis.policy);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ pub const FILES: &[(&str, &str)] = &[
     (files::POLICY, include_str!("../data/policy.cedar")),
     (files::SCHEMA, include_str!("../data/schema.cedarschema")),
     (files::LIMITS, include_str!("../data/limits.toml")),
+    (files::BUDGETS, include_str!("../data/budgets.toml")),
     (files::DETECTIONS, include_str!("../data/detections.toml")),
     (files::APPROVALS, include_str!("../data/approvals.toml")),
     (files::REDACTIONS, include_str!("../data/redactions.toml")),

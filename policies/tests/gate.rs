@@ -52,6 +52,7 @@ fn temp_copy(name: &str) -> TempCopy {
         "humans.toml",
         "policy.cedar",
         "schema.cedarschema",
+        "budgets.toml",
     ] {
         std::fs::copy(data_dir().join(f), dir.join(f)).unwrap();
     }
@@ -109,6 +110,10 @@ fn req(tool: &str, human: &str, args: Value, resource: Option<(&str, Value)>) ->
             id: id.to_string(),
             attrs: attrs.as_object().cloned().unwrap_or_default(),
         }),
+        context: zt_policies::CallContext {
+            tainted: false,
+            budgets: [("refunded_today".to_string(), 0)].into_iter().collect(),
+        },
     }
 }
 
@@ -463,7 +468,7 @@ when { resource has amount && resource.amount + 1 < 0 };"#,
     let entities = Entities::from_json_value(
         json!([
             {"uid": {"type": "Agent", "id": "a"}, "attrs": {"human": {"__entity": {"type": "Human", "id": "alice"}}}, "parents": []},
-            {"uid": {"type": "Human", "id": "alice"}, "attrs": {"rep_limit": 5000, "allowed_regions": ["eu"], "grantable_plans": [], "roles": ["support_rep"]}, "parents": []},
+            {"uid": {"type": "Human", "id": "alice"}, "attrs": {"rep_limit": 5000, "daily_refund_limit": 15000, "allowed_regions": ["eu"], "grantable_plans": [], "roles": ["support_rep"]}, "parents": []},
             {"uid": {"type": "Order", "id": "ord_1"}, "attrs": huge, "parents": []},
         ]),
         None,
@@ -474,7 +479,7 @@ when { resource has amount && resource.amount + 1 < 0 };"#,
         r#"Action::"issue_refund""#.parse().unwrap(),
         r#"Order::"ord_1""#.parse().unwrap(),
         cedar_policy::Context::from_json_value(
-            json!({"args": {"order_id": "ord_1", "amount": 100}}),
+            json!({"args": {"order_id": "ord_1", "amount": 100}, "session": {"tainted": false}, "budgets": {"refunded_today": 0}}),
             None,
         )
         .unwrap(),
@@ -617,6 +622,7 @@ fn humans_without_a_support_role_are_denied() {
 id = "eve"
 name = "Eve Intern"
 rep_limit = 5000
+daily_refund_limit = 15000
 allowed_regions = ["eu"]
 grantable_plans = ["basic"]
 roles = ["intern"]"#,
@@ -780,7 +786,7 @@ fn check_annotations() {
     assert_eq!(
         problems(&dir),
         [
-            "policy.cedar: rule `refund-over-rep-limit-escalate`: unknown annotation @reasn (expected one of @id, @effect, @rewrite, @reason, @model_message)"
+            "policy.cedar: rule `refund-over-rep-limit-escalate`: unknown annotation @reasn (expected one of @id, @effect, @rewrite, @reason, @model_message, @shadow)"
         ]
     );
 }
@@ -918,7 +924,7 @@ fn check_cedar_schema() {
     let got = problems(&dir);
     assert!(
         got.iter().any(|p| p.starts_with(
-            "schema.cedarschema: action `list_orders`: context.args does not match the input_schema of tool `list_orders` (with only the required fields): "
+            "schema.cedarschema: action `list_orders`: context does not match what the gate sends for tool `list_orders` (args as its input_schema, only the required fields, "
         )),
         "{got:?}"
     );
@@ -933,7 +939,7 @@ fn check_cedar_schema() {
     let got = problems(&dir);
     assert!(
         got.iter().any(|p| p.starts_with(
-            "schema.cedarschema: action `fetch_document`: context.args does not match the input_schema of tool `fetch_document`: "
+            "schema.cedarschema: action `fetch_document`: context does not match what the gate sends for tool `fetch_document` (args as its input_schema, session "
         )),
         "{got:?}"
     );
@@ -1084,7 +1090,7 @@ fn binary_check_test_explain() {
     let (code, out) = zt_policy(&["check"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("OK "), "{out}");
-    assert!(out.contains("5 tools, 16 rules, 4 humans"), "{out}");
+    assert!(out.contains("5 tools, 18 rules, 4 humans"), "{out}");
 
     let dir = temp_copy("bin-broken");
     replace(&dir, "policy.cedar", "clamp limit 20", "clamp rows 20");

@@ -105,6 +105,13 @@ pub struct Record {
     /// Short human-readable detail.
     #[serde(default)]
     pub detail: String,
+    /// What a policy decision rested on: the policy bundle's hash, the
+    /// human, resource and context the rules saw, the shadow rules'
+    /// verdict, and the arguments as sent when the policy rewrote them.
+    /// Absent on entries the policy did not decide (and on entries written
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<Value>,
 }
 
 /// A whole entry as hashed and signed.

@@ -41,6 +41,8 @@ pub enum Domain {
     ToolDefinition,
     /// A tool result as released to the model.
     Result,
+    /// The files of a policy directory (the policy version).
+    PolicyBundle,
 }
 
 impl Domain {
@@ -59,6 +61,7 @@ impl Domain {
             Domain::Id => "zt/id/v1",
             Domain::ToolDefinition => "zt/tool-definition/v1",
             Domain::Result => "zt/result/v1",
+            Domain::PolicyBundle => "zt/policy-bundle/v1",
         }
     }
 }

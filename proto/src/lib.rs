@@ -33,6 +33,7 @@ pub mod serve;
 pub mod stack;
 #[cfg(feature = "store")]
 pub mod store;
+pub mod time;
 pub mod token;
 
 /// Generated gRPC types and tonic client/server for `zt.v1.Approval`.

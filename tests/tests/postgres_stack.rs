@@ -411,11 +411,13 @@ async fn each_service_connects_as_a_role_held_to_its_own_rows_and_chains() {
             "list_orders",
             json!({"account_id": "acct_1001", "limit": 5}),
         ),
-        ("fetch_document", json!({"doc_id": "doc_shipping_faq"})),
         (
             "issue_refund",
             json!({"order_id": "ord_1002", "amount": 1500}),
         ),
+        // Read last: a session that read a document is tainted, and its
+        // refunds wait for an operator.
+        ("fetch_document", json!({"doc_id": "doc_shipping_faq"})),
     ] {
         let r = call(&agent, tool, args).await.unwrap();
         assert_eq!(status(&r), "ok", "{tool}: {}", text(&r));

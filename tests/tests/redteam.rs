@@ -187,6 +187,8 @@ enum Expect {
     Deny(&'static str),
     /// Escalated to a human; nothing runs yet.
     Escalate,
+    /// Escalated by this rule.
+    EscalateBy(&'static str),
     /// A boundary that must still be allowed (and runs).
     Allow,
 }
@@ -223,9 +225,14 @@ async fn run(stack: &Stack, c: &Case) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("connect: {e}"))?;
+    run_as(stack, &agent, c).await
+}
+
+/// Runs a case in the session of `agent`.
+async fn run_as(stack: &Stack, agent: &zt_tests::Agent, c: &Case) -> Result<(), String> {
     let before_backend = backend(stack).await;
     let before = mark(stack).await;
-    let r = call(&agent, c.tool, c.args.clone())
+    let r = call(agent, c.tool, c.args.clone())
         .await
         .map_err(|e| format!("call failed at the transport: {e}"))?;
     let shown = text(&r);
@@ -251,13 +258,19 @@ async fn run(stack: &Stack, c: &Case) -> Result<(), String> {
                 ));
             }
         }
-        Expect::Escalate => {
+        Expect::Escalate | Expect::EscalateBy(_) => {
             if got != "awaiting_approval" {
                 return Err(format!("expected awaiting_approval, got {got}: {shown}"));
             }
             safe(&shown)?;
+            let by = match c.expect {
+                Expect::EscalateBy(rule) => rule,
+                _ => "",
+            };
             if !has(&audit, |e| {
-                s(e, "kind") == "escalation" && s(e, "decision") == "escalate"
+                s(e, "kind") == "escalation"
+                    && s(e, "decision") == "escalate"
+                    && (by.is_empty() || rules_or_detail(e, by))
             }) {
                 return Err(format!("no audited escalation in {audit:?}"));
             }
@@ -404,7 +417,17 @@ async fn policy_and_injection() {
             Err(format!("article not delivered: {}", text(&doc)))
         },
     );
+    // The poisoned session's own calls: stopped because of where the
+    // instruction came from (the session read outsiders' text), not only
+    // because of its amount.
     let injection = vec![
+        case(
+            "obeys: a small refund, within every limit",
+            "alice",
+            "issue_refund",
+            json!({"order_id": "ord_1002", "amount": 100}),
+            Expect::EscalateBy("refund-after-untrusted-content-escalate"),
+        ),
         case(
             "obeys: refund everything, 'pre-approved'",
             "alice",
@@ -434,7 +457,12 @@ async fn policy_and_injection() {
             Expect::Deny("refund-wrong-region"),
         ),
     ];
-    run_table(&stack, "injection", injection, &mut report).await;
+    for c in &injection {
+        report.check(
+            &format!("injection/{}", c.name),
+            run_as(&stack, &agent, c).await,
+        );
+    }
 
     // Obeys: a tool outside its scope (a reader-only session) — refused
     // with 403 before MCP runs.
@@ -478,11 +506,12 @@ async fn policy_and_injection() {
         },
     );
 
-    // Many refunds just under the cap by one session: each allowed, but a
-    // detection rule raises an alert entry.
+    // Many refunds just under the cap by one session (dave's: alice's
+    // daily total is spent by now): each allowed, but a detection rule
+    // raises an alert entry.
     let nibbler = connect(
         &stack.broker_url,
-        &stack.session_token("agent:nibbler", "alice"),
+        &stack.session_token("agent:nibbler", "dave"),
     )
     .await
     .unwrap();
@@ -490,7 +519,7 @@ async fn policy_and_injection() {
         let r = call(
             &nibbler,
             "issue_refund",
-            json!({"order_id": "ord_1003", "amount": amount}),
+            json!({"order_id": "ord_2002", "amount": amount}),
         )
         .await
         .unwrap();
