@@ -78,16 +78,7 @@ impl PolicyBundle {
     /// to the tool, the call is decided a second time with them and their
     /// verdict is recorded there, never enforced.
     pub fn decide(&self, req: &DecisionRequest) -> Decision {
-        let run = |set: Set| match catch_unwind(AssertUnwindSafe(|| self.decide_inner(req, set))) {
-            Ok(d) => d,
-            Err(_) => deny(
-                &req.args,
-                "internal-error",
-                "internal error while deciding",
-                DENY_MESSAGE,
-            ),
-        };
-        let mut d = run(Set::Enforced);
+        let mut d = self.decide_with(req, Set::Enforced);
         d.basis = crate::Basis {
             policy: self.sources.hash.clone(),
             agent: req.agent.clone(),
@@ -101,7 +92,7 @@ impl PolicyBundle {
             shadow: None,
         };
         if self.has_shadow(&req.tool) {
-            let s = run(Set::Shadow);
+            let s = self.decide_with(req, Set::Shadow);
             let shadow_rules = s
                 .rules
                 .iter()
@@ -115,6 +106,25 @@ impl PolicyBundle {
             });
         }
         d
+    }
+
+    /// The enforced decision alone, without its basis or shadow verdict
+    /// (what a replay compares).
+    pub fn verdict(&self, req: &DecisionRequest) -> Decision {
+        self.decide_with(req, Set::Enforced)
+    }
+
+    /// One decision over `set`; never panics.
+    fn decide_with(&self, req: &DecisionRequest, set: Set) -> Decision {
+        match catch_unwind(AssertUnwindSafe(|| self.decide_inner(req, set))) {
+            Ok(d) => d,
+            Err(_) => deny(
+                &req.args,
+                "internal-error",
+                "internal error while deciding",
+                DENY_MESSAGE,
+            ),
+        }
     }
 
     fn decide_inner(&self, req: &DecisionRequest, set: Set) -> Decision {

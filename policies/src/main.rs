@@ -63,8 +63,9 @@ enum Command {
     },
 }
 
+/// Which audit log, and which part of it.
 #[derive(Debug, Args)]
-struct ShadowArgs {
+struct LogArgs {
     /// The stack's data directory (its audit log, unless --database)
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -77,6 +78,12 @@ struct ShadowArgs {
     /// Up to (excluding) this time, in the same forms
     #[arg(long, value_name = "TIME")]
     until: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ShadowArgs {
+    #[command(flatten)]
+    log: LogArgs,
     /// Print the counts as JSON
     #[arg(long)]
     json: bool,
@@ -87,18 +94,8 @@ struct ReplayArgs {
     /// The candidate policy directory
     #[arg(long, value_name = "DIR")]
     policies: PathBuf,
-    /// The stack's data directory (its audit log, unless --database)
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// The audit log on PostgreSQL (postgres://...)
-    #[arg(long, value_name = "URL")]
-    database: Option<String>,
-    /// From this time: RFC 3339, ms since the epoch, or an age (15m, 2h, 7d)
-    #[arg(long, value_name = "TIME")]
-    since: Option<String>,
-    /// Up to (excluding) this time, in the same forms
-    #[arg(long, value_name = "TIME")]
-    until: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
     /// Only this tool
     #[arg(long)]
     tool: Option<String>,

@@ -151,6 +151,10 @@ pub struct Report {
     pub versions: BTreeMap<String, u64>,
     /// The changes, in log order.
     pub changes: Vec<Change>,
+    /// Wall time spent deciding (on every core), and in all, in seconds.
+    pub deciding_secs: f64,
+    /// See `deciding_secs`.
+    pub total_secs: f64,
 }
 
 impl Report {
@@ -163,7 +167,7 @@ impl Report {
 /// Decides `recorded` again under `bundle`: `Some` when the outcome
 /// differs (effect, or the arguments a constrained call would run with).
 pub fn again(bundle: &PolicyBundle, recorded: &Recorded) -> Option<Change> {
-    let d = bundle.decide(&recorded.request);
+    let d = bundle.verdict(&recorded.request);
     let same = d.effect == recorded.effect
         && (d.effect != Effect::Constrain || d.args == recorded.ran_with);
     if same {
@@ -190,20 +194,27 @@ pub fn again(bundle: &PolicyBundle, recorded: &Recorded) -> Option<Change> {
 
 /// Decides a batch again, on every core; `None` if a worker died.
 pub fn batch(bundle: &PolicyBundle, batch: &[Recorded]) -> Option<Vec<Option<Change>>> {
+    par_map(batch, |r| again(bundle, r))
+}
+
+/// `f` over `items`, in order, spread over every core; `None` if a worker
+/// died (`decide` catches the engine's panics, so this is not expected).
+pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Option<Vec<R>> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 16);
-    if threads == 1 || batch.len() < 256 {
-        return Some(batch.iter().map(|r| again(bundle, r)).collect());
+    if threads == 1 || items.len() < 256 {
+        return Some(items.iter().map(f).collect());
     }
-    let chunk = batch.len().div_ceil(threads);
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
     std::thread::scope(|s| {
-        let handles: Vec<_> = batch
+        let handles: Vec<_> = items
             .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|r| again(bundle, r)).collect::<Vec<_>>()))
+            .map(|part| s.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
             .collect();
-        let mut out = Vec::with_capacity(batch.len());
+        let mut out = Vec::with_capacity(items.len());
         for h in handles {
             out.extend(h.join().ok()?);
         }

@@ -15,7 +15,7 @@ use zt_proto::with_db;
 use crate::ReplayArgs;
 
 /// Entries decided per batch (a batch is spread over every core).
-const BATCH: usize = 8192;
+const BATCH: usize = 32_768;
 
 pub(crate) fn run(a: ReplayArgs) -> ExitCode {
     match replay(&a) {
@@ -37,22 +37,34 @@ pub(crate) fn run(a: ReplayArgs) -> ExitCode {
     }
 }
 
-/// Where the audit log is, and the time bounds, from the command line.
-struct Source<'a> {
-    data_dir: &'a Option<std::path::PathBuf>,
-    database: &'a Option<String>,
-    since: &'a Option<String>,
-    until: &'a Option<String>,
+/// One stored entry: chain, position, body.
+type Stored = (String, u64, String);
+
+/// What became of one stored entry.
+enum Read {
+    Decision(Box<Recorded>),
+    Skipped(Skip),
+    Unreadable,
+}
+
+fn parse(row: &Stored) -> Read {
+    match serde_json::from_str::<Entry>(&row.2) {
+        Ok(entry) => match Recorded::from_entry(&row.0, row.1, entry) {
+            Ok(r) => Read::Decision(Box::new(r)),
+            Err(skip) => Read::Skipped(skip),
+        },
+        Err(_) => Read::Unreadable,
+    }
 }
 
 /// Reads every entry of the log in `src` (read-only, chain by chain in
-/// order) and hands each recorded policy decision, or why an entry is not
-/// one, to `each`; returns the entries read and how many did not parse.
+/// order), parses them in batches on every core, and hands each batch to
+/// `each`; returns the entries read.
 fn read(
-    src: &Source<'_>,
-    mut each: impl FnMut(Result<Recorded, Skip>) -> anyhow::Result<()>,
-) -> anyhow::Result<(u64, u64)> {
-    let location = match (src.database, src.data_dir) {
+    src: &crate::LogArgs,
+    mut each: impl FnMut(Vec<Read>) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let location = match (&src.database, &src.data_dir) {
         (Some(url), _) => Location::parse(url).context("--database")?,
         (None, Some(dir)) => {
             let db = zt_proto::stack::Layout::new(dir).audit_db();
@@ -69,7 +81,7 @@ fn read(
             .map(|t| zt_proto::time::parse_time(t, now).map_err(anyhow::Error::msg))
             .transpose()
     };
-    let (since, until) = (bound(src.since)?, bound(src.until)?);
+    let (since, until) = (bound(&src.since)?, bound(&src.until)?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -87,7 +99,14 @@ fn read(
                AND (CAST($2 AS BIGINT) IS NULL OR {time} < $2) \
              ORDER BY chain, seq"
         );
-        let (mut entries, mut unreadable) = (0u64, 0u64);
+        let mut entries = 0u64;
+        let mut rows_in: Vec<Stored> = Vec::with_capacity(BATCH);
+        let mut flush = |rows_in: &mut Vec<Stored>| -> anyhow::Result<()> {
+            let parsed =
+                zt_policies::replay::par_map(rows_in, parse).context("a replay worker failed")?;
+            rows_in.clear();
+            each(parsed)
+        };
         with_db!(&pool, p => {
             // Only the dialect's fixed expression is formatted in.
             let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -99,52 +118,48 @@ fn read(
                 let chain: String = row.try_get(0)?;
                 let seq = u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0);
                 let body: String = row.try_get(2)?;
-                let Ok(entry) = serde_json::from_str::<Entry>(&body) else {
-                    unreadable += 1;
-                    continue;
-                };
-                each(Recorded::from_entry(&chain, seq, entry))?;
+                rows_in.push((chain, seq, body));
+                if rows_in.len() >= BATCH {
+                    flush(&mut rows_in)?;
+                }
             }
         });
+        flush(&mut rows_in)?;
         pool.close().await;
-        Ok((entries, unreadable))
+        Ok(entries)
     })
 }
 
 fn replay(a: &ReplayArgs) -> anyhow::Result<Report> {
     let bundle = PolicyBundle::load(&a.policies)
         .with_context(|| format!("the candidate policy {}", a.policies.display()))?;
-    let src = Source {
-        data_dir: &a.data_dir,
-        database: &a.database,
-        since: &a.since,
-        until: &a.until,
-    };
+    let src = &a.log;
     let mut report = Report {
         candidate: bundle.hash().to_owned(),
         ..Report::default()
     };
-    let mut pending: Vec<Recorded> = Vec::with_capacity(BATCH);
-    let flush = |pending: &mut Vec<Recorded>, report: &mut Report| -> anyhow::Result<()> {
+    let (mut without_basis, mut unreadable) = (0, 0);
+    let mut deciding = std::time::Duration::ZERO;
+    let started = std::time::Instant::now();
+    let entries = read(src, |batch| {
+        let mut pending = Vec::with_capacity(batch.len());
+        for r in batch {
+            match r {
+                Read::Decision(r) if selected(a, &r) => pending.push(*r),
+                Read::Decision(_) | Read::Skipped(Skip::NotADecision) => {}
+                Read::Skipped(Skip::NoBasis) => without_basis += 1,
+                Read::Unreadable => unreadable += 1,
+            }
+        }
+        let t = std::time::Instant::now();
         let outcomes =
-            zt_policies::replay::batch(&bundle, pending).context("a replay worker failed")?;
-        report.add(pending, outcomes);
-        pending.clear();
-        Ok(())
-    };
-    let mut without_basis = 0;
-    let (entries, unreadable) = read(&src, |r| {
-        match r {
-            Ok(r) if selected(a, &r) => pending.push(r),
-            Ok(_) | Err(Skip::NotADecision) => {}
-            Err(Skip::NoBasis) => without_basis += 1,
-        }
-        if pending.len() >= BATCH {
-            flush(&mut pending, &mut report)?;
-        }
+            zt_policies::replay::batch(&bundle, &pending).context("a replay worker failed")?;
+        deciding += t.elapsed();
+        report.add(&pending, outcomes);
         Ok(())
     })?;
-    flush(&mut pending, &mut report)?;
+    report.deciding_secs = deciding.as_secs_f64();
+    report.total_secs = started.elapsed().as_secs_f64();
     report.entries = entries;
     report.unreadable = unreadable;
     report.without_basis = without_basis;
@@ -155,16 +170,13 @@ fn replay(a: &ReplayArgs) -> anyhow::Result<Report> {
 }
 
 pub(crate) fn shadow(a: crate::ShadowArgs) -> ExitCode {
-    let src = Source {
-        data_dir: &a.data_dir,
-        database: &a.database,
-        since: &a.since,
-        until: &a.until,
-    };
+    let src = &a.log;
     let mut counts = std::collections::BTreeMap::new();
-    let read = read(&src, |r| {
-        if let Ok(r) = r {
-            zt_policies::replay::shadow_counts(&r, &mut counts);
+    let read = read(src, |batch| {
+        for r in batch {
+            if let Read::Decision(r) = r {
+                zt_policies::replay::shadow_counts(&r, &mut counts);
+            }
         }
         Ok(())
     });
@@ -228,6 +240,10 @@ fn print(a: &ReplayArgs, report: &Report) -> anyhow::Result<()> {
         report.entries,
         a.policies.display(),
         report.candidate
+    );
+    println!(
+        "  in {:.2} s, {:.2} s of it deciding (on every core)",
+        report.total_secs, report.deciding_secs
     );
     for (version, n) in &report.versions {
         println!("  {n} decided by policy {version}");

@@ -184,6 +184,8 @@ pub struct App {
     pub denials: Ring<Event>,
     pub denials_total: u64,
     pub denials_by_agent: BTreeMap<String, u64>,
+    /// Divergences of `@shadow` rules seen, per rule.
+    pub shadow_by_rule: BTreeMap<String, u64>,
     pub denial_scroll: usize,
     /// The agent whose denial rate the sparkline shows (default: the top one).
     pub denial_agent: Option<String>,
@@ -226,6 +228,7 @@ impl App {
             denials: Ring::new(DENIAL_CAP),
             denials_total: 0,
             denials_by_agent: BTreeMap::new(),
+            shadow_by_rule: BTreeMap::new(),
             denial_scroll: 0,
             denial_agent: None,
             alerts: Ring::new(ALERT_CAP),
@@ -297,6 +300,11 @@ impl App {
                     title: "Approval needed".into(),
                     body: format!("{what} ({})", ev.request_id),
                 });
+            }
+            "shadow" => {
+                for rule in &ev.rules {
+                    *self.shadow_by_rule.entry(rule.clone()).or_default() += 1;
+                }
             }
             "alert" => {
                 let what = one_line(&ev.summary, &ev.tool);

@@ -609,6 +609,18 @@ fn event_row(e: &Event, theme: Theme) -> Row<'static> {
         ])
         .style(theme.alert());
     }
+    if e.kind == "shadow" {
+        // A trial rule would have decided otherwise; nothing was enforced.
+        return Row::new(vec![
+            Cell::from(clock(e.time_ms)),
+            Cell::from("◇ SHADOW"),
+            Cell::from(agent_of(e).to_owned()),
+            Cell::from(e.human.clone()),
+            Cell::from(e.tool.clone()),
+            Cell::from(e.summary.clone()),
+        ])
+        .style(theme.decision("expired"));
+    }
     Row::new(vec![
         Cell::from(clock(e.time_ms)),
         Cell::from(e.decision.clone()),
@@ -645,6 +657,14 @@ fn draw_live(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     }
     if !app.filter.is_empty() {
         title.push_str(&format!("— filter “{}” ", app.filter));
+    }
+    if !app.shadow_by_rule.is_empty() {
+        let counts: Vec<String> = app
+            .shadow_by_rule
+            .iter()
+            .map(|(rule, n)| format!("{rule} ×{n}"))
+            .collect();
+        title.push_str(&format!("— shadow: {} ", counts.join(", ")));
     }
     let header =
         Row::new(["TIME", "DECISION", "AGENT", "HUMAN", "TOOL", "SUMMARY"]).style(theme.header());
@@ -1517,6 +1537,30 @@ mod tests {
         let (_, y5) = find(&buf, "plan not allowed").unwrap();
         let (_, y3) = find(&buf, "refund to another region").unwrap();
         assert!(y5 < y3);
+    }
+
+    #[test]
+    fn a_shadow_divergence_is_labelled_and_counted_per_rule() {
+        let mut app = sample(false);
+        let mut ev = crate::tui::app::tests::alert(
+            6,
+            "agent:a",
+            "shadow rules would have decided escalate (by refund-over-20-escalate) where the policy decided allow",
+        );
+        ev.kind = "shadow".into();
+        ev.decision = "allow".into();
+        ev.rules = vec!["refund-over-20-escalate".into()];
+        app.push_event(ev.clone());
+        ev.seq = 7;
+        app.push_event(ev);
+        press(&mut app, '2');
+        let buf = render(&app, COLOR, 200, 20);
+        let t = text(&buf);
+        assert!(t.contains("shadow: refund-over-20-escalate ×2"), "{t}");
+        let (_, y) = find(&buf, "◇ SHADOW").unwrap_or_else(|| panic!("no shadow row:\n{t}"));
+        let row: String = t.lines().nth(y as usize).unwrap_or("").into();
+        assert!(row.contains("would have decided escalate"), "{row}");
+        assert_eq!(app.alerts_total, 0, "a divergence is not an alert");
     }
 
     #[test]

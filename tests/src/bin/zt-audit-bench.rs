@@ -43,7 +43,8 @@ struct Args {
 }
 
 fn record(i: u64) -> Record {
-    let amount = 1_000 + (i % 90_000);
+    // Within alice's limits, as the shipped policy allowed it.
+    let amount = 100 + (i % 4_900);
     let args =
         serde_json::json!({"order_id": format!("ord_{}", 1000 + i % 5000), "amount": amount});
     Record {
@@ -57,6 +58,24 @@ fn record(i: u64) -> Record {
         rules: vec!["refund-within-rep-limit".into()],
         status: "executing".into(),
         detail: "refund within the representative's limit".into(),
+        // What a live decision entry records with it (`zt-policy replay`
+        // decides it again from this).
+        basis: Some(serde_json::json!({
+            "policy": "sha256:bench",
+            "agent": "agent:support-bot",
+            "human": {
+                "rep_limit": 5000,
+                "daily_refund_limit": 15000,
+                "allowed_regions": ["eu"],
+                "grantable_plans": ["basic", "standard"],
+                "roles": ["support_rep"],
+            },
+            "resource": {
+                "id": format!("ord_{}", 1000 + i % 5000),
+                "attrs": {"region": "eu", "account": "acct_1001", "amount": 500_000, "refunded": 0},
+            },
+            "context": {"tainted": false, "budgets": {"refunded_today": (i % 100) * 100}},
+        })),
         ..Record::default()
     }
 }
