@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use serde_json::{Value, json};
 use sqlx::Row;
 use zt_proto::audit::Entry;
-use zt_proto::db::{Dialect, Location};
+use zt_proto::db::Location;
 use zt_proto::with_db;
 
 /// What to select. Empty fields match everything.
@@ -145,10 +145,7 @@ pub async fn select_at(
         .with_context(|| format!("opening {}", location.display()))?;
     // The coarse cut happens in SQL (time, chain); the exact match on the
     // parsed entry, so a filter never depends on how JSON is laid out.
-    let time = match pool.dialect() {
-        Dialect::Sqlite => "json_extract(body, '$.time_ms')",
-        Dialect::Postgres => "CAST(CAST(body AS jsonb) ->> 'time_ms' AS BIGINT)",
-    };
+    let time = zt_proto::store::entry_time_sql(pool.dialect());
     let sql = format!(
         "SELECT chain, seq, body, hash FROM audit_entries \
          WHERE (CAST($1 AS TEXT) IS NULL OR chain = $1) \

@@ -9,7 +9,7 @@ use sqlx::Row;
 use zt_policies::PolicyBundle;
 use zt_policies::replay::{Recorded, Report, Skip};
 use zt_proto::audit::Entry;
-use zt_proto::db::{Dialect, Location};
+use zt_proto::db::Location;
 use zt_proto::with_db;
 
 use crate::ReplayArgs;
@@ -89,10 +89,7 @@ fn read(
         let pool = zt_proto::store::open_read_only(&location)
             .await
             .with_context(|| format!("opening {}", location.display()))?;
-        let time = match pool.dialect() {
-            Dialect::Sqlite => "json_extract(body, '$.time_ms')",
-            Dialect::Postgres => "CAST(CAST(body AS jsonb) ->> 'time_ms' AS BIGINT)",
-        };
+        let time = zt_proto::store::entry_time_sql(pool.dialect());
         let sql = format!(
             "SELECT chain, seq, body FROM audit_entries \
              WHERE (CAST($1 AS BIGINT) IS NULL OR {time} >= $1) \

@@ -1359,6 +1359,15 @@ pub async fn verify(
     Ok(report)
 }
 
+/// The SQL expression of an entry's time (ms since the epoch, from its
+/// body) in `dialect`, for selecting entries by time.
+pub fn entry_time_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "json_extract(body, '$.time_ms')",
+        Dialect::Postgres => "CAST(CAST(body AS jsonb) ->> 'time_ms' AS BIGINT)",
+    }
+}
+
 /// Opens an existing audit database read-only, for verification: the
 /// verifier must never create, migrate or write what it checks.
 pub async fn open_read_only(location: &Location) -> Result<Db, StoreError> {
