@@ -435,7 +435,7 @@ fn check_humans(src: &Sources, out: &mut Vec<Problem>) {
             out.push(Problem::new(&culprit, "declared twice"));
         }
         for (name, value) in &h.attrs {
-            if value.as_i64().is_some_and(|n| n < 0) && name.ends_with("limit") {
+            if value.as_i64().is_some_and(|n| n < 0) && is_limit(name) {
                 out.push(Problem::new(
                     &culprit,
                     format!("{name} must not be negative"),
@@ -809,4 +809,10 @@ fn sample(prop: &Value) -> RestrictedExpression {
         Some("array") => RestrictedExpression::new_set([]),
         _ => RestrictedExpression::new_string(String::new()),
     }
+}
+
+/// A human's integer attribute that must not be negative (checked here,
+/// assumed by `zt-policy prove`).
+pub(crate) fn is_limit(name: &str) -> bool {
+    name.ends_with("limit")
 }

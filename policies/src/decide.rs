@@ -21,7 +21,8 @@ pub const ESCALATE_MESSAGE: &str = "This action needs approval from a human oper
 pub const CONSTRAIN_MESSAGE: &str = "The request was adjusted to stay within policy.";
 
 /// What one Cedar evaluation said.
-enum Outcome {
+#[derive(Debug)]
+pub(crate) enum Outcome {
     /// Some policy evaluation errored (ids of the erroring rules).
     Error(Vec<String>),
     /// Forbid rules matched.
@@ -433,7 +434,13 @@ impl PolicyBundle {
         let Ok((request, entities)) = built else {
             return Outcome::Error(Vec::new());
         };
-        let response = self.authorizer.is_authorized(&request, set, &entities);
+        self.judge(set, &request, &entities)
+    }
+
+    /// Evaluates `set` for one built request as the gate does: an evaluation
+    /// error anywhere denies, the most restrictive matching permit wins.
+    pub(crate) fn judge(&self, set: &PolicySet, request: &Request, entities: &Entities) -> Outcome {
+        let response = self.authorizer.is_authorized(request, set, entities);
         let diagnostics = response.diagnostics();
         let errored: Vec<String> = diagnostics
             .errors()

@@ -101,6 +101,7 @@ mod decide;
 pub mod hook;
 pub mod limits;
 mod load;
+pub mod prove;
 pub mod replay;
 mod rewrite;
 pub mod shipped;
@@ -138,6 +139,9 @@ pub mod files {
     pub const REDACTIONS: &str = "redactions.toml";
     /// Budgets over time (optional).
     pub const BUDGETS: &str = "budgets.toml";
+    /// Properties the rules must have, proven by `zt-policy prove`
+    /// (optional). Not part of the bundle or its hash: it decides nothing.
+    pub const INVARIANTS: &str = crate::prove::FILE;
 
     /// Every file of a policy directory, in the order the bundle hash
     /// reads them.

@@ -53,6 +53,10 @@ enum Command {
     /// Count, per `@shadow` rule, the recorded decisions where it would have
     /// decided otherwise (read-only); exit 0 none, 1 some, 2 could not check
     Shadow(ShadowArgs),
+    /// Prove the invariants of invariants.toml for every possible request
+    /// with an SMT solver (cvc5); exit 0 all hold, 1 some does not (with a
+    /// counterexample), 2 could not check
+    Prove(ProveArgs),
     /// Claude Code / Agent SDK PreToolUse hook: hook JSON on stdin, decision on
     /// stdout. Verifies BROKER_SESSION_TOKEN against the stack in ZT_DATA_DIR.
     /// Fails closed: any error blocks the call (exit 2, reason on stderr).
@@ -112,6 +116,27 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 50)]
     show: usize,
     /// Print the report as JSON (every change)
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ProveArgs {
+    /// Policy directory (overrides --dir)
+    #[arg(value_name = "DIR")]
+    path: Option<PathBuf>,
+    /// The invariants to prove [default: DIR/invariants.toml]; give the
+    /// enforced directory's file to prove a candidate against it
+    #[arg(long, value_name = "FILE")]
+    invariants: Option<PathBuf>,
+    /// The cvc5 executable (or anything that speaks SMT-LIB 2 like it on
+    /// stdin) [default: $CVC5, else cvc5 on PATH]
+    #[arg(long, value_name = "PATH")]
+    solver: Option<PathBuf>,
+    /// Seconds the solver may spend on one query
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Print the findings as JSON
     #[arg(long)]
     json: bool,
 }
@@ -178,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { path } => Ok(check(&policy_dir(path.or(cli.dir)))),
         Command::Test { file } => test(&policy_dir(cli.dir), &file),
         Command::Explain(args) => explain(&policy_dir(cli.dir), args),
+        Command::Prove(args) => Ok(prove(policy_dir(args.path.clone().or(cli.dir)), &args)),
         Command::Hook { data_dir } => Ok(hook(cli.dir, data_dir)),
         Command::Replay(args) => Ok(replay_cmd::run(args)),
         Command::Shadow(args) => Ok(replay_cmd::shadow(args)),
@@ -281,12 +307,36 @@ fn check(dir: &Path) -> ExitCode {
     }
     match PolicyBundle::load(dir) {
         Ok(bundle) => {
+            // The invariants parse and type-check (proving them needs a
+            // solver: `zt-policy prove`).
+            let file = dir.join(zt_policies::prove::FILE);
+            let mut invariants = 0;
+            if file.exists() {
+                let problems = match zt_policies::prove::read(&file) {
+                    Ok(list) => {
+                        invariants = list.len();
+                        zt_policies::prove::check(&bundle, &list)
+                    }
+                    Err(zt_policies::prove::ProveError::Invalid(p)) => p,
+                    Err(e) => {
+                        println!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                if !problems.is_empty() {
+                    for p in &problems {
+                        println!("{p}");
+                    }
+                    return ExitCode::FAILURE;
+                }
+            }
             println!(
-                "OK {}: {} tools, {} rules, {} humans, policy {}",
+                "OK {}: {} tools, {} rules, {} humans, {} invariants, policy {}",
                 dir.display(),
                 bundle.tools().count(),
                 bundle.rule_ids().count(),
                 bundle.humans().count(),
+                invariants,
                 bundle.hash()
             );
             ExitCode::SUCCESS
@@ -296,6 +346,80 @@ fn check(dir: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn prove(dir: PathBuf, a: &ProveArgs) -> ExitCode {
+    match prove_findings(&dir, a) {
+        Ok(findings) => {
+            if a.json {
+                match serde_json::to_string_pretty(&findings) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("zt-policy prove: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{}", zt_policies::prove::render(&findings));
+                let held = findings.iter().filter(|f| f.proven()).count();
+                println!(
+                    "{held} of {} invariant checks proven for {}",
+                    findings.len(),
+                    dir.display()
+                );
+            }
+            if findings.iter().all(|f| f.proven()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("zt-policy prove: could not check: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn prove_findings(dir: &Path, a: &ProveArgs) -> anyhow::Result<Vec<zt_policies::prove::Finding>> {
+    use cedar_policy_symcc::{CedarSymCompiler, solver::LocalSolver};
+    let bundle = load(dir)?;
+    let file = a
+        .invariants
+        .clone()
+        .unwrap_or_else(|| dir.join(zt_policies::prove::FILE));
+    let invariants = zt_policies::prove::read(&file)?;
+    anyhow::ensure!(
+        !invariants.is_empty(),
+        "{} declares no invariant",
+        file.display()
+    );
+    let solver = a
+        .solver
+        .clone()
+        .or_else(|| std::env::var_os("CVC5").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("cvc5"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let local = LocalSolver::from_command(
+            tokio::process::Command::new(&solver)
+                .args(["--lang", "smt"])
+                .arg(format!("--tlimit={}", a.timeout.saturating_mul(1000)))
+                .kill_on_drop(true),
+        )
+        .with_context(|| {
+            format!(
+                "cannot start the SMT solver `{}` (install cvc5, or point --solver or CVC5 at it; see the README)",
+                solver.display()
+            )
+        })?;
+        let mut compiler = CedarSymCompiler::new(local).context("starting the symbolic compiler")?;
+        let findings = zt_policies::prove::prove(&bundle, &invariants, &mut compiler).await?;
+        Ok(findings)
+    })
 }
 
 fn test(dir: &Path, file: &Path) -> anyhow::Result<ExitCode> {

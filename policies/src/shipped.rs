@@ -15,6 +15,7 @@ pub const FILES: &[(&str, &str)] = &[
     (files::DETECTIONS, include_str!("../data/detections.toml")),
     (files::APPROVALS, include_str!("../data/approvals.toml")),
     (files::REDACTIONS, include_str!("../data/redactions.toml")),
+    (files::INVARIANTS, include_str!("../data/invariants.toml")),
 ];
 
 use crate::files;
