@@ -201,6 +201,7 @@ pub struct Outcome {
 pub async fn verify(
     source: &Source,
     state: &StateFile,
+    scope: store::Scope,
     progress: store::Progress<'_>,
 ) -> anyhow::Result<Outcome> {
     let (location, pinned) = match source {
@@ -233,7 +234,7 @@ pub async fn verify(
     let pool = store::open_read_only(&location)
         .await
         .with_context(|| format!("opening {}", location.display()))?;
-    let mut report = store::verify(&pool, pinned.as_ref(), &remembered.chains, progress)
+    let mut report = store::verify(&pool, pinned.as_ref(), &remembered.chains, scope, progress)
         .await
         .with_context(|| format!("reading {}", location.display()))?;
     pool.close().await;
@@ -347,6 +348,13 @@ pub fn report_text(report: &Report) -> String {
             report.verified.len(),
             chains.join(", ")
         );
+        for v in report.verified.iter().filter(|v| v.checked_from > 1) {
+            out.push_str(&format!(
+                "\n  chain {}: read from #{}, the checkpoint this verifier trusted on an earlier run \
+                 (entries before it not read again; verify without --incremental to re-check them)",
+                v.chain, v.checked_from
+            ));
+        }
         for v in report.verified.iter().filter(|v| v.unsigned_tail > 0) {
             out.push_str(&format!(
                 "\n  note: chain {}: the last {} entries are not yet covered by a signed checkpoint \

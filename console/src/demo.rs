@@ -239,6 +239,7 @@ async fn summarize(
     let report = audit::verify(
         &Source::DataDir(stack.data_dir.clone()),
         &audit::StateFile::Off,
+        zt_proto::store::Scope::Full,
         &mut |_, _| {},
     )
     .await?

@@ -190,6 +190,12 @@ enum AuditCommand {
         /// Neither read nor update the verifier's state (no rollback check).
         #[arg(long)]
         no_state: bool,
+        /// Check only what was appended since the checkpoints this verifier
+        /// trusted on its last run (each trusted checkpoint and the entry it
+        /// covers must still be as they were); chains it trusted nothing of
+        /// are checked in full. Entries before are not read again.
+        #[arg(long, conflicts_with = "no_state")]
+        incremental: bool,
     },
     /// List entries by session, human, agent, tool, decision, kind and time.
     Query {
@@ -387,6 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     json,
                     state,
                     no_state,
+                    incremental,
                 },
         } => {
             let source = match (database, conn.data_dir) {
@@ -404,8 +411,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, false) => audit::StateFile::Default,
             };
             let mut bar = audit::ProgressBar::new(!json);
-            let outcome =
-                audit::verify(&source, &state, &mut |done, total| bar.show(done, total)).await;
+            let scope = if incremental {
+                zt_proto::store::Scope::AfterTrusted
+            } else {
+                zt_proto::store::Scope::Full
+            };
+            let outcome = audit::verify(&source, &state, scope, &mut |done, total| {
+                bar.show(done, total)
+            })
+            .await;
             bar.clear();
             match outcome {
                 Ok(audit::Outcome { report, .. }) => {

@@ -593,15 +593,49 @@ pub struct Verified {
     /// only until the writer's next checkpoint signs them (normally within
     /// a second while the writer runs).
     pub unsigned_tail: u64,
+    /// The first entry read: 1, or the entry of the checkpoint trusted
+    /// earlier when only what came after it was checked
+    /// ([`ChainVerifier::resume`]).
+    #[serde(default = "first_seq")]
+    pub checked_from: u64,
+}
+
+fn first_seq() -> u64 {
+    1
+}
+
+/// One stored entry, borrowed from what the store returned.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    /// Chain id.
+    pub chain: &'a str,
+    /// Sequence number.
+    pub seq: u64,
+    /// Canonical body.
+    pub body: &'a str,
+    /// Stored hash (hex).
+    pub hash: &'a str,
+    /// Stored signature (hex; empty for entries covered by checkpoints).
+    pub sig: &'a str,
 }
 
 /// A 32-byte hash from its lowercase hex form (the only form a writer stores).
 fn hash_bytes(hex_text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if hex_text.len() != 64 || hex_text.bytes().any(|b| b.is_ascii_uppercase()) {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let text = hex_text.as_bytes();
+    if text.len() != 64 {
         return None;
     }
-    hex::decode_to_slice(hex_text, &mut out).ok()?;
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
     Some(out)
 }
 
@@ -641,6 +675,9 @@ pub struct ChainVerifier<'k> {
     foreign: Option<(Span, i64)>,
     /// The latest checkpoint's position, when its writer had stopped.
     closed_at: Option<u64>,
+    /// Where reading starts; the first entry read is not linked to its
+    /// predecessor (unread) but must be the trusted head.
+    from: u64,
 }
 
 /// How far an entry's time may lie in the verifier's future, or before the
@@ -663,13 +700,66 @@ impl<'k> ChainVerifier<'k> {
         trusted: Option<Trusted>,
         now_ms: i64,
     ) -> Result<ChainVerifier<'k>, Finding> {
+        Self::build(chain, key, checkpoints, GENESIS, trusted, now_ms, 1)
+    }
+
+    /// Starts verifying `chain` from the checkpoint this verifier trusted
+    /// earlier (verified then, in full or from an earlier trusted one):
+    /// `checkpoints` are the stored ones from `trusted.seq` on. The trusted
+    /// checkpoint must still be stored as it was, the entry it covers must
+    /// still have its hash, and everything after is checked as in a full
+    /// run. Entries before it are not read: a full run re-checks them.
+    pub fn resume(
+        chain: &str,
+        key: &'k PublicKey,
+        checkpoints: &[SignedCheckpoint],
+        trusted: Trusted,
+        now_ms: i64,
+    ) -> Result<ChainVerifier<'k>, Finding> {
+        let at = checkpoints.iter().position(|cp| {
+            let c = &cp.checkpoint;
+            c.seq == trusted.seq && c.head == trusted.head && c.time_ms == trusted.time_ms
+        });
+        let Some(at) = at else {
+            return Err(Finding {
+                chain: chain.to_owned(),
+                seq: trusted.seq,
+                problem: Problem::Rollback,
+                detail: format!(
+                    "the checkpoint this verifier trusted at #{} is no longer stored (the log was replaced or rolled back)",
+                    trusted.seq
+                ),
+            });
+        };
+        let prev = checkpoints[at].checkpoint.prev.clone();
+        let from = trusted.seq.max(1);
+        Self::build(
+            chain,
+            key,
+            &checkpoints[at..],
+            &prev,
+            Some(trusted),
+            now_ms,
+            from,
+        )
+    }
+
+    fn build(
+        chain: &str,
+        key: &'k PublicKey,
+        checkpoints: &[SignedCheckpoint],
+        prev_checkpoint: &str,
+        trusted: Option<Trusted>,
+        now_ms: i64,
+        from: u64,
+    ) -> Result<ChainVerifier<'k>, Finding> {
         let fail = |seq: u64, problem: Problem, detail: String| Finding {
             chain: chain.to_owned(),
             seq,
             problem,
             detail,
         };
-        let mut prev = GENESIS.to_owned();
+        let mut prev = prev_checkpoint.to_owned();
         let mut last: Option<&Checkpoint> = None;
         let mut heads: Vec<(u64, String)> = Vec::new();
         let mut foreign: Option<(Span, i64)> = None;
@@ -753,7 +843,7 @@ impl<'k> ChainVerifier<'k> {
         Ok(ChainVerifier {
             chain: chain.to_owned(),
             key,
-            expected: 1,
+            expected: from,
             prev: [0; 32],
             heads: heads
                 .into_iter()
@@ -772,6 +862,7 @@ impl<'k> ChainVerifier<'k> {
             prev_time: i64::MIN,
             foreign,
             closed_at: last.filter(|c| c.closed).map(|c| c.seq),
+            from,
         })
     }
 
@@ -786,6 +877,18 @@ impl<'k> ChainVerifier<'k> {
 
     /// Checks the next stored entry.
     pub fn push(&mut self, s: &Sealed) -> Result<(), Finding> {
+        self.push_stored(&Stored {
+            chain: &s.chain,
+            seq: s.seq,
+            body: &s.body,
+            hash: &s.hash,
+            sig: &s.sig,
+        })
+    }
+
+    /// [`ChainVerifier::push`] for an entry as read from the store,
+    /// borrowed (nothing is copied per entry).
+    pub fn push_stored(&mut self, s: &Stored<'_>) -> Result<(), Finding> {
         let expected = self.expected;
         if s.seq != expected {
             return Err(if s.seq > expected {
@@ -826,7 +929,7 @@ impl<'k> ChainVerifier<'k> {
                 ),
             ));
         }
-        let link: Link<'_> = serde_json::from_str(&s.body).map_err(|_| {
+        let link: Link<'_> = serde_json::from_str(s.body).map_err(|_| {
             self.fail(
                 s.seq,
                 Problem::Malformed,
@@ -841,14 +944,17 @@ impl<'k> ChainVerifier<'k> {
             ));
         }
         let hash = canonical::digest(Domain::AuditLeaf, s.body.as_bytes());
-        if hash_bytes(&s.hash) != Some(hash) {
+        if hash_bytes(s.hash) != Some(hash) {
             return Err(self.fail(
                 s.seq,
                 Problem::Hash,
                 "stored hash does not match the entry's contents (edited)".into(),
             ));
         }
-        if hash_bytes(&link.prev_hash) != Some(self.prev) {
+        // The first entry of a resumed run links to one not read; the
+        // trusted head's check below pins it instead.
+        let linked = s.seq == 1 || s.seq > self.from;
+        if linked && hash_bytes(&link.prev_hash) != Some(self.prev) {
             return Err(self.fail(
                 s.seq,
                 Problem::Link,
@@ -879,7 +985,7 @@ impl<'k> ChainVerifier<'k> {
         self.prev_time = self.prev_time.max(link.time_ms);
         // Entries of older logs carry their own signature.
         if !s.sig.is_empty() {
-            let sig = hex::decode(&s.sig).unwrap_or_default();
+            let sig = hex::decode(s.sig).unwrap_or_default();
             if self.key.verify(Domain::AuditLeaf, &hash, &sig).is_err() {
                 return Err(self.fail(
                     s.seq,
@@ -984,6 +1090,7 @@ impl<'k> ChainVerifier<'k> {
             checkpoints: self.checkpoints,
             latest: self.latest,
             unsigned_tail,
+            checked_from: self.from,
         })
     }
 }
@@ -1072,6 +1179,94 @@ mod tests {
             e.hash = canonical::digest_hex(Domain::AuditLeaf, e.body.as_bytes());
             prev = e.hash.clone();
         }
+    }
+
+    /// Verifies `log` from the checkpoint `t` on, as a resumed run reads
+    /// it: the checkpoints from `t.seq`, the entries from `t.seq`.
+    fn resumed(log: &Log, t: &Trusted) -> Result<Verified, Finding> {
+        let key = log.key.public();
+        let cps: Vec<SignedCheckpoint> = log
+            .checkpoints
+            .iter()
+            .filter(|c| c.checkpoint.seq >= t.seq)
+            .cloned()
+            .collect();
+        let mut v = ChainVerifier::resume("broker-1", &key, &cps, t.clone(), NOW)?;
+        for s in log.entries.iter().filter(|e| e.seq >= t.seq) {
+            v.push(s)?;
+        }
+        v.finish()
+    }
+
+    #[test]
+    fn a_resumed_run_checks_what_came_after_the_trusted_checkpoint() {
+        let mut log = chain(30, 4);
+        let first = verify_chain(
+            "broker-1",
+            &log.entries[..20],
+            &log.checkpoints[..5],
+            &log.key.public(),
+            None,
+            NOW,
+        )
+        .unwrap();
+        let t = first.latest.clone().unwrap();
+        assert_eq!(t.seq, 20);
+
+        let v = resumed(&log, &t).unwrap();
+        assert_eq!((v.entries, v.checked_from), (30, 20));
+        assert_eq!(v.head, log.entries[29].hash);
+        // The full run agrees.
+        let full = verify_chain(
+            "broker-1",
+            &log.entries,
+            &log.checkpoints,
+            &log.key.public(),
+            Some(t.clone()),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!((full.entries, full.head.clone()), (v.entries, v.head));
+
+        // Entry #25 edited after the trusted checkpoint and the chain
+        // re-hashed to the end: the next signed checkpoint (#28) disagrees.
+        let mut edited = chain(30, 4);
+        edited.entries[24].body = edited.entries[24]
+            .body
+            .replace("issue_refund", "change_plan");
+        rehash_from(&mut edited.entries, 24);
+        let f = resumed(&edited, &t).unwrap_err();
+        assert_eq!((f.seq, f.problem), (28, Problem::Checkpoint));
+        // Edited without re-hashing: named at the entry.
+        let mut edited = chain(30, 4);
+        edited.entries[24].body = edited.entries[24]
+            .body
+            .replace("issue_refund", "change_plan");
+        let f = resumed(&edited, &t).unwrap_err();
+        assert_eq!((f.seq, f.problem), (25, Problem::Hash));
+
+        // The trusted entry itself replaced and everything after it
+        // re-hashed: the trusted checkpoint, still stored, disagrees.
+        let mut other = chain(30, 4);
+        other.entries[19].body = other.entries[19]
+            .body
+            .replace("\"amount\":119", "\"amount\":1");
+        other.entries[19].hash =
+            canonical::digest_hex(Domain::AuditLeaf, other.entries[19].body.as_bytes());
+        rehash_from(&mut other.entries, 20);
+        let f = resumed(&other, &t).unwrap_err();
+        assert_eq!((f.seq, f.problem), (20, Problem::Checkpoint));
+
+        // The trusted checkpoint gone: a rollback, named at its position.
+        let mut gone = chain(30, 4);
+        gone.checkpoints.remove(4);
+        let f = resumed(&gone, &t).unwrap_err();
+        assert_eq!((f.seq, f.problem), (20, Problem::Rollback));
+
+        // A gap after the trusted head is still a gap.
+        log.entries.remove(22);
+        let f = resumed(&log, &t).unwrap_err();
+        assert_eq!((f.seq, f.problem), (23, Problem::Gap));
     }
 
     #[test]

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,7 +24,7 @@ use crate::with_db;
 
 use crate::audit::{
     ChainVerifier, ChainWriter, Finding, GENESIS, Kind, Problem, Record, Resume, Sealed,
-    SignedCheckpoint, Span, Trusted, Verified, WriterMac,
+    SignedCheckpoint, Span, Stored, Trusted, Verified, WriterMac,
 };
 use crate::keys::{KeyPair, PublicKey};
 
@@ -1065,18 +1064,28 @@ pub async fn checkpoints(
     pool: &Db,
     chain: &str,
 ) -> Result<Vec<Result<SignedCheckpoint, (u64, String)>>, StoreError> {
+    checkpoints_from(pool, chain, i64::MIN).await
+}
+
+/// The stored checkpoints of `chain` at or after entry `from`, in stored
+/// order.
+pub async fn checkpoints_from(
+    pool: &Db,
+    chain: &str,
+    from: i64,
+) -> Result<Vec<Result<SignedCheckpoint, (u64, String)>>, StoreError> {
     let sql = match pool.dialect() {
         Dialect::Sqlite => {
-            "SELECT seq, body, hash, sig FROM audit_checkpoints WHERE chain = $1 \
+            "SELECT seq, body, hash, sig FROM audit_checkpoints WHERE chain = $1 AND seq >= $2 \
              ORDER BY seq, time_ms, rowid"
         }
         Dialect::Postgres => {
-            "SELECT seq, body, hash, sig FROM audit_checkpoints WHERE chain = $1 \
+            "SELECT seq, body, hash, sig FROM audit_checkpoints WHERE chain = $1 AND seq >= $2 \
              ORDER BY seq, time_ms"
         }
     };
     let rows: Vec<(i64, String, String, String)> = with_db!(pool, p => {
-        sqlx::query_as(sql).bind(chain).fetch_all(p).await?
+        sqlx::query_as(sql).bind(chain).bind(from).fetch_all(p).await?
     });
     Ok(rows
         .into_iter()
@@ -1091,22 +1100,35 @@ pub async fn checkpoints(
 const VERIFY_CHUNK: i64 = 4096;
 
 /// Reads the entries of `chain` after `after` (at most [`VERIFY_CHUNK`]) as
-/// one JSON array built by SQLite, with their count and the last sequence
+/// one text of length-prefixed fields built by the database (see
+/// [`entry_fields`]), with their count and the last sequence
 /// number (when it is an integer).
 async fn read_chunk(
     pool: Db,
     chain: String,
     after: i64,
 ) -> Result<(String, i64, Option<i64>), StoreError> {
+    // Each field as `LEN:TEXT` (LEN its length in bytes), concatenated:
+    // nothing is escaped or unescaped, and no stored text, however
+    // crafted, can run into the next field (`concat` and `group_concat`
+    // copy by length, NULs included). A NULL field comes out empty, and
+    // an empty sequence number or a missing length is a finding.
     let sql = match pool.dialect() {
         Dialect::Sqlite => {
-            "SELECT json_group_array(json_array(seq, hash, sig, body)), count(*), max(seq) FROM \
+            "SELECT group_concat(concat( \
+                length(CAST(seq AS BLOB)), ':', seq, length(CAST(hash AS BLOB)), ':', hash, \
+                length(CAST(sig AS BLOB)), ':', sig, length(CAST(body AS BLOB)), ':', body), ''), \
+                count(*), max(seq) FROM \
              (SELECT seq, hash, sig, body FROM audit_entries \
               WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3)"
         }
         Dialect::Postgres => {
-            "SELECT json_agg(json_build_array(seq, hash, sig, body) ORDER BY seq)::text, \
-                    count(*), max(seq) FROM \
+            "SELECT string_agg( \
+                octet_length(seq::text) || ':' || seq::text || \
+                octet_length(hash) || ':' || hash || \
+                octet_length(sig) || ':' || sig || \
+                octet_length(body) || ':' || body, '' ORDER BY seq), \
+                count(*), max(seq) FROM \
              (SELECT seq, hash, sig, body FROM audit_entries \
               WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3) chunk"
         }
@@ -1122,12 +1144,26 @@ async fn read_chunk(
         if n == 0 {
             return Ok((String::new(), 0, None));
         }
-        Ok((row.try_get(0)?, n, row.try_get::<i64, _>(2).ok()))
+        // NULL when every row of the chunk had a NULL field.
+        let text: Option<String> = row.try_get(0)?;
+        Ok((text.unwrap_or_default(), n, row.try_get::<i64, _>(2).ok()))
     })
 }
 
 /// Progress of a verification: entries checked so far, and in all.
 pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+
+/// How much of each chain a verification reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every entry, from the first.
+    #[default]
+    Full,
+    /// For a chain this verifier trusted a checkpoint of before: only that
+    /// checkpoint, the entry it covers and everything after
+    /// ([`ChainVerifier::resume`]); other chains in full.
+    AfterTrusted,
+}
 
 /// Verifies every chain in the store. With `pinned` keys, a chain without a
 /// pinned key, a pinned chain missing from the store, or a stored key that
@@ -1139,9 +1175,17 @@ pub async fn verify(
     pool: &Db,
     pinned: Option<&BTreeMap<String, PublicKey>>,
     trusted: &BTreeMap<String, Trusted>,
+    scope: Scope,
     progress: Progress<'_>,
 ) -> Result<Report, StoreError> {
     let stored = chains(pool).await?;
+    // Where each chain's reading starts (0: from its first entry).
+    let start = |chain: &str| -> Option<&Trusted> {
+        match scope {
+            Scope::Full => None,
+            Scope::AfterTrusted => trusted.get(chain).filter(|t| t.seq > 1),
+        }
+    };
     let mut report = Report {
         verified: Vec::new(),
         findings: Vec::new(),
@@ -1182,11 +1226,18 @@ pub async fn verify(
             ));
         }
     }
-    let total: i64 = with_db!(pool, p => {
-        sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries")
-            .fetch_one(p)
-            .await?
-    });
+    let mut total: i64 = 0;
+    if scope == Scope::Full {
+        total = with_db!(pool, p => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries")
+                .fetch_one(p)
+                .await?
+        });
+    } else {
+        for chain in stored.keys() {
+            total = total.saturating_add(stored_from(pool, chain, start(chain)).await?);
+        }
+    }
     let total = u64::try_from(total).unwrap_or(0);
     let mut done = 0u64;
     progress(0, total);
@@ -1230,7 +1281,9 @@ pub async fn verify(
         };
         let mut cps = Vec::new();
         let mut bad = None;
-        for cp in checkpoints(pool, chain).await? {
+        let resume = start(chain);
+        let from = resume.map_or(i64::MIN, |t| i64::try_from(t.seq).unwrap_or(i64::MAX));
+        for cp in checkpoints_from(pool, chain, from).await? {
             match cp {
                 Ok(cp) => cps.push(cp),
                 Err((seq, why)) => {
@@ -1248,13 +1301,17 @@ pub async fn verify(
             report.findings.push(f);
             continue;
         }
-        let mut verifier = match ChainVerifier::new(
-            chain,
-            &key,
-            &cps,
-            trusted.get(chain).cloned(),
-            crate::now_ms(),
-        ) {
+        let begun = match resume {
+            Some(t) => ChainVerifier::resume(chain, &key, &cps, t.clone(), crate::now_ms()),
+            None => ChainVerifier::new(
+                chain,
+                &key,
+                &cps,
+                trusted.get(chain).cloned(),
+                crate::now_ms(),
+            ),
+        };
+        let mut verifier = match begun {
             Ok(v) => v,
             Err(f) => {
                 report.findings.push(f);
@@ -1265,7 +1322,11 @@ pub async fn verify(
         // SQLite: one hand-off per chunk instead of one per entry. JSON
         // escaping keeps any stored text, however crafted, one element.
         let mut failed = None;
-        let mut after = i64::MIN;
+        let mut after = if resume.is_some() {
+            from.saturating_sub(1)
+        } else {
+            i64::MIN
+        };
         let mut visited = 0u64;
         // The next chunk is read while this one is checked.
         let mut next = Some(tokio::spawn(read_chunk(pool.clone(), chain.clone(), after)));
@@ -1280,39 +1341,36 @@ pub async fn verify(
             if let Some(last) = last {
                 next = Some(tokio::spawn(read_chunk(pool.clone(), chain.clone(), last)));
             }
-            let items: Vec<(Value, String, String, String)> = match serde_json::from_str(&text) {
-                Ok(items) => items,
-                Err(e) => {
+            let mut pos = 0;
+            while pos < text.len() {
+                let Some([seq, hash, sig, body]) = entry_fields(&text, &mut pos) else {
                     failed = Some(finding(
                         chain,
                         u64::try_from(after.saturating_add(1)).unwrap_or(0),
                         Problem::Malformed,
-                        format!("entries after #{after} are not stored as text: {e}"),
+                        format!("entries after #{after} are not stored as text"),
                     ));
-                    break;
-                }
-            };
-            for (seq, hash, sig, body) in items {
-                let Some(seq) = seq.as_i64() else {
+                    break 'chunks;
+                };
+                let Ok(seq) = seq.parse::<i64>() else {
                     failed = Some(finding(
                         chain,
                         0,
                         Problem::Malformed,
-                        format!("an entry has a malformed sequence number {seq}"),
+                        format!("an entry has a malformed sequence number {seq:?}"),
                     ));
                     break 'chunks;
                 };
                 after = seq;
                 visited += 1;
-                let sealed = Sealed {
-                    chain: chain.clone(),
+                let stored = Stored {
+                    chain,
                     seq: u64::try_from(seq).unwrap_or(0),
                     body,
                     hash,
                     sig,
-                    mac: String::new(),
                 };
-                if sealed.seq == 0 {
+                if stored.seq == 0 {
                     failed = Some(finding(
                         chain,
                         0,
@@ -1321,7 +1379,7 @@ pub async fn verify(
                     ));
                     break 'chunks;
                 }
-                if let Err(f) = verifier.push(&sealed) {
+                if let Err(f) = verifier.push_stored(&stored) {
                     failed = Some(f);
                     break 'chunks;
                 }
@@ -1332,12 +1390,7 @@ pub async fn verify(
             }
         }
         if failed.is_none() {
-            let stored: i64 = with_db!(pool, p => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries WHERE chain = $1")
-                    .bind(chain)
-                    .fetch_one(p)
-                    .await?
-            });
+            let stored = stored_from(pool, chain, resume).await?;
             if u64::try_from(stored).unwrap_or(0) != visited {
                 failed = Some(finding(
                     chain,
@@ -1357,6 +1410,57 @@ pub async fn verify(
     }
     progress(total, total);
     Ok(report)
+}
+
+/// The next entry's four fields (seq, hash, sig, body) of a chunk
+/// [`read_chunk`] returned, each `LEN:TEXT`; `None` if the text does not
+/// have that form.
+fn entry_fields<'a>(text: &'a str, pos: &mut usize) -> Option<[&'a str; 4]> {
+    let mut field = || -> Option<&'a str> {
+        let rest = text.get(*pos..)?;
+        let colon = rest.bytes().take(21).position(|b| b == b':')?;
+        let digits = &rest[..colon];
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let len: usize = digits.parse().ok()?;
+        let start = *pos + colon + 1;
+        let value = text.get(start..start.checked_add(len)?)?;
+        *pos = start + len;
+        Some(value)
+    };
+    Some([field()?, field()?, field()?, field()?])
+}
+
+/// The stored rows of `chain` a verification starting at `resume` must
+/// visit: all of them, or those from the trusted checkpoint's entry on
+/// (and any without a sequence number).
+async fn stored_from(pool: &Db, chain: &str, resume: Option<&Trusted>) -> Result<i64, StoreError> {
+    Ok(match resume {
+        None => with_db!(pool, p => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries WHERE chain = $1")
+                .bind(chain)
+                .fetch_one(p)
+                .await?
+        }),
+        // Two index ranges (one `OR` would scan the whole chain).
+        Some(t) => with_db!(pool, p => {
+            let after: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM audit_entries WHERE chain = $1 AND seq >= $2",
+            )
+            .bind(chain)
+            .bind(i64::try_from(t.seq).unwrap_or(i64::MAX))
+            .fetch_one(p)
+            .await?;
+            let unnumbered: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM audit_entries WHERE chain = $1 AND seq IS NULL",
+            )
+            .bind(chain)
+            .fetch_one(p)
+            .await?;
+            after.saturating_add(unnumbered)
+        }),
+    })
 }
 
 /// The SQL expression of an entry's time (ms since the epoch, from its
@@ -1454,9 +1558,15 @@ mod tests {
             Err(StoreError::Closed)
         ));
         let pinned: BTreeMap<String, PublicKey> = [("w".to_owned(), key.public())].into();
-        let report = verify(&pool, Some(&pinned), &BTreeMap::new(), &mut |_, _| {})
-            .await
-            .unwrap();
+        let report = verify(
+            &pool,
+            Some(&pinned),
+            &BTreeMap::new(),
+            Scope::Full,
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap();
         assert!(report.intact(), "{report:?}");
         assert_eq!(report.entries(), 203);
         let v = &report.verified[0];
@@ -1571,13 +1681,19 @@ mod tests {
 
     async fn findings(pool: &Db, chain: &str, key: &KeyPair) -> Vec<(String, u64, Problem)> {
         let pinned: BTreeMap<String, PublicKey> = [(chain.to_owned(), key.public())].into();
-        verify(pool, Some(&pinned), &BTreeMap::new(), &mut |_, _| {})
-            .await
-            .unwrap()
-            .findings
-            .into_iter()
-            .map(|f| (f.chain, f.seq, f.problem))
-            .collect()
+        verify(
+            pool,
+            Some(&pinned),
+            &BTreeMap::new(),
+            Scope::Full,
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap()
+        .findings
+        .into_iter()
+        .map(|f| (f.chain, f.seq, f.problem))
+        .collect()
     }
 
     async fn fresh_pool() -> (std::path::PathBuf, Db) {
@@ -1736,6 +1852,72 @@ mod tests {
         let f = findings(&pool, "broker-b", &key).await;
         assert_eq!(f.len(), 1, "the squatted row is reported: {f:?}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crafted_stored_text_cannot_pass_for_entries() {
+        // The verifier reads entries as length-prefixed fields: text that
+        // looks like framing, an embedded NUL, an empty field or a BLOB is
+        // read as what it is, and found.
+        let key = KeyPair::from_seed(&[9; 32]);
+        for (case, update) in [
+            (
+                "framing inside a body",
+                "UPDATE audit_entries SET body = body || '64:' || hash WHERE seq = 2",
+            ),
+            (
+                "a NUL and hidden bytes after a genuine body",
+                "UPDATE audit_entries SET body = CAST(body || char(0) || 'hidden' AS TEXT) WHERE seq = 2",
+            ),
+            (
+                "an empty hash",
+                "UPDATE audit_entries SET hash = '' WHERE seq = 2",
+            ),
+            (
+                "a body stored as a BLOB with a NUL",
+                "UPDATE audit_entries SET body = CAST(body || char(0) AS BLOB) WHERE seq = 2",
+            ),
+            (
+                "a text sequence number",
+                "UPDATE audit_entries SET seq = '2x' WHERE seq = 2",
+            ),
+        ] {
+            let (dir, pool) = fresh_pool().await;
+            let log = AuditLog::open(pool.clone(), "c", key.clone())
+                .await
+                .unwrap();
+            for _ in 0..3 {
+                log.append(Kind::Decision, Record::default()).await.unwrap();
+            }
+            log.close().await;
+            assert!(
+                findings(&pool, "c", &key).await.is_empty(),
+                "{case}: intact first"
+            );
+            with_db!(&pool, p => {
+                for trigger in ["audit_entries_no_update", "audit_entries_no_delete"] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER IF EXISTS {trigger}")))
+                        .execute(p)
+                        .await
+                        .unwrap();
+                }
+                sqlx::query(sqlx::AssertSqlSafe(update)).execute(p).await.unwrap();
+            });
+            let pinned: BTreeMap<String, PublicKey> = [("c".to_owned(), key.public())].into();
+            // Not text at all is an error: could not check, never "intact".
+            if let Ok(report) = verify(
+                &pool,
+                Some(&pinned),
+                &BTreeMap::new(),
+                Scope::Full,
+                &mut |_, _| {},
+            )
+            .await
+            {
+                assert!(!report.intact(), "{case}: not intact: {report:?}");
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,9 +54,15 @@ async fn audit_chains_on_postgres_verify_and_catch_tampering() {
     ]
     .into();
     let reader = store::open_read_only(&location).await.unwrap();
-    let report = store::verify(&reader, Some(&pinned), &BTreeMap::new(), &mut |_, _| {})
-        .await
-        .unwrap();
+    let report = store::verify(
+        &reader,
+        Some(&pinned),
+        &BTreeMap::new(),
+        store::Scope::Full,
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
     assert!(report.intact(), "{report:?}");
     assert_eq!(report.entries(), 402, "200 each plus two chain starts");
     assert!(
@@ -95,9 +101,15 @@ async fn audit_chains_on_postgres_verify_and_catch_tampering() {
     .execute(raw)
     .await
     .unwrap();
-    let report = store::verify(&reader, Some(&pinned), &BTreeMap::new(), &mut |_, _| {})
-        .await
-        .unwrap();
+    let report = store::verify(
+        &reader,
+        Some(&pinned),
+        &BTreeMap::new(),
+        store::Scope::Full,
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
     let f = report
         .findings
         .iter()

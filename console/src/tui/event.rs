@@ -310,10 +310,15 @@ fn spawn_verify(tx: mpsc::Sender<Msg>, dir: PathBuf) {
             let mut progress = move |done: u64, total: u64| {
                 let _ = progress_tx.try_send(Msg::VerifyProgress { done, total });
             };
-            let result = audit::verify(&Source::DataDir(dir), &StateFile::Default, &mut progress)
-                .await
-                .map(|outcome| Badge::from_report(&outcome.report))
-                .map_err(|e| format!("{e:#}"));
+            let result = audit::verify(
+                &Source::DataDir(dir),
+                &StateFile::Default,
+                zt_proto::store::Scope::Full,
+                &mut progress,
+            )
+            .await
+            .map(|outcome| Badge::from_report(&outcome.report))
+            .map_err(|e| format!("{e:#}"));
             let _ = tx.send(Msg::Verified(result)).await;
         });
     });
