@@ -1433,9 +1433,7 @@ impl Approval for Service {
 }
 
 /// Formats cents as dollars for messages.
-pub fn cents(c: i64) -> String {
-    format!("${}.{:02}", c / 100, (c % 100).abs())
-}
+pub use zt_proto::money::dollars as cents;
 
 /// Runs the service until `shutdown` resolves. Prints `approval_url=...`
 /// once listening and records it in the stack's `run/` directory.

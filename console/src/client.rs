@@ -188,12 +188,7 @@ pub fn approvals(req: &ApprovalRequest) -> String {
     text
 }
 
-/// Formats cents as dollars.
-pub fn dollars(cents: i64) -> String {
-    let sign = if cents < 0 { "-" } else { "" };
-    let c = cents.unsigned_abs();
-    format!("{sign}${}.{:02}", c / 100, c % 100)
-}
+pub use zt_proto::money::dollars;
 
 #[cfg(test)]
 mod tests {

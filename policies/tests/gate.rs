@@ -278,7 +278,7 @@ fn messages_are_explained_and_safe() {
     ));
     assert_eq!(
         d.reason,
-        "the refund exceeds the hard cap of 100000 cents ($1,000) [refund-over-hard-cap]"
+        "the refund exceeds the hard cap of $1,000.00 [refund-over-hard-cap]"
     );
     assert_eq!(
         d.model_message,

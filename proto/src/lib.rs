@@ -27,6 +27,7 @@ pub mod flood;
 pub mod grant;
 pub mod grpc;
 pub mod keys;
+pub mod money;
 pub mod pinned;
 #[cfg(feature = "http")]
 pub mod serve;
