@@ -1144,7 +1144,7 @@ async fn read_chunk(
         if n == 0 {
             return Ok((String::new(), 0, None));
         }
-        // NULL when every row of the chunk had a NULL field.
+        // NULL on PostgreSQL when every row of the chunk had a NULL field.
         let text: Option<String> = row.try_get(0)?;
         Ok((text.unwrap_or_default(), n, row.try_get::<i64, _>(2).ok()))
     })
@@ -1179,7 +1179,8 @@ pub async fn verify(
     progress: Progress<'_>,
 ) -> Result<Report, StoreError> {
     let stored = chains(pool).await?;
-    // Where each chain's reading starts (0: from its first entry).
+    // The trusted checkpoint a chain's reading starts at (None: its first
+    // entry).
     let start = |chain: &str| -> Option<&Trusted> {
         match scope {
             Scope::Full => None,
