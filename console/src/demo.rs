@@ -53,9 +53,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         .clone()
         .unwrap_or_else(|| stack::temp_data_dir("zt-demo-"));
     let stack = Stack::start(&dir).await?;
-    let result = drive(&stack, &scenario, &scenario_text, &opts).await;
+    let driven = drive(&stack, &scenario, &scenario_text, &opts).await;
     let data_dir = stack.data_dir.clone();
+    // The writers sign their chains' heads as they stop, so the log is
+    // verified after: a clean run reads clean, with no unsigned tail.
     stack.stop().await;
+    let result = match driven {
+        Ok(Some(outcomes)) => summarize(&data_dir, &scenario, &outcomes, opts.approve).await,
+        Ok(None) => Ok(true),
+        Err(e) => Err(e),
+    };
     if temporary && !opts.keep {
         let _ = std::fs::remove_dir_all(&data_dir);
     } else {
@@ -64,12 +71,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     result
 }
 
+/// Runs the scenario on `stack`: headless, the agent's outcomes (summarized
+/// once the stack has stopped); with the console, `None` once it closes.
 async fn drive(
     stack: &Stack,
     scenario: &Scenario,
     scenario_text: &str,
     opts: &DemoOptions,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<Vec<Outcome>>> {
     let dir = stack.data_dir.to_string_lossy().into_owned();
     let limit = DEMO_OPERATOR_LIMIT.to_string();
     let operator_token = stack::run_to_end(
@@ -144,7 +153,7 @@ async fn drive(
         }
         let outcomes: Vec<Outcome> =
             serde_json::from_slice(&out.stdout).context("reading the scripted agent's results")?;
-        summarize(stack, scenario, &outcomes, opts.approve).await
+        Ok(Some(outcomes))
     } else {
         let banner = format!(
             "demo: {} acting for {} — approve its escalations here",
@@ -160,7 +169,7 @@ async fn drive(
         .await;
         drop(agent);
         tui?;
-        Ok(true)
+        Ok(None)
     }
 }
 
@@ -204,7 +213,7 @@ async fn auto_decide(client: OperatorClient, approve: bool) {
 }
 
 async fn summarize(
-    stack: &Stack,
+    data_dir: &std::path::Path,
     scenario: &Scenario,
     outcomes: &[Outcome],
     approve: bool,
@@ -228,7 +237,7 @@ async fn summarize(
             );
         }
     }
-    let t = audit::tally(&stack.data_dir).await?;
+    let t = audit::tally(data_dir).await?;
     println!("calls allowed: {}", t.allowed);
     println!("calls constrained: {}", t.constrained);
     println!("calls denied: {}", t.denied);
@@ -237,7 +246,7 @@ async fn summarize(
     println!("denied by operators: {}", t.operator_denied);
     println!("executed: {}", t.executed);
     let report = audit::verify(
-        &Source::DataDir(stack.data_dir.clone()),
+        &Source::DataDir(data_dir.to_path_buf()),
         &audit::StateFile::Off,
         zt_proto::store::Scope::Full,
         &mut |_, _| {},
