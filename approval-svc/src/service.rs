@@ -996,14 +996,14 @@ impl Approval for Service {
             _ if approve && req.approve_reason_required && reason.is_empty() => {
                 Some(Status::invalid_argument(format!(
                     "a reason is required to approve an amount above {}",
-                    cents(self.0.rules.reason_to_approve_above_cents)
+                    zt_proto::money::dollars(self.0.rules.reason_to_approve_above_cents)
                 )))
             }
             _ if approve && op.role == token::Role::Approver && req.amount_cents > op.limit => {
                 Some(Status::permission_denied(format!(
                     "amount {} exceeds your approval limit {}",
-                    cents(req.amount_cents),
-                    cents(op.limit)
+                    zt_proto::money::dollars(req.amount_cents),
+                    zt_proto::money::dollars(op.limit)
                 )))
             }
             _ => None,
@@ -1431,9 +1431,6 @@ impl Approval for Service {
         Ok(Response::new(ReceiverStream::new(out)))
     }
 }
-
-/// Formats cents as dollars for messages.
-pub use zt_proto::money::dollars as cents;
 
 /// Runs the service until `shutdown` resolves. Prints `approval_url=...`
 /// once listening and records it in the stack's `run/` directory.
